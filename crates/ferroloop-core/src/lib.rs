@@ -1,0 +1,18 @@
+//! The engine of ferroloop, without Python.
+//!
+//! This crate holds everything the event loop needs that does not touch a Python object, so it is
+//! tested with `cargo test` alone:
+//!
+//! - [`clock`]: the loop's time, the same clock as Python's `time.monotonic()`.
+//! - [`poller`]: level-triggered readiness of file descriptors, plus a [`poller::Waker`] that
+//!   another thread uses to interrupt a blocked poll.
+//! - [`timers`]: the timer queue behind `call_at`, ordered by (deadline, scheduling order).
+//!
+//! Everything is generic over the callback type `T`, which the bindings instantiate with Python
+//! handles. OS-specific code lives under `sys/`, one file per backend exporting the same names.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod clock;
+pub mod poller;
+mod sys;
+pub mod timers;

@@ -1,0 +1,130 @@
+//! The Linux backend: level-triggered epoll, and an eventfd as the waker.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::poller::Interest;
+
+pub struct Selector {
+    /// The epoll instance; closed when the selector is dropped.
+    epfd: OwnedFd,
+}
+
+fn epoll_bits(interest: Interest) -> u32 {
+    let mut bits = 0;
+    if interest.read {
+        bits |= libc::EPOLLIN as u32;
+    }
+    if interest.write {
+        bits |= libc::EPOLLOUT as u32;
+    }
+    bits
+}
+
+impl Selector {
+    pub fn new() -> io::Result<Self> {
+        let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+        // SAFETY: epoll_create1 returned a fresh descriptor that nothing else owns.
+        Ok(Self { epfd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: epoll_bits(interest),
+            #[allow(clippy::cast_sign_loss)]
+            u64: fd as u64,
+        };
+        syscall!(epoll_ctl(self.epfd.as_raw_fd(), op, fd, &raw mut ev))?;
+        Ok(())
+    }
+
+    pub fn add(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, interest)
+    }
+
+    pub fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, interest)
+    }
+
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::NONE)
+    }
+
+    pub fn select(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
+        // epoll_wait counts in milliseconds: round up, so a timer is never woken for too early.
+        let ms = match timeout {
+            None => -1,
+            Some(t) => {
+                let ms = t.as_nanos().div_ceil(1_000_000);
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+            }
+        };
+        events.len = 0;
+        let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
+        match syscall!(epoll_wait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms)) {
+            Ok(n) => {
+                #[allow(clippy::cast_sign_loss)]
+                let n = n as usize;
+                events.len = n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+pub struct Events {
+    /// Storage handed to epoll_wait; its length is the most events one wait returns.
+    buf: Vec<libc::epoll_event>,
+    /// How many entries of `buf` the last wait filled.
+    len: usize,
+}
+
+impl Events {
+    pub fn with_capacity(cap: usize) -> Self {
+        Self { buf: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)], len: 0 }
+    }
+
+    /// `(fd, readable, writable)` for each event of the last wait. An error or hang-up counts as
+    /// both readable and writable, so whichever callback is registered gets to see it.
+    pub fn iter(&self) -> impl Iterator<Item = (RawFd, bool, bool)> + '_ {
+        self.buf[..self.len].iter().map(|ev| {
+            let bits = ev.events;
+            #[allow(clippy::cast_possible_truncation)]
+            let fd = ev.u64 as RawFd;
+            let readable = bits & !(libc::EPOLLOUT as u32) != 0;
+            let writable = bits & !(libc::EPOLLIN as u32) != 0;
+            (fd, readable, writable)
+        })
+    }
+}
+
+/// An eventfd: `wake` makes it readable from any thread; `drain` resets it.
+pub struct WakeFd {
+    fd: OwnedFd,
+}
+
+impl WakeFd {
+    pub fn new() -> io::Result<Self> {
+        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+        // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // A full counter (EAGAIN) already means "wake up", so the result is not needed.
+        let _ = syscall!(write(self.fd.as_raw_fd(), (&raw const one).cast(), 8));
+    }
+
+    pub fn drain(&self) {
+        let mut buf: u64 = 0;
+        let _ = syscall!(read(self.fd.as_raw_fd(), (&raw mut buf).cast(), 8));
+    }
+}

@@ -1,0 +1,33 @@
+//! Operating-system backends. Each backend file exports the same names:
+//!
+//! - `Selector`: a level-triggered readiness selector. `add`, `modify` and `delete` take a file
+//!   descriptor and an [`Interest`](crate::poller::Interest); `select` fills an `Events` buffer,
+//!   waiting at most the given timeout (`None` waits forever) and returning `Ok(0)` when a signal
+//!   interrupted the wait (the caller then runs Python's signal handlers).
+//! - `Events`: a reusable buffer of readiness records, iterated as `(fd, readable, writable)`.
+//! - `WakeFd`: a file descriptor another thread can make readable (`wake`) and the loop drains.
+//!
+//! Level-triggered is a requirement, not a taste: asyncio's `add_reader` calls its callback on every
+//! iteration while the descriptor stays readable, whether or not the callback drained it.
+
+/// Turns a libc call returning -1 on error into an `io::Result`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: the caller passes arguments valid for this libc function (see each call site).
+        #[allow(unused_unsafe)]
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+#[cfg(target_os = "linux")]
+mod epoll;
+#[cfg(target_os = "linux")]
+pub use epoll::{Events, Selector, WakeFd};
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("ferroloop has only its epoll backend so far: Linux is required");

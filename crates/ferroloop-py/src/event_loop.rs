@@ -1,0 +1,626 @@
+//! `EventLoop`: the Rust base class of `ferroloop.Loop`.
+//!
+//! It owns the three queues of an asyncio loop and runs them the way `BaseEventLoop._run_once`
+//! does, one iteration at a time:
+//!
+//! 1. drop cancelled timers at the head of the heap (or compact the heap when more than half of
+//!    it is cancelled);
+//! 2. poll file descriptors: without waiting when callbacks are ready or the loop is stopping,
+//!    otherwise until the earliest timer (or forever); the GIL is released only while blocked;
+//! 3. queue the callbacks of ready descriptors, then the timers due by now;
+//! 4. run the callbacks that were ready when the iteration began, in order. Callbacks scheduled
+//!    by these wait for the next iteration, so I/O is polled between them. When one iteration's
+//!    batch runs longer than [`FAIRNESS_BUDGET`], the rest waits for the next iteration, so file
+//!    descriptors are polled at least that often.
+//!
+//! Invariants: all mutable state sits in [`GilCell`]s (see its rules: no Python call, object
+//! creation or drop while borrowed). `call_soon_threadsafe` runs with the GIL like everything
+//! else, so it appends to the ready queue directly and only writes to the waker when the loop is
+//! blocked in the poller (`polling`): the flag is set before the GIL is released for the wait, so
+//! a thread that sees it unset ran before the timeout was computed and is seen by that.
+//!
+//! What is not hot lives in Python (`python/ferroloop/_loop.py`): `run_forever`'s bookkeeping,
+//! `run_until_complete`, exception handlers, executors, DNS, signals.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferroloop_core::clock;
+use ferroloop_core::poller::{Poller, Waker};
+use ferroloop_core::timers::TimerQueue;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{ffi, PyTraverseError, PyVisit};
+
+use crate::gil_cell::GilCell;
+use crate::handles::{copy_current_context, Handle, TimerHandle};
+use crate::pyrefs;
+
+/// The longest a batch of callbacks runs before file descriptors are polled again (seconds).
+pub const FAIRNESS_BUDGET: f64 = 250e-6;
+/// asyncio's cap on one wait in the poller: a day.
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// The loop's queues.
+#[derive(Default)]
+struct Queues {
+    /// Callbacks to run, in order.
+    ready: VecDeque<Py<Handle>>,
+    /// `call_at` timers, by (deadline, scheduling order).
+    timers: TimerQueue<Py<TimerHandle>>,
+    /// `add_reader` callbacks by file descriptor.
+    readers: HashMap<RawFd, Py<Handle>>,
+    /// `add_writer` callbacks by file descriptor.
+    writers: HashMap<RawFd, Py<Handle>>,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
+pub struct EventLoop {
+    /// Ready queue, timers, readers and writers.
+    queues: GilCell<Queues>,
+    /// The poller; borrowed for the whole wait (with the GIL released) by the loop's thread.
+    poller: GilCell<Poller>,
+    /// Interrupts a blocked poll; used by `call_soon_threadsafe` from other threads.
+    waker: Arc<Waker>,
+    /// True while the loop's thread waits in the poller with the GIL released.
+    polling: AtomicBool,
+    /// Cancelled timers still in the heap, counted by `TimerHandle.cancel()`.
+    timers_cancelled: Arc<AtomicUsize>,
+    /// `stop()` was called: finish this iteration, then return from `run_forever`.
+    stopping: AtomicBool,
+    /// `close()` was called.
+    closed: AtomicBool,
+    /// Debug mode (`set_debug`).
+    debug: AtomicBool,
+    /// Thread identifier of the thread running the loop, 0 when not running.
+    thread_id: AtomicU64,
+    /// Debug mode logs callbacks that take longer than this (seconds).
+    slow_callback_duration: GilCell<f64>,
+    /// The clock's resolution: timers due within it are run in this iteration.
+    clock_resolution: f64,
+    /// When file descriptors were last polled.
+    last_poll: GilCell<f64>,
+}
+
+/// `RuntimeError('Event loop is closed')`, as asyncio raises it.
+#[cold]
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
+        fd
+    } else {
+        obj.call_method0("fileno")
+            .and_then(|f| f.extract::<i64>())
+            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map_or_else(|_| "?".into(), |r| r.to_string()))))?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+fn current_thread_id() -> u64 {
+    // SAFETY: reads the calling thread's identifier; no preconditions.
+    u64::from(unsafe { ffi::PyThread_get_thread_ident() })
+}
+
+impl EventLoop {
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Relaxed) {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// Debug-mode checks of `call_soon` and friends, as asyncio makes them.
+    #[cold]
+    fn debug_checks(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str, check_thread: bool) -> PyResult<()> {
+        let tid = self.thread_id.load(Relaxed);
+        if check_thread && tid != 0 && tid != current_thread_id() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        pyrefs::format_fn(py, "check_callback")?.call1((callback, method))?;
+        Ok(())
+    }
+
+    /// Builds a handle; in debug mode it records where it was created.
+    fn make_handle(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(c) if !c.is_none() => c.clone().unbind(),
+            _ => copy_current_context(py)?,
+        };
+        let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
+        Ok(Handle::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
+    }
+
+    fn schedule_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        self.check_closed()?;
+        if self.debug.load(Relaxed) {
+            self.debug_checks(py, callback, "call_at", true)?;
+        }
+        let base = self.make_handle(py, callback, args, context)?;
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
+        let timer = Py::new(py, init)?;
+        self.queues.borrow_mut(py).timers.push(when, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    fn set_callback(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        write: bool,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
+        {
+            let mut poller = self.poller.borrow_mut(py);
+            let mut interest = poller.interest(fd);
+            if write { interest.write = true } else { interest.read = true }
+            poller.set_interest(fd, interest)?;
+        }
+        let old = {
+            let mut q = self.queues.borrow_mut(py);
+            if write { q.writers.insert(fd, handle) } else { q.readers.insert(fd, handle) }
+        };
+        if let Some(old) = old {
+            Handle::cancel(old.get(), py);
+        }
+        Ok(())
+    }
+
+    fn remove_callback(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+        if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        self.remove_fd_callback(py, fd, write)
+    }
+
+    fn remove_fd_callback(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
+        let old = {
+            let mut q = self.queues.borrow_mut(py);
+            if write { q.writers.remove(&fd) } else { q.readers.remove(&fd) }
+        };
+        let Some(old) = old else { return Ok(false) };
+        {
+            let mut poller = self.poller.borrow_mut(py);
+            let mut interest = poller.interest(fd);
+            if write { interest.write = false } else { interest.read = false }
+            poller.set_interest(fd, interest)?;
+        }
+        Handle::cancel(old.get(), py);
+        Ok(true)
+    }
+
+    /// Step 1 of an iteration: drops cancelled timers; returns how long the poll may wait.
+    fn prune_timers_and_timeout(&self, py: Python<'_>) -> Option<Duration> {
+        let mut dropped: Vec<Py<TimerHandle>> = Vec::new();
+        let timeout = {
+            let mut q = self.queues.borrow_mut(py);
+            q.timers.note_cancelled(self.timers_cancelled.swap(0, Relaxed));
+            if q.timers.should_compact() {
+                dropped = q.timers.compact(|t| !t.bind(py).as_super().get().is_cancelled());
+            } else {
+                while let Some((_, t)) = q.timers.peek() {
+                    if !t.bind(py).as_super().get().is_cancelled() {
+                        break;
+                    }
+                    if let Some((_, t)) = q.timers.pop() {
+                        q.timers.forget_cancelled();
+                        dropped.push(t);
+                    }
+                }
+            }
+            if !q.ready.is_empty() || self.stopping.load(Relaxed) {
+                Some(Duration::ZERO)
+            } else {
+                q.timers.peek().map(|(when, _)| {
+                    Duration::from_secs_f64((when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT))
+                })
+            }
+        };
+        for t in &dropped {
+            t.get().unschedule();
+        }
+        drop(dropped);
+        timeout
+    }
+
+    /// Step 2: polls, and queues the callbacks of ready file descriptors.
+    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+        let blocking = timeout != Some(Duration::ZERO);
+        {
+            let mut guard = self.poller.borrow_mut(py);
+            let poller: &mut Poller = &mut guard;
+            if blocking {
+                self.polling.store(true, Relaxed);
+                let res = py.detach(|| poller.poll(timeout));
+                self.polling.store(false, Relaxed);
+                res?;
+            } else {
+                poller.poll(timeout)?;
+            }
+        }
+        *self.last_poll.borrow_mut(py) = clock::monotonic();
+        if blocking {
+            // A signal may have cut the wait short: run Python's handlers now (they may raise
+            // KeyboardInterrupt), not whenever the next callback happens to run.
+            py.check_signals()?;
+        }
+        let mut stale: Vec<(RawFd, bool)> = Vec::new();
+        {
+            let poller = self.poller.borrow(py);
+            let mut q = self.queues.borrow_mut(py);
+            for ev in poller.ready() {
+                for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
+                    if !is_ready {
+                        continue;
+                    }
+                    let map = if write { &q.writers } else { &q.readers };
+                    let Some(h) = map.get(&ev.fd) else { continue };
+                    if h.get().is_cancelled() {
+                        stale.push((ev.fd, write));
+                    } else {
+                        let h = h.clone_ref(py);
+                        q.ready.push_back(h);
+                    }
+                }
+            }
+        }
+        for (fd, write) in stale {
+            self.remove_fd_callback(py, fd, write)?;
+        }
+        Ok(())
+    }
+
+    /// Step 3: moves the timers due by now to the ready queue.
+    fn queue_due_timers(&self, py: Python<'_>) {
+        let end = clock::monotonic() + self.clock_resolution;
+        let mut q = self.queues.borrow_mut(py);
+        while let Some((when, _)) = q.timers.peek() {
+            if when >= end {
+                break;
+            }
+            let Some((_, t)) = q.timers.pop() else { break };
+            t.get().unschedule();
+            let h: Py<Handle> = t.into_bound(py).into_super().unbind();
+            q.ready.push_back(h);
+        }
+    }
+
+    /// Step 4: runs the callbacks that were ready when the iteration began.
+    fn run_ready(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        let this = slf.get();
+        let ntodo = this.queues.borrow(py).ready.len();
+        let debug = this.debug.load(Relaxed);
+        let started = clock::monotonic();
+        for i in 0..ntodo {
+            if i % 64 == 63 && clock::monotonic() - started > FAIRNESS_BUDGET && !this.stopping.load(Relaxed) {
+                break;
+            }
+            let Some(handle) = this.queues.borrow_mut(py).ready.pop_front() else { break };
+            let h = handle.get();
+            if h.is_cancelled() {
+                continue;
+            }
+            let t0 = if debug { clock::monotonic() } else { 0.0 };
+            if let Err(err) = h.run(py) {
+                if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+                    return Err(err);
+                }
+                report_callback_error(slf, handle.bind(py), err)?;
+            }
+            if debug {
+                let dt = clock::monotonic() - t0;
+                if dt >= *this.slow_callback_duration.borrow(py) {
+                    let what = pyrefs::format_fn(py, "format_handle")?.call1((handle.bind(py),))?;
+                    pyrefs::asyncio_logger(py)?.call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The caller's stack, for debug mode's `_source_traceback`.
+#[cold]
+fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let frame = pyrefs::getframe(py)?.call1((0,))?;
+    Ok(pyrefs::extract_stack(py)?.call1((frame,))?.unbind())
+}
+
+/// Sends a callback's exception to the loop's exception handler, as `Handle._run` does.
+#[cold]
+fn report_callback_error(slf: &Bound<'_, EventLoop>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
+    let py = slf.py();
+    let context = pyrefs::format_fn(py, "callback_error_context")?.call1((handle, err.into_value(py), slf.get().debug.load(Relaxed)))?;
+    slf.call_method1("call_exception_handler", (context,))?;
+    Ok(())
+}
+
+#[pymethods]
+impl EventLoop {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let poller = Poller::new()?;
+        Ok(Self {
+            waker: poller.waker(),
+            poller: GilCell::new(poller),
+            queues: GilCell::new(Queues::default()),
+            polling: AtomicBool::new(false),
+            timers_cancelled: Arc::new(AtomicUsize::new(0)),
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            slow_callback_duration: GilCell::new(0.1),
+            clock_resolution: clock::resolution(),
+            last_poll: GilCell::new(0.0),
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        if self.debug.load(Relaxed) {
+            self.debug_checks(py, callback, "call_soon", true)?;
+        }
+        let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
+        self.queues.borrow_mut(py).ready.push_back(handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        if self.debug.load(Relaxed) {
+            self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
+        self.queues.borrow_mut(py).ready.push_back(handle.clone_ref(py));
+        if self.polling.load(Relaxed) {
+            self.waker.wake();
+        }
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        self.schedule_timer(py, clock::monotonic() + delay, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        self.schedule_timer(py, when, callback, args, context)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    fn set_debug(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(enabled.is_truthy()?, Relaxed);
+        Ok(())
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        *self.slow_callback_duration.borrow(py)
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        *self.slow_callback_duration.borrow_mut(py) = value;
+    }
+
+    /// `threading.get_ident()` of the thread running the loop, or None.
+    #[getter(_thread_id)]
+    fn thread_id_attr(&self) -> Option<u64> {
+        match self.thread_id.load(Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    #[getter(_stopping)]
+    fn stopping_attr(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    #[getter(_closed)]
+    fn closed_attr(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    #[getter(_clock_resolution)]
+    fn clock_resolution_attr(&self) -> f64 {
+        self.clock_resolution
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.set_callback(py, fd, callback, args, false)
+    }
+
+    fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.set_callback(py, fd, callback, args, true)
+    }
+
+    fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, true)
+    }
+
+    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        Ok(pyrefs::future_type(py)?.call((), Some(&kwargs))?.unbind())
+    }
+
+    /// Runs iterations until `stop()`; `run_forever` (in Python) does the bookkeeping around it.
+    fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.thread_id.store(current_thread_id(), Relaxed);
+        let result = loop {
+            if let Err(e) = Self::_run_once(slf) {
+                break Err(e);
+            }
+            if this.stopping.load(Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Relaxed);
+        this.thread_id.store(0, Relaxed);
+        result
+    }
+
+    /// One iteration (see the module documentation).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timeout = this.prune_timers_and_timeout(py);
+        this.poll(py, timeout)?;
+        this.queue_due_timers(py);
+        Self::run_ready(slf, py)
+    }
+
+    /// Closes the loop's own resources; `close()` (in Python) checks and does the rest.
+    fn _close_native(&self, py: Python<'_>) {
+        if self.closed.swap(true, Relaxed) {
+            return;
+        }
+        let queues = std::mem::take(&mut *self.queues.borrow_mut(py));
+        self.poller.borrow_mut(py).clear();
+        drop(queues);
+    }
+
+    /// A handle that is not scheduled (for signal handlers, queued by `_call_handle` later).
+    #[pyo3(signature = (callback, args))]
+    fn _make_handle(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+        Py::new(py, self.make_handle(py, callback, args, None)?)
+    }
+
+    /// Queues an existing handle, from any thread (signal delivery).
+    fn _call_handle(&self, py: Python<'_>, handle: Py<Handle>) {
+        self.queues.borrow_mut(py).ready.push_back(handle);
+        if self.polling.load(Relaxed) {
+            self.waker.wake();
+        }
+    }
+
+    fn _timer_count(&self, py: Python<'_>) -> usize {
+        self.queues.borrow(py).timers.len()
+    }
+
+    fn _ready_count(&self, py: Python<'_>) -> usize {
+        self.queues.borrow(py).ready.len()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(q) = self.queues.try_borrow() {
+            for h in &q.ready {
+                visit.call(h)?;
+            }
+            for h in q.readers.values().chain(q.writers.values()) {
+                visit.call(h)?;
+            }
+            // The heap's order is irrelevant here; only membership matters.
+            let mut err = Ok(());
+            q.timers.for_each(|t| {
+                if err.is_ok() {
+                    err = visit.call(t);
+                }
+            });
+            err?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        drop(self.queues.try_take());
+    }
+}

@@ -1,0 +1,221 @@
+//! `Handle` and `TimerHandle`: what `call_soon`, `call_later`, `call_at` and `add_reader` return,
+//! with asyncio's interface (`cancel`, `cancelled`, `when`, `get_context`).
+//!
+//! A handle owns its callback, its arguments and the `contextvars.Context` the callback runs in.
+//! `cancel()` drops the callback and arguments at once (as asyncio does) so that whatever they
+//! keep alive is released even while the handle sits in a queue; the loop skips cancelled
+//! handles when it reaches them. A `TimerHandle` also knows whether it is still in the loop's
+//! timer heap (`scheduled`) and, when cancelled there, counts itself in the loop's cancelled-timer
+//! counter, which drives the heap's compaction.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use pyo3::{ffi, PyTraverseError, PyVisit};
+
+use crate::gil_cell::GilCell;
+use crate::pyrefs;
+
+/// The parts of a handle that `cancel()` releases.
+struct Callback {
+    /// The callable; `None` once cancelled.
+    func: Option<Py<PyAny>>,
+    /// Positional arguments for `func`; `None` once cancelled.
+    args: Option<Py<PyTuple>>,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
+pub struct Handle {
+    /// Callback and arguments, released by `cancel()`.
+    callback: GilCell<Callback>,
+    /// The `contextvars.Context` the callback runs in.
+    context: Py<PyAny>,
+    /// Set by `cancel()`; never cleared.
+    cancelled: AtomicBool,
+    /// In debug mode, where the handle was created (`asyncio.format_helpers.extract_stack`).
+    source_traceback: Option<Py<PyAny>>,
+}
+
+impl Handle {
+    pub(crate) fn new(
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Self {
+            callback: GilCell::new(Callback { func: Some(func), args: Some(args) }),
+            context,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Relaxed)
+    }
+
+    /// Marks the handle cancelled; returns the callback and arguments for the caller to drop
+    /// outside any borrow (dropping them may run Python code), or `None` if already cancelled.
+    fn cancel_inner(&self, py: Python<'_>) -> Option<Callback> {
+        if self.cancelled.swap(true, Relaxed) {
+            return None;
+        }
+        let mut cb = self.callback.borrow_mut(py);
+        Some(Callback { func: cb.func.take(), args: cb.args.take() })
+    }
+
+    /// Runs the callback in the handle's context. An error is the callback's exception, for the
+    /// loop to report or propagate.
+    #[inline]
+    pub(crate) fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let (func, args) = {
+            let cb = self.callback.borrow(py);
+            match (&cb.func, &cb.args) {
+                (Some(f), Some(a)) => (f.clone_ref(py), a.clone_ref(py)),
+                _ => return Ok(()),
+            }
+        };
+        let ctx = self.context.as_ptr();
+        // SAFETY: `ctx` is a live `contextvars.Context` (checked when the handle was made) and we
+        // are attached to the interpreter.
+        if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let result = func.bind(py).call1(args.bind(py)).map(drop);
+        // SAFETY: same context, entered just above on this thread.
+        if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        result
+    }
+
+    pub(crate) fn callback_parts(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>) {
+        let cb = self.callback.borrow(py);
+        (cb.func.as_ref().map(|f| f.clone_ref(py)), cb.args.as_ref().map(|a| a.clone_ref(py)))
+    }
+
+    pub(crate) fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+}
+
+#[pymethods]
+impl Handle {
+    pub(crate) fn cancel(&self, py: Python<'_>) {
+        drop(self.cancel_inner(py));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    /// Runs the callback now, reporting its exception like the loop would not: raises it.
+    fn _run(&self, py: Python<'_>) -> PyResult<()> {
+        self.run(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback_parts(py).0
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback_parts(py).1
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback(py)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        pyrefs::format_fn(slf.py(), "handle_repr")?.call1((slf,))?.extract()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)?;
+        if let Some(cb) = self.callback.try_borrow() {
+            visit.call(&cb.func)?;
+            visit.call(&cb.args)?;
+        }
+        Ok(())
+    }
+}
+
+#[pyclass(module = "ferroloop._ferroloop", extends = Handle, frozen)]
+pub struct TimerHandle {
+    /// The deadline on the loop's clock.
+    when: f64,
+    /// True while the handle is in the loop's timer heap.
+    scheduled: AtomicBool,
+    /// The loop's count of cancelled timers still in its heap.
+    loop_cancelled: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    pub(crate) fn new(when: f64, loop_cancelled: Arc<AtomicUsize>) -> Self {
+        Self { when, scheduled: AtomicBool::new(true), loop_cancelled }
+    }
+
+    /// The loop took the handle out of its heap.
+    pub(crate) fn unschedule(&self) {
+        self.scheduled.store(false, Relaxed);
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) {
+        let released = slf.as_super().get().cancel_inner(slf.py());
+        let this = slf.get();
+        if released.is_some() && this.scheduled.load(Relaxed) {
+            this.loop_cancelled.fetch_add(1, Relaxed);
+        }
+        drop(released);
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Relaxed)
+    }
+}
+
+/// A copy of the calling thread's current context (`contextvars.copy_context()`).
+pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: attached to the interpreter; returns a new reference or NULL with an exception set.
+    let ptr = unsafe { ffi::PyContext_CopyCurrent() };
+    if ptr.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: `ptr` is a new, non-null reference that we now own.
+    Ok(unsafe { Bound::from_owned_ptr(py, ptr) }.unbind())
+}

@@ -1,0 +1,21 @@
+//! `ferroloop._ferroloop`: the PyO3 bindings of ferroloop's event loop.
+//!
+//! Each module registers its own classes; this file only assembles them. Layering (each depends
+//! only on those below it): `event_loop` → `handles` → `gil_cell`, `pyrefs` → `ferroloop_core`.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod event_loop;
+mod gil_cell;
+mod handles;
+mod pyrefs;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<event_loop::EventLoop>()?;
+    m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+"""Reprs and messages for the Rust handles and loop: the parts that are not hot.
+
+The Rust side calls these functions by name (``crates/ferroloop-py/src/pyrefs.rs``).
+"""
+
+from asyncio import coroutines, format_helpers, tasks
+
+
+def _callback_source(callback, args, debug=False):
+    try:
+        return format_helpers._format_callback_source(callback, args, debug=debug)
+    except TypeError:  # Python < 3.13 has no ``debug`` argument.
+        return format_helpers._format_callback_source(callback, args)
+
+
+def handle_repr(handle):
+    """``<Handle ...>``/``<TimerHandle ...>`` with asyncio's fields."""
+    info = [type(handle).__name__]
+    if handle.cancelled():
+        info.append("cancelled")
+    if hasattr(handle, "when"):
+        info.append(f"when={handle.when()}")
+    if handle._callback is not None:
+        info.append(_callback_source(handle._callback, handle._args))
+    if handle._source_traceback:
+        frame = handle._source_traceback[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    return "<{}>".format(" ".join(info))
+
+
+def format_handle(handle):
+    """How a slow callback is named in debug mode's warning: its task, if it steps one."""
+    owner = getattr(handle._callback, "__self__", None)
+    if isinstance(owner, tasks.Task):
+        return repr(owner)
+    return str(handle)
+
+
+def callback_error_context(handle, exc, debug):
+    """The exception handler's context for a callback that raised ``exc``."""
+    source = _callback_source(handle._callback, handle._args, debug)
+    context = {
+        "message": f"Exception in callback {source}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    return context
+
+
+def check_callback(callback, method):
+    """Debug mode's argument check of ``call_soon`` and friends."""
+    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
