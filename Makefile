@@ -1,0 +1,67 @@
+# ferroloop's tasks. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+# The release profile everywhere (tests included), so one build serves the demo, tests and benchmarks.
+MATURIN_FLAGS ?= --release
+
+.PHONY: help
+help: ## List the tasks
+	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VPY): requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -r requirements-dev.txt
+	touch $(VPY)
+
+.PHONY: venv
+venv: $(VPY) ## Create .venv with the pinned build and test dependencies
+
+.PHONY: build
+build: $(VPY) ## Build the extension (release) and install it into .venv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop $(MATURIN_FLAGS) --quiet
+
+.PHONY: demo
+demo: build ## Build, run the asyncio Hello World on ferroloop, compare loops on two micro-benchmarks
+	$(VPY) examples/hello.py
+	$(VPY) bench/micro.py --quick call_soon create_task
+
+.PHONY: lint
+lint: $(VPY) ## cargo fmt --check, cargo clippy -D warnings, ruff
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests bench examples
+	$(VENV)/bin/ruff format --check python tests bench examples
+
+.PHONY: fmt
+fmt: $(VPY) ## Format Rust and Python sources
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests bench examples
+
+.PHONY: cargo-test
+cargo-test: ## Rust unit tests of the core crate
+	cargo test -p ferroloop-core
+
+.PHONY: pytest
+pytest: build ## The behaviour suite, on stock asyncio and on ferroloop
+	$(VPY) -m pytest -q
+
+.PHONY: conformance
+conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fails on a regression
+	$(VPY) tests/cpython/run.py --expected tests/cpython/expected/$$($(VPY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').json
+
+.PHONY: test
+test: lint cargo-test pytest conformance ## Everything CI runs
+
+.PHONY: bench
+bench: build ## Side-by-side micro-benchmarks of asyncio and ferroloop
+	$(VPY) bench/micro.py
+
+.PHONY: clean
+clean: ## Remove build products and .venv
+	cargo clean
+	rm -rf $(VENV)
