@@ -31,7 +31,9 @@ use std::time::Duration;
 use ferroloop_core::clock;
 use ferroloop_core::poller::{Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, PyTraverseError, PyVisit};
@@ -99,14 +101,23 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     } else {
         obj.call_method0("fileno")
             .and_then(|f| f.extract::<i64>())
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", obj.repr().map_or_else(|_| "?".into(), |r| r.to_string()))))?
+            .map_err(|_| {
+                PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+                ))
+            })?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
 
+// `c_ulong` is only 32 bits wide on some targets.
+#[allow(clippy::useless_conversion)]
 fn current_thread_id() -> u64 {
     // SAFETY: reads the calling thread's identifier; no preconditions.
     u64::from(unsafe { ffi::PyThread_get_thread_ident() })
@@ -123,7 +134,13 @@ impl EventLoop {
 
     /// Debug-mode checks of `call_soon` and friends, as asyncio makes them.
     #[cold]
-    fn debug_checks(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str, check_thread: bool) -> PyResult<()> {
+    fn debug_checks(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
         let tid = self.thread_id.load(Relaxed);
         if check_thread && tid != 0 && tid != current_thread_id() {
             return Err(PyRuntimeError::new_err(
@@ -146,8 +163,17 @@ impl EventLoop {
             Some(c) if !c.is_none() => c.clone().unbind(),
             _ => copy_current_context(py)?,
         };
-        let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
-        Ok(Handle::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
+        let tb = if self.debug.load(Relaxed) {
+            Some(source_traceback(py)?)
+        } else {
+            None
+        };
+        Ok(Handle::new(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            context,
+            tb,
+        ))
     }
 
     fn schedule_timer(
@@ -163,9 +189,13 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_at", true)?;
         }
         let base = self.make_handle(py, callback, args, context)?;
-        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
+        let init = PyClassInitializer::from(base)
+            .add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
         let timer = Py::new(py, init)?;
-        self.queues.borrow_mut(py).timers.push(when, timer.clone_ref(py));
+        self.queues
+            .borrow_mut(py)
+            .timers
+            .push(when, timer.clone_ref(py));
         Ok(timer)
     }
 
@@ -183,12 +213,20 @@ impl EventLoop {
         {
             let mut poller = self.poller.borrow_mut(py);
             let mut interest = poller.interest(fd);
-            if write { interest.write = true } else { interest.read = true }
+            if write {
+                interest.write = true
+            } else {
+                interest.read = true
+            }
             poller.set_interest(fd, interest)?;
         }
         let old = {
             let mut q = self.queues.borrow_mut(py);
-            if write { q.writers.insert(fd, handle) } else { q.readers.insert(fd, handle) }
+            if write {
+                q.writers.insert(fd, handle)
+            } else {
+                q.readers.insert(fd, handle)
+            }
         };
         if let Some(old) = old {
             Handle::cancel(old.get(), py);
@@ -196,7 +234,12 @@ impl EventLoop {
         Ok(())
     }
 
-    fn remove_callback(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
+    fn remove_callback(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        write: bool,
+    ) -> PyResult<bool> {
         if self.closed.load(Relaxed) {
             return Ok(false);
         }
@@ -207,13 +250,21 @@ impl EventLoop {
     fn remove_fd_callback(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
         let old = {
             let mut q = self.queues.borrow_mut(py);
-            if write { q.writers.remove(&fd) } else { q.readers.remove(&fd) }
+            if write {
+                q.writers.remove(&fd)
+            } else {
+                q.readers.remove(&fd)
+            }
         };
         let Some(old) = old else { return Ok(false) };
         {
             let mut poller = self.poller.borrow_mut(py);
             let mut interest = poller.interest(fd);
-            if write { interest.write = false } else { interest.read = false }
+            if write {
+                interest.write = false
+            } else {
+                interest.read = false
+            }
             poller.set_interest(fd, interest)?;
         }
         Handle::cancel(old.get(), py);
@@ -225,9 +276,12 @@ impl EventLoop {
         let mut dropped: Vec<Py<TimerHandle>> = Vec::new();
         let timeout = {
             let mut q = self.queues.borrow_mut(py);
-            q.timers.note_cancelled(self.timers_cancelled.swap(0, Relaxed));
+            q.timers
+                .note_cancelled(self.timers_cancelled.swap(0, Relaxed));
             if q.timers.should_compact() {
-                dropped = q.timers.compact(|t| !t.bind(py).as_super().get().is_cancelled());
+                dropped = q
+                    .timers
+                    .compact(|t| !t.bind(py).as_super().get().is_cancelled());
             } else {
                 while let Some((_, t)) = q.timers.peek() {
                     if !t.bind(py).as_super().get().is_cancelled() {
@@ -243,7 +297,9 @@ impl EventLoop {
                 Some(Duration::ZERO)
             } else {
                 q.timers.peek().map(|(when, _)| {
-                    Duration::from_secs_f64((when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT))
+                    Duration::from_secs_f64(
+                        (when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT),
+                    )
                 })
             }
         };
@@ -323,17 +379,24 @@ impl EventLoop {
         let debug = this.debug.load(Relaxed);
         let started = clock::monotonic();
         for i in 0..ntodo {
-            if i % 64 == 63 && clock::monotonic() - started > FAIRNESS_BUDGET && !this.stopping.load(Relaxed) {
+            if i % 64 == 63
+                && clock::monotonic() - started > FAIRNESS_BUDGET
+                && !this.stopping.load(Relaxed)
+            {
                 break;
             }
-            let Some(handle) = this.queues.borrow_mut(py).ready.pop_front() else { break };
+            let Some(handle) = this.queues.borrow_mut(py).ready.pop_front() else {
+                break;
+            };
             let h = handle.get();
             if h.is_cancelled() {
                 continue;
             }
             let t0 = if debug { clock::monotonic() } else { 0.0 };
             if let Err(err) = h.run(py) {
-                if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+                if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                    || err.is_instance_of::<PySystemExit>(py)
+                {
                     return Err(err);
                 }
                 report_callback_error(slf, handle.bind(py), err)?;
@@ -342,7 +405,8 @@ impl EventLoop {
                 let dt = clock::monotonic() - t0;
                 if dt >= *this.slow_callback_duration.borrow(py) {
                     let what = pyrefs::format_fn(py, "format_handle")?.call1((handle.bind(py),))?;
-                    pyrefs::asyncio_logger(py)?.call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
+                    pyrefs::asyncio_logger(py)?
+                        .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
                 }
             }
         }
@@ -359,9 +423,17 @@ fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 /// Sends a callback's exception to the loop's exception handler, as `Handle._run` does.
 #[cold]
-fn report_callback_error(slf: &Bound<'_, EventLoop>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
+fn report_callback_error(
+    slf: &Bound<'_, EventLoop>,
+    handle: &Bound<'_, Handle>,
+    err: PyErr,
+) -> PyResult<()> {
     let py = slf.py();
-    let context = pyrefs::format_fn(py, "callback_error_context")?.call1((handle, err.into_value(py), slf.get().debug.load(Relaxed)))?;
+    let context = pyrefs::format_fn(py, "callback_error_context")?.call1((
+        handle,
+        err.into_value(py),
+        slf.get().debug.load(Relaxed),
+    ))?;
     slf.call_method1("call_exception_handler", (context,))?;
     Ok(())
 }
@@ -405,7 +477,10 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_soon", true)?;
         }
         let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
-        self.queues.borrow_mut(py).ready.push_back(handle.clone_ref(py));
+        self.queues
+            .borrow_mut(py)
+            .ready
+            .push_back(handle.clone_ref(py));
         Ok(handle)
     }
 
@@ -422,7 +497,10 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
         }
         let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
-        self.queues.borrow_mut(py).ready.push_back(handle.clone_ref(py));
+        self.queues
+            .borrow_mut(py)
+            .ready
+            .push_back(handle.clone_ref(py));
         if self.polling.load(Relaxed) {
             self.waker.wake();
         }
@@ -517,7 +595,13 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         self.set_callback(py, fd, callback, args, false)
     }
 
@@ -526,7 +610,13 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    fn add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
         self.set_callback(py, fd, callback, args, true)
     }
 
@@ -580,7 +670,12 @@ impl EventLoop {
 
     /// A handle that is not scheduled (for signal handlers, queued by `_call_handle` later).
     #[pyo3(signature = (callback, args))]
-    fn _make_handle(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
+    fn _make_handle(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         Py::new(py, self.make_handle(py, callback, args, None)?)
     }
 

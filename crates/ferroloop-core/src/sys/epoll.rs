@@ -26,7 +26,8 @@ impl Selector {
     pub fn new() -> io::Result<Self> {
         let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
         // SAFETY: epoll_create1 returned a fresh descriptor that nothing else owns.
-        Ok(Self { epfd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { epfd })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest) -> io::Result<()> {
@@ -62,7 +63,12 @@ impl Selector {
         };
         events.len = 0;
         let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
-        match syscall!(epoll_wait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms)) {
+        match syscall!(epoll_wait(
+            self.epfd.as_raw_fd(),
+            events.buf.as_mut_ptr(),
+            cap,
+            ms
+        )) {
             Ok(n) => {
                 #[allow(clippy::cast_sign_loss)]
                 let n = n as usize;
@@ -84,7 +90,10 @@ pub struct Events {
 
 impl Events {
     pub fn with_capacity(cap: usize) -> Self {
-        Self { buf: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)], len: 0 }
+        Self {
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)],
+            len: 0,
+        }
     }
 
     /// `(fd, readable, writable)` for each event of the last wait. An error or hang-up counts as
@@ -110,7 +119,8 @@ impl WakeFd {
     pub fn new() -> io::Result<Self> {
         let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
         // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     pub fn raw(&self) -> RawFd {
