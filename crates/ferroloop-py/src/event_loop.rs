@@ -65,9 +65,11 @@ pub struct EventLoop {
     /// Ready queue, timers, readers and writers.
     queues: GilCell<Queues>,
     /// The poller; borrowed for the whole wait (with the GIL released) by the loop's thread.
-    poller: GilCell<Poller>,
+    /// `None` once the loop is closed: closing releases its file descriptors at once.
+    poller: GilCell<Option<Poller>>,
     /// Interrupts a blocked poll; used by `call_soon_threadsafe` from other threads.
-    waker: Arc<Waker>,
+    /// `None` once the loop is closed.
+    waker: GilCell<Option<Arc<Waker>>>,
     /// True while the loop's thread waits in the poller with the GIL released.
     polling: AtomicBool,
     /// Cancelled timers still in the heap, counted by `TimerHandle.cancel()`.
@@ -211,7 +213,8 @@ impl EventLoop {
         let fd = fileobj_to_fd(fd)?;
         let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
         {
-            let mut poller = self.poller.borrow_mut(py);
+            let mut guard = self.poller.borrow_mut(py);
+            let poller = guard.as_mut().ok_or_else(closed_error)?;
             let mut interest = poller.interest(fd);
             if write {
                 interest.write = true
@@ -258,7 +261,8 @@ impl EventLoop {
         };
         let Some(old) = old else { return Ok(false) };
         {
-            let mut poller = self.poller.borrow_mut(py);
+            let mut guard = self.poller.borrow_mut(py);
+            let poller = guard.as_mut().ok_or_else(closed_error)?;
             let mut interest = poller.interest(fd);
             if write {
                 interest.write = false
@@ -269,6 +273,13 @@ impl EventLoop {
         }
         Handle::cancel(old.get(), py);
         Ok(true)
+    }
+
+    /// Interrupts the poller's wait (from any thread).
+    fn wake(&self, py: Python<'_>) {
+        if let Some(waker) = self.waker.borrow(py).as_ref() {
+            waker.wake();
+        }
     }
 
     /// Step 1 of an iteration: drops cancelled timers; returns how long the poll may wait.
@@ -315,7 +326,7 @@ impl EventLoop {
         let blocking = timeout != Some(Duration::ZERO);
         {
             let mut guard = self.poller.borrow_mut(py);
-            let poller: &mut Poller = &mut guard;
+            let poller: &mut Poller = guard.as_mut().ok_or_else(closed_error)?;
             if blocking {
                 self.polling.store(true, Relaxed);
                 let res = py.detach(|| poller.poll(timeout));
@@ -333,7 +344,8 @@ impl EventLoop {
         }
         let mut stale: Vec<(RawFd, bool)> = Vec::new();
         {
-            let poller = self.poller.borrow(py);
+            let guard = self.poller.borrow(py);
+            let poller = guard.as_ref().ok_or_else(closed_error)?;
             let mut q = self.queues.borrow_mut(py);
             for ev in poller.ready() {
                 for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
@@ -444,8 +456,8 @@ impl EventLoop {
     fn new() -> PyResult<Self> {
         let poller = Poller::new()?;
         Ok(Self {
-            waker: poller.waker(),
-            poller: GilCell::new(poller),
+            waker: GilCell::new(Some(poller.waker())),
+            poller: GilCell::new(Some(poller)),
             queues: GilCell::new(Queues::default()),
             polling: AtomicBool::new(false),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
@@ -502,7 +514,7 @@ impl EventLoop {
             .ready
             .push_back(handle.clone_ref(py));
         if self.polling.load(Relaxed) {
-            self.waker.wake();
+            self.wake(py);
         }
         Ok(handle)
     }
@@ -664,7 +676,9 @@ impl EventLoop {
             return;
         }
         let queues = std::mem::take(&mut *self.queues.borrow_mut(py));
-        self.poller.borrow_mut(py).clear();
+        let poller = self.poller.borrow_mut(py).take();
+        let waker = self.waker.borrow_mut(py).take();
+        drop((poller, waker));
         drop(queues);
     }
 
@@ -683,7 +697,7 @@ impl EventLoop {
     fn _call_handle(&self, py: Python<'_>, handle: Py<Handle>) {
         self.queues.borrow_mut(py).ready.push_back(handle);
         if self.polling.load(Relaxed) {
-            self.waker.wake();
+            self.wake(py);
         }
     }
 

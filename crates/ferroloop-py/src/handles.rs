@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
@@ -159,6 +159,13 @@ impl Handle {
         self.source_traceback(py)
     }
 
+    /// `asyncio.Handle`, so that `isinstance(handle, asyncio.Handle)` holds as the docs promise
+    /// (`isinstance` consults `__class__` when the type itself is not a subclass).
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
+        pyrefs::asyncio_handle_type(py).cloned()
+    }
+
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         pyrefs::format_fn(slf.py(), "handle_repr")?
             .call1((slf,))?
@@ -214,6 +221,12 @@ impl TimerHandle {
             this.loop_cancelled.fetch_add(1, Relaxed);
         }
         drop(released);
+    }
+
+    /// `asyncio.TimerHandle` (see `Handle.__class__`).
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
+        pyrefs::asyncio_timer_handle_type(py).cloned()
     }
 
     #[getter]

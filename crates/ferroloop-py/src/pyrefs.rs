@@ -19,6 +19,14 @@ cached_import!(
     future_type, PyType, "asyncio", "Future"
 );
 cached_import!(
+    /// `asyncio.Handle`, which ferroloop's handles present as their `__class__`.
+    asyncio_handle_type, PyType, "asyncio", "Handle"
+);
+cached_import!(
+    /// `asyncio.TimerHandle`, likewise.
+    asyncio_timer_handle_type, PyType, "asyncio", "TimerHandle"
+);
+cached_import!(
     /// `asyncio.format_helpers.extract_stack`, for debug-mode source tracebacks.
     extract_stack, PyAny, "asyncio.format_helpers", "extract_stack"
 );
