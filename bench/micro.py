@@ -140,9 +140,11 @@ def main():
     rounds = args.rounds or (3 if args.quick else 7)
     scale = 5 if args.quick else 1
     factories = loop_factories()
-    print(f"{'workload':<16}" + "".join(f"{name + ' us/op':>18}" for name in factories) + "".join(
-        f"{name + ' vs asyncio':>22}" for name in factories if name != "asyncio"
-    ))
+    print(
+        f"{'workload':<16}"
+        + "".join(f"{name + ' us/op':>18}" for name in factories)
+        + "".join(f"{name + ' vs asyncio':>22}" for name in factories if name != "asyncio")
+    )
     for name in names:
         fn, n = WORKLOADS[name]
         n //= scale

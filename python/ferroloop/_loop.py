@@ -22,6 +22,7 @@ from asyncio import coroutines, events, exceptions, futures, tasks, timeouts
 from asyncio.log import logger
 
 from . import _ferroloop
+from ._network import NetworkMixin
 
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 _SENDFILE_FALLBACK_CHUNK = 256 * 1024
@@ -37,8 +38,9 @@ def _stop_when_done(fut):
     futures._get_loop(fut).stop()
 
 
-def _check_nonblocking(sock):
-    if sock.gettimeout() != 0:
+def _check_nonblocking(loop, sock):
+    # asyncio checks only in debug mode (the check costs a call per operation).
+    if loop.get_debug() and sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
 
 
@@ -62,12 +64,14 @@ def _numeric_host_info(host, port, family, type, proto, flags):
     if port is not None and not isinstance(port, (int, str, bytes)):
         return None
     try:
-        return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+        return socket.getaddrinfo(
+            host, port, family, type, proto, flags | socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        )
     except (socket.gaierror, UnicodeError, OSError):
         return None
 
 
-class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
+class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self):
@@ -84,10 +88,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
         self.set_debug(coroutines._is_debug_mode())
 
     def __repr__(self):
-        return (
-            f"<{type(self).__name__} running={self.is_running()} "
-            f"closed={self.is_closed()} debug={self.get_debug()}>"
-        )
+        return f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():
@@ -399,7 +400,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_recv(self, sock, n):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         try:
             return sock.recv(n)
         except (BlockingIOError, InterruptedError):
@@ -408,7 +409,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_recv_into(self, sock, buf):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         try:
             return sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
@@ -417,7 +418,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_recvfrom(self, sock, bufsize):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         try:
             return sock.recvfrom(bufsize)
         except (BlockingIOError, InterruptedError):
@@ -426,7 +427,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         if not nbytes:
             nbytes = len(buf)
         try:
@@ -437,7 +438,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_sendall(self, sock, data):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         try:
             sent = sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -453,7 +454,6 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
             progress[0] += n
             if progress[0] < total:
                 raise BlockingIOError
-            return None
 
         try:
             return await self._wait_ready(sock, True, send_more)
@@ -462,7 +462,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_sendto(self, sock, data, address):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         try:
             return sock.sendto(data, address)
         except (BlockingIOError, InterruptedError):
@@ -471,7 +471,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_connect(self, sock, address):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         if sock.family == socket.AF_INET or (_HAS_IPV6 and sock.family == socket.AF_INET6):
             infos = await self.getaddrinfo(*address[:2], family=sock.family, type=sock.type, proto=sock.proto)
             address = infos[0][4]
@@ -492,7 +492,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
 
     async def sock_accept(self, sock):
         _check_not_ssl(sock)
-        _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
 
         def accept():
             conn, address = sock.accept()
@@ -506,8 +506,7 @@ class Loop(_ferroloop.EventLoop, asyncio.AbstractEventLoop):
         return await self._wait_ready(sock, False, accept)
 
     async def sock_sendfile(self, sock, file, offset=0, count=None, *, fallback=True):
-        if self.get_debug():
-            _check_nonblocking(sock)
+        _check_nonblocking(self, sock)
         _check_not_ssl(sock)
         self._check_sendfile_params(sock, file, offset, count)
         try:

@@ -7,6 +7,8 @@
 //! - [`poller`]: level-triggered readiness of file descriptors, plus a [`poller::Waker`] that
 //!   another thread uses to interrupt a blocked poll.
 //! - [`timers`]: the timer queue behind `call_at`, ordered by (deadline, scheduling order).
+//! - [`write_buffer`]: a transport's unsent bytes, flushed with one gather write.
+//! - [`net`]: the byte-stream system calls transports make (`recv`, `send`, `sendmsg`, ...).
 //!
 //! Everything is generic over the callback type `T`, which the bindings instantiate with Python
 //! handles. OS-specific code lives under `sys/`, one file per backend exporting the same names.
@@ -16,3 +18,6 @@ pub mod clock;
 pub mod poller;
 mod sys;
 pub mod timers;
+pub mod write_buffer;
+
+pub use sys::unix as net;

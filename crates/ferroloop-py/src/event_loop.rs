@@ -41,6 +41,7 @@ use pyo3::{ffi, PyTraverseError, PyVisit};
 use crate::gil_cell::GilCell;
 use crate::handles::{copy_current_context, Handle, TimerHandle};
 use crate::pyrefs;
+use crate::watch::{IoWatcher, Ready, Watcher};
 
 /// The longest a batch of callbacks runs before file descriptors are polled again (seconds).
 pub const FAIRNESS_BUDGET: f64 = 250e-6;
@@ -51,13 +52,13 @@ const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 #[derive(Default)]
 struct Queues {
     /// Callbacks to run, in order.
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Ready>,
     /// `call_at` timers, by (deadline, scheduling order).
     timers: TimerQueue<Py<TimerHandle>>,
     /// `add_reader` callbacks by file descriptor.
-    readers: HashMap<RawFd, Py<Handle>>,
+    readers: HashMap<RawFd, Watcher>,
     /// `add_writer` callbacks by file descriptor.
-    writers: HashMap<RawFd, Py<Handle>>,
+    writers: HashMap<RawFd, Watcher>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -211,29 +212,48 @@ impl EventLoop {
     ) -> PyResult<()> {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
+        self.check_not_native(py, fd)?;
         let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
+        self.watch(py, fd, Watcher::Handle(handle), write)
+    }
+
+    /// `RuntimeError` when a native transport owns `fd`, as asyncio's `_ensure_fd_no_transport`.
+    fn check_not_native(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let q = self.queues.borrow(py);
+        let native = |m: &HashMap<RawFd, Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
+        if native(&q.readers) || native(&q.writers) {
+            return Err(PyRuntimeError::new_err(format!(
+                "File descriptor {fd} is used by transport"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
+    fn watch(&self, py: Python<'_>, fd: RawFd, watcher: Watcher, write: bool) -> PyResult<()> {
         {
             let mut guard = self.poller.borrow_mut(py);
             let poller = guard.as_mut().ok_or_else(closed_error)?;
             let mut interest = poller.interest(fd);
             if write {
-                interest.write = true
+                interest.write = true;
             } else {
-                interest.read = true
+                interest.read = true;
             }
             poller.set_interest(fd, interest)?;
         }
         let old = {
             let mut q = self.queues.borrow_mut(py);
             if write {
-                q.writers.insert(fd, handle)
+                q.writers.insert(fd, watcher)
             } else {
-                q.readers.insert(fd, handle)
+                q.readers.insert(fd, watcher)
             }
         };
-        if let Some(old) = old {
+        if let Some(Watcher::Handle(old)) = &old {
             Handle::cancel(old.get(), py);
         }
+        drop(old);
         Ok(())
     }
 
@@ -247,10 +267,12 @@ impl EventLoop {
             return Ok(false);
         }
         let fd = fileobj_to_fd(fd)?;
-        self.remove_fd_callback(py, fd, write)
+        self.check_not_native(py, fd)?;
+        self.unwatch(py, fd, write)
     }
 
-    fn remove_fd_callback(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
+    /// Stops watching `fd` in one direction; returns whether it was watched.
+    fn unwatch(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
         let old = {
             let mut q = self.queues.borrow_mut(py);
             if write {
@@ -260,19 +282,69 @@ impl EventLoop {
             }
         };
         let Some(old) = old else { return Ok(false) };
-        {
-            let mut guard = self.poller.borrow_mut(py);
-            let poller = guard.as_mut().ok_or_else(closed_error)?;
+        if let Some(poller) = self.poller.borrow_mut(py).as_mut() {
             let mut interest = poller.interest(fd);
             if write {
-                interest.write = false
+                interest.write = false;
             } else {
-                interest.read = false
+                interest.read = false;
             }
-            poller.set_interest(fd, interest)?;
+            // A descriptor closed behind the loop's back is already out of epoll.
+            if let Err(e) = poller.set_interest(fd, interest) {
+                if e.raw_os_error() != Some(libc::EBADF) {
+                    return Err(e.into());
+                }
+            }
         }
-        Handle::cancel(old.get(), py);
+        if let Watcher::Handle(h) = &old {
+            Handle::cancel(h.get(), py);
+        }
+        drop(old);
         Ok(true)
+    }
+
+    pub(crate) fn debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    pub(crate) fn closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// For native transports: watch `fd` with `watcher`.
+    pub(crate) fn add_native(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        watcher: Arc<dyn IoWatcher>,
+        write: bool,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        self.watch(py, fd, Watcher::Native(watcher), write)
+    }
+
+    /// For native transports: stop watching `fd`; false if it was not watched.
+    pub(crate) fn remove_native(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
+        if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        self.unwatch(py, fd, write)
+    }
+
+    /// For native transports: `call_soon(callback, *args)` in a copy of the current context.
+    pub(crate) fn call_soon_native(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
+        self.queues
+            .borrow_mut(py)
+            .ready
+            .push_back(Ready::Handle(handle));
+        Ok(())
     }
 
     /// Interrupts the poller's wait (from any thread).
@@ -343,6 +415,7 @@ impl EventLoop {
             py.check_signals()?;
         }
         let mut stale: Vec<(RawFd, bool)> = Vec::new();
+        let mut queued: Vec<Ready> = Vec::new();
         {
             let guard = self.poller.borrow(py);
             let poller = guard.as_ref().ok_or_else(closed_error)?;
@@ -353,18 +426,20 @@ impl EventLoop {
                         continue;
                     }
                     let map = if write { &q.writers } else { &q.readers };
-                    let Some(h) = map.get(&ev.fd) else { continue };
-                    if h.get().is_cancelled() {
-                        stale.push((ev.fd, write));
-                    } else {
-                        let h = h.clone_ref(py);
-                        q.ready.push_back(h);
+                    match map.get(&ev.fd) {
+                        None => {}
+                        Some(Watcher::Handle(h)) if h.get().is_cancelled() => {
+                            stale.push((ev.fd, write))
+                        }
+                        Some(Watcher::Handle(h)) => queued.push(Ready::Handle(h.clone_ref(py))),
+                        Some(Watcher::Native(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
                     }
                 }
             }
+            q.ready.extend(queued);
         }
         for (fd, write) in stale {
-            self.remove_fd_callback(py, fd, write)?;
+            self.unwatch(py, fd, write)?;
         }
         Ok(())
     }
@@ -380,7 +455,7 @@ impl EventLoop {
             let Some((_, t)) = q.timers.pop() else { break };
             t.get().unschedule();
             let h: Py<Handle> = t.into_bound(py).into_super().unbind();
-            q.ready.push_back(h);
+            q.ready.push_back(Ready::Handle(h));
         }
     }
 
@@ -397,8 +472,20 @@ impl EventLoop {
             {
                 break;
             }
-            let Some(handle) = this.queues.borrow_mut(py).ready.pop_front() else {
+            let Some(item) = this.queues.borrow_mut(py).ready.pop_front() else {
                 break;
+            };
+            let handle = match item {
+                Ready::Handle(handle) => handle,
+                Ready::Io(watcher, write) => {
+                    if let Err(err) = watcher.io_ready(py, write) {
+                        if is_exit(py, &err) {
+                            return Err(err);
+                        }
+                        report_watcher_error(slf, err)?;
+                    }
+                    continue;
+                }
             };
             let h = handle.get();
             if h.is_cancelled() {
@@ -406,9 +493,7 @@ impl EventLoop {
             }
             let t0 = if debug { clock::monotonic() } else { 0.0 };
             if let Err(err) = h.run(py) {
-                if err.is_instance_of::<PyKeyboardInterrupt>(py)
-                    || err.is_instance_of::<PySystemExit>(py)
-                {
+                if is_exit(py, &err) {
                     return Err(err);
                 }
                 report_callback_error(slf, handle.bind(py), err)?;
@@ -424,6 +509,22 @@ impl EventLoop {
         }
         Ok(())
     }
+}
+
+/// `KeyboardInterrupt` and `SystemExit` leave the loop; everything else is reported.
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// A native watcher's unexpected error, sent to the exception handler.
+#[cold]
+fn report_watcher_error(slf: &Bound<'_, EventLoop>, err: PyErr) -> PyResult<()> {
+    let py = slf.py();
+    let context = PyDict::new(py);
+    context.set_item("message", "Unhandled exception in an I/O callback")?;
+    context.set_item("exception", err.into_value(py))?;
+    slf.call_method1("call_exception_handler", (context,))?;
+    Ok(())
 }
 
 /// The caller's stack, for debug mode's `_source_traceback`.
@@ -492,7 +593,7 @@ impl EventLoop {
         self.queues
             .borrow_mut(py)
             .ready
-            .push_back(handle.clone_ref(py));
+            .push_back(Ready::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
 
@@ -512,7 +613,7 @@ impl EventLoop {
         self.queues
             .borrow_mut(py)
             .ready
-            .push_back(handle.clone_ref(py));
+            .push_back(Ready::Handle(handle.clone_ref(py)));
         if self.polling.load(Relaxed) {
             self.wake(py);
         }
@@ -591,6 +692,11 @@ impl EventLoop {
         }
     }
 
+    #[getter(_debug)]
+    fn debug_attr(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
     #[getter(_stopping)]
     fn stopping_attr(&self) -> bool {
         self.stopping.load(Relaxed)
@@ -636,7 +742,7 @@ impl EventLoop {
         self.remove_callback(py, fd, true)
     }
 
-    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let kwargs = PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
@@ -695,7 +801,10 @@ impl EventLoop {
 
     /// Queues an existing handle, from any thread (signal delivery).
     fn _call_handle(&self, py: Python<'_>, handle: Py<Handle>) {
-        self.queues.borrow_mut(py).ready.push_back(handle);
+        self.queues
+            .borrow_mut(py)
+            .ready
+            .push_back(Ready::Handle(handle));
         if self.polling.load(Relaxed) {
             self.wake(py);
         }
@@ -711,11 +820,11 @@ impl EventLoop {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(q) = self.queues.try_borrow() {
-            for h in &q.ready {
-                visit.call(h)?;
+            for r in &q.ready {
+                r.traverse(visit)?;
             }
-            for h in q.readers.values().chain(q.writers.values()) {
-                visit.call(h)?;
+            for w in q.readers.values().chain(q.writers.values()) {
+                w.traverse(visit)?;
             }
             // The heap's order is irrelevant here; only membership matters.
             let mut err = Ok(());

@@ -33,6 +33,11 @@ impl<T> GilCell<T> {
         self.0.borrow_mut()
     }
 
+    /// Exclusive access without the GIL's help: `&mut self` already proves it (used in `Drop`).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut()
+    }
+
     /// For the garbage collector's traversal, which may run at any allocation: `None` when the
     /// state is borrowed at that moment (the traversal then sees fewer references, which only
     /// makes the collector keep objects alive).

@@ -8,6 +8,8 @@ mod event_loop;
 mod gil_cell;
 mod handles;
 mod pyrefs;
+mod transports;
+mod watch;
 
 use pyo3::prelude::*;
 
@@ -16,6 +18,11 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<event_loop::EventLoop>()?;
+    m.add_class::<transports::stream::StreamTransport>()?;
+    m.add_function(wrap_pyfunction!(
+        transports::stream::make_stream_transport,
+        m
+    )?)?;
     m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
     Ok(())
 }

@@ -24,6 +24,8 @@ macro_rules! syscall {
     }};
 }
 
+pub mod unix;
+
 #[cfg(target_os = "linux")]
 mod epoll;
 #[cfg(target_os = "linux")]

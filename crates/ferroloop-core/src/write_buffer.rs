@@ -1,0 +1,133 @@
+//! A transport's write buffer: the bytes accepted by `write()` that the socket has not taken yet.
+//!
+//! Chunks are kept as written (one copy, when the data is buffered) and handed to `writev` as
+//! one gather list, so many small writes leave in one system call. `len()` is what asyncio calls
+//! the write buffer size, compared with the high and low watermarks for flow control.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+/// At most this many chunks go to one `writev` (Linux's `IOV_MAX` is 1024).
+pub const MAX_IOV: usize = 64;
+
+#[derive(Default)]
+pub struct WriteBuffer {
+    /// Pending chunks, oldest first.
+    chunks: VecDeque<Vec<u8>>,
+    /// How much of the first chunk has already been sent.
+    head_sent: usize,
+    /// Total unsent bytes.
+    len: usize,
+}
+
+impl WriteBuffer {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a copy of `data`; small writes join the last chunk, so a burst of tiny writes does
+    /// not become a long gather list.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        // Never append to a head chunk that is partly sent: simpler accounting, same syscalls.
+        let head_in_flight = self.chunks.len() == 1 && self.head_sent > 0;
+        if let Some(last) = self.chunks.back_mut() {
+            if !head_in_flight && data.len() <= 4096 && last.len() + data.len() <= 64 * 1024 {
+                last.extend_from_slice(data);
+                return;
+            }
+        }
+        self.chunks.push_back(data.to_vec());
+    }
+
+    /// The unsent bytes as a gather list of at most [`MAX_IOV`] slices.
+    #[must_use]
+    pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
+        self.chunks
+            .iter()
+            .take(MAX_IOV)
+            .enumerate()
+            .map(|(i, c)| IoSlice::new(if i == 0 { &c[self.head_sent..] } else { c }))
+            .collect()
+    }
+
+    /// Forgets the first `n` bytes, which were sent.
+    pub fn consume(&mut self, mut n: usize) {
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(head) = self.chunks.front() else {
+                break;
+            };
+            let left = head.len() - self.head_sent;
+            if n < left {
+                self.head_sent += n;
+                return;
+            }
+            n -= left;
+            self.chunks.pop_front();
+            self.head_sent = 0;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.head_sent = 0;
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents(b: &WriteBuffer) -> Vec<u8> {
+        b.io_slices()
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn push_consume_keeps_order() {
+        let mut b = WriteBuffer::new();
+        b.push(b"hello ");
+        b.push(&vec![b'x'; 10_000]);
+        b.push(b"world");
+        assert_eq!(b.len(), 6 + 10_000 + 5);
+        b.consume(3);
+        let c = contents(&b);
+        assert_eq!(&c[..3], b"lo ");
+        assert_eq!(&c[c.len() - 5..], b"world");
+        b.consume(3 + 10_000);
+        assert_eq!(contents(&b), b"world");
+        b.push(b"!");
+        assert_eq!(contents(&b), b"world!");
+        b.consume(6);
+        assert!(b.is_empty());
+        assert!(b.io_slices().is_empty());
+    }
+
+    #[test]
+    fn partially_sent_head_is_not_appended_to() {
+        let mut b = WriteBuffer::new();
+        b.push(b"abcdef");
+        b.consume(2);
+        b.push(b"gh");
+        assert_eq!(contents(&b), b"cdefgh");
+        assert_eq!(b.len(), 6);
+    }
+}

@@ -1,0 +1,997 @@
+//! `StreamTransport`: a connected stream socket (TCP or Unix), asyncio's
+//! `_SelectorSocketTransport` in Rust.
+//!
+//! Lifecycle (flags of [`State`]):
+//!
+//! ```text
+//! open ──close()──▶ closing ──buffer drained──▶ connection_lost scheduled (conn_lost > 0)
+//!   │                                                  ▲
+//!   └──abort() / fatal error (buffer dropped) ─────────┘ ──▶ connection_lost(exc) runs:
+//!                                                            socket closed, protocol dropped
+//! ```
+//!
+//! Reading: the descriptor is watched for reading while the transport is open and not paused;
+//! each readiness event does one `recv` of up to [`MAX_READ`] bytes into a reused buffer and
+//! passes a new `bytes` to `data_received` (or receives straight into the `BufferedProtocol`'s
+//! buffer). Writing: `write()` first tries `send` at once; what is left is buffered, and the
+//! descriptor is watched for writing until the buffer drains, each event flushing the whole
+//! buffer with one `sendmsg`. Flow control calls `pause_writing` above the high watermark and
+//! `resume_writing` at or below the low one.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use ferroloop_core::net;
+use ferroloop_core::write_buffer::WriteBuffer;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use super::{call_flow_control, report_fatal};
+use crate::event_loop::EventLoop;
+use crate::gil_cell::GilCell;
+use crate::watch::IoWatcher;
+
+/// The most one read event takes from the socket (asyncio's `max_size`).
+pub const MAX_READ: usize = 256 * 1024;
+/// asyncio's default high watermark; the low one defaults to a quarter of the high one.
+const DEFAULT_HIGH: usize = 64 * 1024;
+/// After this many writes to a lost connection, each further write logs a warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// The buffer reads land in before they are copied into a `bytes` object.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+struct State {
+    /// The Python socket; closed and dropped when `connection_lost` has run.
+    sock: Option<Py<PyAny>>,
+    /// The protocol; dropped when `connection_lost` has run.
+    protocol: Option<Py<PyAny>>,
+    /// The protocol is an `asyncio.BufferedProtocol` (reads go into its buffer).
+    buffered: bool,
+    /// `connection_lost` is owed to the protocol.
+    protocol_connected: bool,
+    /// `get_extra_info`'s answers.
+    extra: Py<PyDict>,
+    /// The `asyncio.Server` that accepted this connection, told when it ends.
+    server: Option<Py<PyAny>>,
+    /// Bytes accepted by `write()` and not yet sent.
+    buffer: WriteBuffer,
+    /// Non-zero once `connection_lost` is scheduled; counts writes made after that.
+    conn_lost: u32,
+    /// `close()` or `abort()` was called, or the connection failed.
+    closing: bool,
+    /// `write_eof()` was called.
+    eof: bool,
+    /// `pause_reading()` is in effect.
+    paused: bool,
+    /// The descriptor is watched for writing (the buffer is not empty).
+    writing: bool,
+    /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
+    protocol_paused: bool,
+    /// Flow control's high watermark.
+    high: usize,
+    /// Flow control's low watermark.
+    low: usize,
+    /// A future resolved when the buffer drains (used by `loop.sendfile`).
+    empty_waiter: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+pub struct StreamTransport {
+    /// The loop the transport belongs to.
+    event_loop: Py<EventLoop>,
+    /// The socket's descriptor (valid while `state.sock` is `Some`).
+    fd: RawFd,
+    /// Everything that changes.
+    state: GilCell<State>,
+}
+
+/// The watcher the loop calls when the descriptor is ready.
+struct Watch(Py<StreamTransport>);
+
+impl IoWatcher for Watch {
+    fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()> {
+        let t = self.0.bind(py);
+        if write {
+            StreamTransport::write_ready(t)
+        } else {
+            StreamTransport::read_ready(t)
+        }
+    }
+
+    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.0)
+    }
+}
+
+fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// `ferroloop._transports.StreamTransport`, the `asyncio.Transport` subclass shown as `__class__`.
+fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CELL.import(py, "ferroloop._transports", "StreamTransport")
+}
+
+fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let cls = CELL.import(protocol.py(), "asyncio", "BufferedProtocol")?;
+    protocol.is_instance(cls)
+}
+
+/// Whether `Server._attach`/`_detach` take the transport (Python 3.13+).
+fn server_takes_transport(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 13)
+}
+
+impl StreamTransport {
+    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
+        self.event_loop.bind(py)
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    fn watch(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
+        this.event_loop(py)
+            .get()
+            .add_native(py, this.fd, watcher, write)
+    }
+
+    fn unwatch(&self, py: Python<'_>, write: bool) -> PyResult<()> {
+        self.event_loop(py)
+            .get()
+            .remove_native(py, self.fd, write)?;
+        Ok(())
+    }
+
+    /// Schedules `self.<method>(*args)` on the loop.
+    fn call_soon_self(
+        slf: &Bound<'_, Self>,
+        method: &str,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(method)?;
+        slf.get()
+            .event_loop(py)
+            .get()
+            .call_soon_native(py, &cb, args)
+    }
+
+    /// asyncio's `_fatal_error`.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let this = slf.get();
+        let exc = err.into_value(py).into_bound(py).into_any();
+        report_fatal(
+            this.event_loop(py),
+            slf.as_any(),
+            this.protocol(py).as_ref(),
+            &exc,
+            message,
+        )?;
+        Self::force_close(slf, Some(&exc))
+    }
+
+    /// asyncio's `_force_close`: drop the buffer, stop reading, schedule `connection_lost(exc)`.
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (stop_writing, stop_reading) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let stop_writing = !st.buffer.is_empty() || st.writing;
+            st.buffer.clear();
+            st.writing = false;
+            let stop_reading = !st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (stop_writing, stop_reading)
+        };
+        if stop_writing {
+            this.unwatch(py, true)?;
+        }
+        if stop_reading {
+            this.unwatch(py, false)?;
+        }
+        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
+        Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [exc])?)
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, buffered) = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || st.closing || st.paused {
+                return Ok(());
+            }
+            match &st.protocol {
+                Some(p) => (p.clone_ref(py), st.buffered),
+                None => return Ok(()),
+            }
+        };
+        let protocol = protocol.bind(py);
+        if buffered {
+            return Self::read_into_buffer(slf, protocol);
+        }
+        let received = READ_BUF.with(|cell| {
+            let mut fallback;
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut Vec<u8> = match guard.as_mut() {
+                Ok(b) => b,
+                Err(_) => {
+                    fallback = vec![0; MAX_READ];
+                    &mut fallback
+                }
+            };
+            net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+        });
+        match received {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => Self::fatal_error(slf, e.into(), "Fatal read error on socket transport"),
+            Ok(None) => Self::on_eof(slf, protocol),
+            Ok(Some(data)) => {
+                if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                    return Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.data_received() call failed.",
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn read_into_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let buf = match protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|b| {
+                let pb = PyBuffer::<u8>::get(&b)?;
+                if pb.readonly() {
+                    return Err(PyTypeError::new_err(
+                        "get_buffer() returned a read-only buffer",
+                    ));
+                }
+                if pb.len_bytes() == 0 {
+                    return Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ));
+                }
+                Ok(pb)
+            }) {
+            Ok(b) => b,
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
+        };
+        // SAFETY: the buffer is writable, `len_bytes` long, and held (so kept alive and unmoved)
+        // by `buf` for the duration of the call; nothing else runs meanwhile (GIL held).
+        let target =
+            unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+        let res = net::recv(this.fd, target);
+        drop(buf);
+        match res {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => Self::fatal_error(slf, e.into(), "Fatal read error on socket transport"),
+            Ok(0) => Self::on_eof(slf, protocol),
+            Ok(n) => {
+                if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
+                    return Self::fatal_error(
+                        slf,
+                        err,
+                        "Fatal error: protocol.buffer_updated() call failed.",
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.event_loop(py).get().debug() {
+            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r received EOF", slf))?;
+        }
+        let keep_open = match protocol.call_method0(intern!(py, "eof_received")) {
+            Ok(v) => v.is_truthy()?,
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.eof_received() call failed.",
+                )
+            }
+        };
+        if keep_open {
+            this.unwatch(py, false)
+        } else {
+            Self::close(slf)
+        }
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 || st.buffer.is_empty() {
+                return Ok(());
+            }
+            let res = net::send_vectored(this.fd, &st.buffer.io_slices());
+            if let Ok(n) = res {
+                st.buffer.consume(n);
+            }
+            res
+        };
+        match result {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => {
+                let waiter = {
+                    let mut st = this.state.borrow_mut(py);
+                    st.buffer.clear();
+                    st.writing = false;
+                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
+                };
+                this.unwatch(py, true)?;
+                let err: PyErr = e.into();
+                let exc = err.value(py).clone();
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                if let Some(w) = waiter {
+                    w.bind(py).call_method1("set_exception", (exc,))?;
+                }
+                Ok(())
+            }
+            Ok(_) => {
+                Self::maybe_resume_protocol(slf)?;
+                let (drained, waiter, closing, eof) = {
+                    let mut st = this.state.borrow_mut(py);
+                    let drained = st.buffer.is_empty();
+                    if drained {
+                        st.writing = false;
+                    }
+                    (
+                        drained,
+                        st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                        st.closing,
+                        st.eof,
+                    )
+                };
+                if !drained {
+                    return Ok(());
+                }
+                this.unwatch(py, true)?;
+                if let Some(w) = waiter {
+                    w.bind(py).call_method1("set_result", (py.None(),))?;
+                }
+                if closing {
+                    Self::_call_connection_lost(slf, None)
+                } else if eof {
+                    net::shutdown_write(this.fd).map_err(Into::into)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Appends `data` (after trying to send it at once when nothing is buffered).
+    fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let start_writing = {
+            let mut st = this.state.borrow_mut(py);
+            if !st.buffer.is_empty() {
+                st.buffer.push(data);
+                false
+            } else {
+                let sent = match net::send(this.fd, data) {
+                    Ok(n) => n,
+                    Err(e) if would_block(&e) => 0,
+                    Err(e) => {
+                        drop(st);
+                        return Self::fatal_error(
+                            slf,
+                            e.into(),
+                            "Fatal write error on socket transport",
+                        );
+                    }
+                };
+                if sent == data.len() {
+                    return Ok(());
+                }
+                st.buffer.push(&data[sent..]);
+                st.writing = true;
+                true
+            }
+        };
+        if start_writing {
+            Self::watch(slf, true)?;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.state.borrow_mut(py);
+            if st.buffer.len() <= st.high || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        match protocol {
+            Some(p) => call_flow_control(
+                this.event_loop(py),
+                slf.as_any(),
+                p.bind(py),
+                "pause_writing",
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.state.borrow_mut(py);
+            if !st.protocol_paused || st.buffer.len() > st.low {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        match protocol {
+            Some(p) => call_flow_control(
+                this.event_loop(py),
+                slf.as_any(),
+                p.bind(py),
+                "resume_writing",
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a write should be dropped because the connection is lost (asyncio logs a warning
+    /// after a few such writes).
+    fn drop_lost_write(&self, py: Python<'_>) -> PyResult<bool> {
+        let lost = {
+            let mut st = self.state.borrow_mut(py);
+            if st.conn_lost == 0 {
+                return Ok(false);
+            }
+            st.conn_lost += 1;
+            st.conn_lost - 1
+        };
+        if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+            crate::pyrefs::asyncio_logger(py)?
+                .call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        Ok(true)
+    }
+
+    fn check_writable(&self, py: Python<'_>, what: &str) -> PyResult<()> {
+        let st = self.state.borrow(py);
+        if st.eof {
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot call {what}() after write_eof()"
+            )));
+        }
+        if st.empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(format!(
+                "unable to {what}; sendfile is in progress"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies `f` to the bytes of a `bytes`, `bytearray` or `memoryview`.
+fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return f(b.as_bytes());
+    }
+    if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
+        return Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not {:?}",
+            data.get_type().name()?.to_string()
+        )));
+    }
+    let buf = PyBuffer::<u8>::get(data)?;
+    let bytes = buf.to_vec(data.py())?;
+    f(&bytes)
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let extra = self.state.borrow(py).extra.clone_ref(py);
+        match extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.closing && !st.paused
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || st.paused {
+                return Ok(());
+            }
+            st.paused = true;
+        }
+        this.unwatch(py, false)?;
+        if this.event_loop(py).get().debug() {
+            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r pauses reading", slf))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::watch(slf, false)?;
+        if this.event_loop(py).get().debug() {
+            crate::pyrefs::asyncio_logger(py)?
+                .call_method1("debug", ("%r resumes reading", slf))?;
+        }
+        Ok(())
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(protocol)?;
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.buffered = buffered;
+            st.protocol_connected = true;
+            st.protocol.replace(protocol.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lost_now = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let empty = st.buffer.is_empty();
+            if empty {
+                st.conn_lost += 1;
+                st.writing = false;
+            }
+            empty
+        };
+        this.unwatch(py, false)?;
+        if lost_now {
+            this.unwatch(py, true)?;
+            Self::call_soon_self(
+                slf,
+                "_call_connection_lost",
+                &PyTuple::new(py, [py.None()])?,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        with_bytes(data, |bytes| {
+            this.check_writable(py, "write")?;
+            if bytes.is_empty() || this.drop_lost_write(py)? {
+                return Ok(());
+            }
+            Self::write_bytes(slf, bytes)
+        })
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let st_eof = this.state.borrow(py).eof;
+        if st_eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call writelines() after write_eof()",
+            ));
+        }
+        if this.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(
+                "unable to writelines; sendfile is in progress",
+            ));
+        }
+        let mut joined = Vec::new();
+        for item in list_of_data.try_iter()? {
+            with_bytes(&item?, |b| {
+                joined.extend_from_slice(b);
+                Ok(())
+            })?;
+        }
+        if joined.is_empty() || this.drop_lost_write(py)? {
+            return Ok(());
+        }
+        Self::write_bytes(slf, &joined)
+    }
+
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        let shutdown_now = {
+            let mut st = self.state.borrow_mut(py);
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if shutdown_now {
+            net::shutdown_write(self.fd)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer.len()
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.low, st.high)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH as i64, |l| 4 * l));
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+            {
+                st.high = high as usize;
+                st.low = low as usize;
+            }
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Starts reading (scheduled by the constructor, after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let st_reading = {
+            let st = slf.get().state.borrow(slf.py());
+            !st.closing && !st.paused
+        };
+        if st_reading {
+            Self::watch(slf, false)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the protocol the connection is lost, then releases the socket.
+    #[pyo3(signature = (exc))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected) = {
+            let st = this.state.borrow(py);
+            (
+                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                st.protocol_connected,
+            )
+        };
+        let result = match (&protocol, connected) {
+            (Some(p), true) => p
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(drop),
+            _ => Ok(()),
+        };
+        let (sock, protocol, server, waiter) = {
+            let mut st = this.state.borrow_mut(py);
+            (
+                st.sock.take(),
+                st.protocol.take(),
+                st.server.take(),
+                st.empty_waiter.take(),
+            )
+        };
+        if let Some(sock) = sock {
+            sock.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        drop(protocol);
+        if let Some(server) = server {
+            if server_takes_transport(py) {
+                server.bind(py).call_method1("_detach", (slf,))?;
+            } else {
+                server.bind(py).call_method0("_detach")?;
+            }
+        }
+        if let Some(w) = waiter {
+            let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+            w.bind(py)
+                .call_method1("set_exception", (err.into_value(py),))?;
+        }
+        result
+    }
+
+    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let waiter = EventLoop::create_future(self.event_loop(py))?;
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            st.empty_waiter = Some(waiter.clone_ref(py));
+            st.buffer.is_empty()
+        };
+        if empty {
+            waiter.bind(py).call_method1("set_result", (py.None(),))?;
+        }
+        Ok(waiter)
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_paused
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
+        self.event_loop.clone_ref(py)
+    }
+
+    /// asyncio's `loop.sendfile` may use `os.sendfile` on this transport's socket.
+    #[getter]
+    fn _sendfile_compatible<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("asyncio.constants")?
+            .getattr("_SendfileMode")?
+            .getattr("TRY_NATIVE")
+    }
+
+    /// `ferroloop._transports.StreamTransport`, a subclass of `asyncio.Transport`.
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
+        marker_class(py).cloned()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let st = self.state.borrow(py);
+        let mut info = vec!["StreamTransport".to_owned()];
+        if st.sock.is_none() {
+            info.push("closed".into());
+        } else if st.closing {
+            info.push("closing".into());
+        }
+        info.push(format!("fd={}", self.fd));
+        if st.sock.is_some() && !self.event_loop.get().closed() {
+            info.push(format!(
+                "read={}",
+                if st.closing || st.paused {
+                    "idle"
+                } else {
+                    "polling"
+                }
+            ));
+            let state = if st.writing { "polling" } else { "idle" };
+            info.push(format!("write=<{state}, bufsize={}>", st.buffer.len()));
+        }
+        format!("<{}>", info.join(" "))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        if let Some(st) = self.state.try_borrow() {
+            visit.call(&st.sock)?;
+            visit.call(&st.protocol)?;
+            visit.call(&st.extra)?;
+            visit.call(&st.server)?;
+            visit.call(&st.empty_waiter)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StreamTransport {
+    fn drop(&mut self) {
+        if self.state.get_mut().sock.is_none() {
+            return;
+        }
+        // Dropped while open: warn as asyncio does. The socket object closes its own descriptor
+        // when it goes (it may already be torn down by the garbage collector: no calls into it).
+        Python::attach(|py| {
+            let msg = format!("unclosed transport <StreamTransport fd={}>", self.fd);
+            let msg = std::ffi::CString::new(msg).unwrap_or_default();
+            let category = py.get_type::<pyo3::exceptions::PyResourceWarning>();
+            if let Err(e) = PyErr::warn(py, &category, &msg, 1) {
+                e.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+/// Creates a transport for the connected socket `sock` and schedules, in order,
+/// `protocol.connection_made(transport)`, the start of reading, and `waiter`'s result.
+#[pyfunction]
+#[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None))]
+pub fn make_stream_transport<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, StreamTransport>> {
+    let py = event_loop.py();
+    let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+    let extra = match extra {
+        Some(e) => e.copy()?,
+        None => PyDict::new(py),
+    };
+    let trsock = py
+        .import("asyncio.trsock")?
+        .getattr("TransportSocket")?
+        .call1((sock,))?;
+    extra.set_item("socket", trsock)?;
+    extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
+    if !extra.contains("peername")? {
+        extra.set_item("peername", sock.call_method0("getpeername").ok())?;
+    }
+    let state = State {
+        sock: Some(sock.clone().unbind()),
+        protocol: Some(protocol.clone().unbind()),
+        buffered: is_buffered_protocol(protocol)?,
+        protocol_connected: true,
+        extra: extra.unbind(),
+        server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
+        buffer: WriteBuffer::new(),
+        conn_lost: 0,
+        closing: false,
+        eof: false,
+        paused: false,
+        writing: false,
+        protocol_paused: false,
+        high: DEFAULT_HIGH,
+        low: DEFAULT_HIGH / 4,
+        empty_waiter: None,
+    };
+    let transport = Bound::new(
+        py,
+        StreamTransport {
+            event_loop: event_loop.clone().unbind(),
+            fd,
+            state: GilCell::new(state),
+        },
+    )?;
+    if let Some(server) = server.filter(|s| !s.is_none()) {
+        if server_takes_transport(py) {
+            server.call_method1("_attach", (&transport,))?;
+        } else {
+            server.call_method0("_attach")?;
+        }
+    }
+    let lp = event_loop.get();
+    lp.call_soon_native(
+        py,
+        &protocol.getattr("connection_made")?,
+        &PyTuple::new(py, [&transport])?,
+    )?;
+    lp.call_soon_native(
+        py,
+        &transport.getattr("_start_reading")?,
+        &PyTuple::empty(py),
+    )?;
+    if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
+        let set = py
+            .import("asyncio.futures")?
+            .getattr("_set_result_unless_cancelled")?;
+        lp.call_soon_native(
+            py,
+            &set,
+            &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?,
+        )?;
+    }
+    Ok(transport)
+}

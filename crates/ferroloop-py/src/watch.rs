@@ -1,0 +1,58 @@
+//! What the loop's queues hold: Python handles, and native (Rust) I/O watchers.
+//!
+//! A transport or a listening socket written in Rust does not go through a Python callable: it
+//! registers an [`IoWatcher`] for its file descriptor, and the loop queues and runs it in order
+//! with the Python callbacks, as asyncio queues the handles of `add_reader`. The loop knows
+//! nothing else of transports.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::handles::Handle;
+
+/// A native object watching a file descriptor.
+pub trait IoWatcher: Send + Sync {
+    /// The descriptor is ready for reading (`write == false`) or writing. The watcher checks its
+    /// own state first: it may have stopped watching since the event was queued. An error is
+    /// reported through the loop's exception handler (`KeyboardInterrupt` and `SystemExit`
+    /// propagate); watchers report their own expected errors themselves.
+    fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()>;
+
+    /// Visits the Python objects the watcher holds, for the loop's garbage-collector support.
+    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError>;
+}
+
+/// Who is called when a descriptor is ready.
+pub enum Watcher {
+    /// `add_reader`/`add_writer` from Python.
+    Handle(Py<Handle>),
+    /// A transport or listener written in Rust.
+    Native(Arc<dyn IoWatcher>),
+}
+
+/// An entry of the ready queue.
+pub enum Ready {
+    Handle(Py<Handle>),
+    /// A native watcher and the direction it is ready for (`true`: writable).
+    Io(Arc<dyn IoWatcher>, bool),
+}
+
+impl Watcher {
+    pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Self::Handle(h) => visit.call(h),
+            Self::Native(w) => w.traverse(visit),
+        }
+    }
+}
+
+impl Ready {
+    pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Self::Handle(h) => visit.call(h),
+            Self::Io(w, _) => w.traverse(visit),
+        }
+    }
+}

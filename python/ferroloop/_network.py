@@ -1,0 +1,201 @@
+"""Networking on ferroloop: connections, servers, datagrams, ``sendfile``.
+
+The transports of connected stream sockets are Rust (``_ferroloop.StreamTransport``); this module
+holds what is not hot. Where asyncio's own orchestration works on any loop that provides the
+transport factories below (host resolution, happy eyeballs, socket options, ``Server``, TLS over
+``sslproto``, ``sendfile``'s fallback), ferroloop calls stdlib's functions as they are, so every
+argument and every error is asyncio's own for each Python version. The factories and the accept
+path are ferroloop's.
+"""
+
+import errno
+from asyncio import base_events, constants, exceptions, selector_events, trsock, unix_events
+from asyncio.log import logger
+
+from . import _ferroloop
+
+_Base = base_events.BaseEventLoop
+_Selector = selector_events.BaseSelectorEventLoop
+_Unix = unix_events._UnixSelectorEventLoop
+
+
+class NetworkMixin:
+    """The networking methods of ``ferroloop.Loop``."""
+
+    # asyncio's orchestration, called as it is (see the module docstring).
+    create_connection = _Base.create_connection
+    _connect_sock = _Base._connect_sock
+    _create_connection_transport = _Base._create_connection_transport
+    _ensure_resolved = _Base._ensure_resolved
+    create_server = _Base.create_server
+    connect_accepted_socket = _Base.connect_accepted_socket
+    create_datagram_endpoint = _Base.create_datagram_endpoint
+    sendfile = _Base.sendfile
+    _sendfile_fallback = _Base._sendfile_fallback
+    start_tls = _Base.start_tls
+    create_unix_connection = _Unix.create_unix_connection
+    create_unix_server = _Unix.create_unix_server
+    _make_ssl_transport = _Selector._make_ssl_transport
+    if hasattr(_Base, "_create_server_getaddrinfo"):
+        _create_server_getaddrinfo = _Base._create_server_getaddrinfo
+
+    # The selector-loop spellings that asyncio's Python transports (datagrams) call.
+    def _add_reader(self, fd, callback, *args):
+        self.add_reader(fd, callback, *args)
+
+    def _remove_reader(self, fd):
+        return self.remove_reader(fd)
+
+    def _add_writer(self, fd, callback, *args):
+        self.add_writer(fd, callback, *args)
+
+    def _remove_writer(self, fd):
+        return self.remove_writer(fd)
+
+    # Transport factories.
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        base_events._set_nodelay(sock)
+        return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        return selector_events._SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    # Serving: the listening socket is watched for reading; each event accepts up to `backlog`
+    # connections. Unlike asyncio, a protocol factory that raises is always reported (asyncio
+    # reports it in debug mode only); the connection is closed and the server keeps serving.
+
+    def _start_serving(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        self.add_reader(
+            sock.fileno(),
+            self._accept_connection,
+            protocol_factory,
+            sock,
+            sslcontext,
+            server,
+            backlog,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+
+    def _stop_serving(self, sock):
+        self.remove_reader(sock.fileno())
+        sock.close()
+
+    def _accept_connection(
+        self, protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+    ):
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # Out of descriptors or memory: stop accepting for a while, then retry.
+                self.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                self.remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY,
+                    self._start_serving,
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                )
+                return
+            if self.get_debug():
+                logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+            extra = {"peername": addr}
+            if sslcontext:
+                self.create_task(
+                    self._accept_tls(
+                        protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+                    )
+                )
+            else:
+                self._accept_plain(protocol_factory, conn, extra, server)
+
+    def _accept_plain(self, protocol_factory, conn, extra, server):
+        try:
+            protocol = protocol_factory()
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            self.call_exception_handler(
+                {"message": "Error on transport creation for incoming connection", "exception": exc}
+            )
+            return
+        self._make_socket_transport(conn, protocol, extra=extra, server=server)
+
+    async def _accept_tls(
+        self, protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+    ):
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            waiter = self.create_future()
+            transport = self._make_ssl_transport(
+                conn,
+                protocol,
+                sslcontext,
+                waiter=waiter,
+                server_side=True,
+                extra=extra,
+                server=server,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                raise
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            context = {"message": "Error on transport creation for incoming connection", "exception": exc}
+            if protocol is not None:
+                context["protocol"] = protocol
+            if transport is not None:
+                context["transport"] = transport
+            self.call_exception_handler(context)
+
+    # sendfile on a native transport: os.sendfile on its socket while the transport is paused.
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        if not isinstance(transp, _ferroloop.StreamTransport):
+            raise exceptions.SendfileNotAvailableError(f"sendfile is not supported on {transp!r}")
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()

@@ -1,0 +1,14 @@
+"""The ``asyncio.Transport`` subclasses that ferroloop's Rust transports present as ``__class__``.
+
+A Rust type cannot inherit from a Python class, so each native transport reports one of these
+classes as its ``__class__``; ``isinstance(transport, asyncio.Transport)`` then holds, as it does
+for stdlib's transports. They carry no behaviour: every method lives on the Rust type.
+"""
+
+import asyncio
+
+
+class StreamTransport(asyncio.Transport):
+    """A connected stream socket (TCP or Unix); implemented by ``_ferroloop.StreamTransport``."""
+
+    __slots__ = ()
