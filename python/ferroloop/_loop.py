@@ -83,6 +83,8 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
         self._asyncgens_shutdown_called = False
         self._signal_handlers = {}
         self._signal_sockets = None
+        # asyncio's Python transports (datagrams) register themselves here.
+        self._transports = weakref.WeakValueDictionary()
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
@@ -373,6 +375,11 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     # the socket usable.
 
     async def _wait_ready(self, sock, write, attempt, *args):
+        """Wait until ``attempt(*args)`` stops raising BlockingIOError; return its result.
+
+        ``attempt`` is a method name of ``sock`` (looked up at each try, as asyncio does) or a
+        callable.
+        """
         fut = self.create_future()
         fd = sock.fileno()
 
@@ -380,7 +387,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             if fut.done():
                 return
             try:
-                result = attempt(*args)
+                result = getattr(sock, attempt)(*args) if isinstance(attempt, str) else attempt(*args)
             except (BlockingIOError, InterruptedError):
                 return
             except (SystemExit, KeyboardInterrupt):
@@ -390,12 +397,13 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             else:
                 fut.set_result(result)
 
+        # Only remove our own registration: a later operation may have replaced it by then.
         if write:
-            self.add_writer(fd, on_ready)
-            fut.add_done_callback(lambda _: self.remove_writer(fd))
+            handle = self._add_writer(fd, on_ready)
+            fut.add_done_callback(lambda _: handle.cancelled() or self.remove_writer(fd))
         else:
-            self.add_reader(fd, on_ready)
-            fut.add_done_callback(lambda _: self.remove_reader(fd))
+            handle = self._add_reader(fd, on_ready)
+            fut.add_done_callback(lambda _: handle.cancelled() or self.remove_reader(fd))
         return await fut
 
     async def sock_recv(self, sock, n):
@@ -405,7 +413,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             return sock.recv(n)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._wait_ready(sock, False, sock.recv, n)
+        return await self._wait_ready(sock, False, "recv", n)
 
     async def sock_recv_into(self, sock, buf):
         _check_not_ssl(sock)
@@ -414,7 +422,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             return sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._wait_ready(sock, False, sock.recv_into, buf)
+        return await self._wait_ready(sock, False, "recv_into", buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         _check_not_ssl(sock)
@@ -423,7 +431,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             return sock.recvfrom(bufsize)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._wait_ready(sock, False, sock.recvfrom, bufsize)
+        return await self._wait_ready(sock, False, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         _check_not_ssl(sock)
@@ -434,7 +442,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             return sock.recvfrom_into(buf, nbytes)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._wait_ready(sock, False, sock.recvfrom_into, buf, nbytes)
+        return await self._wait_ready(sock, False, "recvfrom_into", buf, nbytes)
 
     async def sock_sendall(self, sock, data):
         _check_not_ssl(sock)
@@ -467,7 +475,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             return sock.sendto(data, address)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._wait_ready(sock, True, sock.sendto, data, address)
+        return await self._wait_ready(sock, True, "sendto", data, address)
 
     async def sock_connect(self, sock, address):
         _check_not_ssl(sock)

@@ -39,19 +39,6 @@ class NetworkMixin:
     if hasattr(_Base, "_create_server_getaddrinfo"):
         _create_server_getaddrinfo = _Base._create_server_getaddrinfo
 
-    # The selector-loop spellings that asyncio's Python transports (datagrams) call.
-    def _add_reader(self, fd, callback, *args):
-        self.add_reader(fd, callback, *args)
-
-    def _remove_reader(self, fd):
-        return self.remove_reader(fd)
-
-    def _add_writer(self, fd, callback, *args):
-        self.add_writer(fd, callback, *args)
-
-    def _remove_writer(self, fd):
-        return self.remove_writer(fd)
-
     # Transport factories.
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):

@@ -209,12 +209,13 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         write: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
         self.check_not_native(py, fd)?;
         let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
-        self.watch(py, fd, Watcher::Handle(handle), write)
+        self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write)?;
+        Ok(handle)
     }
 
     /// `RuntimeError` when a native transport owns `fd`, as asyncio's `_ensure_fd_no_transport`.
@@ -720,10 +721,26 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        self.set_callback(py, fd, callback, args, false).map(drop)
+    }
+
+    /// `add_reader` returning its handle (the selector loop's `_add_reader`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         self.set_callback(py, fd, callback, args, false)
     }
 
     fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, false)
+    }
+
+    fn _remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_callback(py, fd, false)
     }
 
@@ -735,10 +752,26 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        self.set_callback(py, fd, callback, args, true).map(drop)
+    }
+
+    /// `add_writer` returning its handle (the selector loop's `_add_writer`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         self.set_callback(py, fd, callback, args, true)
     }
 
     fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, true)
+    }
+
+    fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_callback(py, fd, true)
     }
 

@@ -843,6 +843,12 @@ impl StreamTransport {
         self.event_loop.clone_ref(py)
     }
 
+    /// `loop.start_tls` may wrap this transport.
+    #[getter]
+    fn _start_tls_compatible(&self) -> bool {
+        true
+    }
+
     /// asyncio's `loop.sendfile` may use `os.sendfile` on this transport's socket.
     #[getter]
     fn _sendfile_compatible<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
