@@ -46,7 +46,7 @@ class NetworkMixin:
         return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
-        return selector_events._SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
+        return _ferroloop.make_datagram_transport(self, sock, protocol, address, waiter, extra)
 
     # Serving: the listening socket is watched for reading; each event accepts up to `backlog`
     # connections. Unlike asyncio, a protocol factory that raises is always reported (asyncio

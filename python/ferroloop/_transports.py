@@ -12,3 +12,12 @@ class StreamTransport(asyncio.Transport):
     """A connected stream socket (TCP or Unix); implemented by ``_ferroloop.StreamTransport``."""
 
     __slots__ = ()
+
+
+class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
+    """A UDP or Unix datagram socket; implemented by ``_ferroloop.DatagramTransport``.
+
+    Also an ``asyncio.Transport``, as stdlib's datagram transport is.
+    """
+
+    __slots__ = ()

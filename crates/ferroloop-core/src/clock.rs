@@ -5,10 +5,7 @@
 #[inline]
 #[must_use]
 pub fn monotonic() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on our targets.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     #[allow(clippy::cast_precision_loss)]
@@ -19,10 +16,7 @@ pub fn monotonic() -> f64 {
 /// The clock's resolution in seconds (`time.get_clock_info('monotonic').resolution`).
 #[must_use]
 pub fn resolution() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: as in `monotonic`.
     unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &raw mut ts) };
     #[allow(clippy::cast_precision_loss)]

@@ -22,10 +22,7 @@ pub struct Interest {
 }
 
 impl Interest {
-    pub const NONE: Self = Self {
-        read: false,
-        write: false,
-    };
+    pub const NONE: Self = Self { read: false, write: false };
 
     #[must_use]
     pub fn is_empty(self) -> bool {
@@ -69,13 +66,7 @@ impl Poller {
     pub fn new() -> io::Result<Self> {
         let selector = Selector::new()?;
         let wake_fd = WakeFd::new()?;
-        selector.add(
-            wake_fd.raw(),
-            Interest {
-                read: true,
-                write: false,
-            },
-        )?;
+        selector.add(wake_fd.raw(), Interest { read: true, write: false })?;
         Ok(Self {
             selector,
             events: Events::with_capacity(256),
@@ -107,10 +98,7 @@ impl Poller {
             self.interests.remove(&fd);
             // The descriptor may already be closed, which removed it from epoll: not an error.
             match self.selector.delete(fd) {
-                Err(e)
-                    if e.raw_os_error() != Some(libc::EBADF)
-                        && e.raw_os_error() != Some(libc::ENOENT) =>
-                {
+                Err(e) if e.raw_os_error() != Some(libc::EBADF) && e.raw_os_error() != Some(libc::ENOENT) => {
                     return Err(e)
                 }
                 _ => return Ok(()),
@@ -119,16 +107,12 @@ impl Poller {
         if old.is_empty() {
             match self.selector.add(fd, interest) {
                 // A descriptor closed and reused without being unregistered is still in epoll.
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    self.selector.modify(fd, interest)?
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => self.selector.modify(fd, interest)?,
                 r => r?,
             }
         } else {
             match self.selector.modify(fd, interest) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    self.selector.add(fd, interest)?
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.selector.add(fd, interest)?,
                 r => r?,
             }
         }
@@ -171,11 +155,7 @@ impl Poller {
             }
             let interest = self.interest(fd);
             let (readable, writable) = (r && interest.read, w && interest.write);
-            (readable || writable).then_some(Readiness {
-                fd,
-                readable,
-                writable,
-            })
+            (readable || writable).then_some(Readiness { fd, readable, writable })
         })
     }
 }
@@ -190,27 +170,13 @@ mod tests {
     fn level_triggered_until_drained() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut p = Poller::new().unwrap();
-        p.set_interest(
-            b.as_raw_fd(),
-            Interest {
-                read: true,
-                write: false,
-            },
-        )
-        .unwrap();
+        p.set_interest(b.as_raw_fd(), Interest { read: true, write: false }).unwrap();
         assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
         std::io::Write::write_all(&mut &a, b"x").unwrap();
         for _ in 0..2 {
             assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 1);
             let r: Vec<_> = p.ready().collect();
-            assert_eq!(
-                r,
-                vec![Readiness {
-                    fd: b.as_raw_fd(),
-                    readable: true,
-                    writable: false
-                }]
-            );
+            assert_eq!(r, vec![Readiness { fd: b.as_raw_fd(), readable: true, writable: false }]);
         }
         p.set_interest(b.as_raw_fd(), Interest::NONE).unwrap();
         assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
@@ -237,41 +203,12 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let mut p = Poller::new().unwrap();
         let fd = a.as_raw_fd();
-        p.set_interest(
-            fd,
-            Interest {
-                read: true,
-                write: true,
-            },
-        )
-        .unwrap();
+        p.set_interest(fd, Interest { read: true, write: true }).unwrap();
         p.poll(Some(Duration::ZERO)).unwrap();
         let r: Vec<_> = p.ready().collect();
-        assert_eq!(
-            r,
-            vec![Readiness {
-                fd,
-                readable: false,
-                writable: true
-            }]
-        );
-        p.set_interest(
-            fd,
-            Interest {
-                read: true,
-                write: false,
-            },
-        )
-        .unwrap();
+        assert_eq!(r, vec![Readiness { fd, readable: false, writable: true }]);
+        p.set_interest(fd, Interest { read: true, write: false }).unwrap();
         assert_eq!(p.poll(Some(Duration::ZERO)).unwrap(), 0);
-        assert!(p
-            .set_interest(
-                -1,
-                Interest {
-                    read: true,
-                    write: false
-                }
-            )
-            .is_err());
+        assert!(p.set_interest(-1, Interest { read: true, write: false }).is_err());
     }
 }

@@ -32,10 +32,7 @@ impl<T> PartialOrd for Entry<T> {
 impl<T> Ord for Entry<T> {
     // Reversed: BinaryHeap is a max-heap and the earliest (deadline, seq) must come out first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .when
-            .total_cmp(&self.when)
-            .then_with(|| other.seq.cmp(&self.seq))
+        other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -50,11 +47,7 @@ pub struct TimerQueue<T> {
 
 impl<T> Default for TimerQueue<T> {
     fn default() -> Self {
-        Self {
-            heap: BinaryHeap::new(),
-            next_seq: 0,
-            cancelled: 0,
-        }
+        Self { heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
     }
 }
 
@@ -115,10 +108,8 @@ impl<T> TimerQueue<T> {
     /// Rebuilds the heap with only the items `keep` accepts; returns the others, so the caller
     /// decides where they are dropped.
     pub fn compact(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
-        let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
-            .into_vec()
-            .into_iter()
-            .partition(|e| keep(&e.item));
+        let (kept, removed): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.heap).into_vec().into_iter().partition(|e| keep(&e.item));
         self.heap = BinaryHeap::from(kept);
         self.cancelled = 0;
         removed.into_iter().map(|e| e.item).collect()
@@ -127,11 +118,7 @@ impl<T> TimerQueue<T> {
     /// Empties the queue, returning the items.
     pub fn drain(&mut self) -> Vec<T> {
         self.cancelled = 0;
-        std::mem::take(&mut self.heap)
-            .into_vec()
-            .into_iter()
-            .map(|e| e.item)
-            .collect()
+        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
     }
 }
 

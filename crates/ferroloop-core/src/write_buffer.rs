@@ -95,10 +95,7 @@ mod tests {
     use super::*;
 
     fn contents(b: &WriteBuffer) -> Vec<u8> {
-        b.io_slices()
-            .iter()
-            .flat_map(|s| s.iter().copied())
-            .collect()
+        b.io_slices().iter().flat_map(|s| s.iter().copied()).collect()
     }
 
     #[test]

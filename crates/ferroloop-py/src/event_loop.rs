@@ -31,9 +31,7 @@ use std::time::Duration;
 use ferroloop_core::clock;
 use ferroloop_core::poller::{Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
-use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, PyTraverseError, PyVisit};
@@ -102,19 +100,15 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
         fd
     } else {
-        obj.call_method0("fileno")
-            .and_then(|f| f.extract::<i64>())
-            .map_err(|_| {
-                PyValueError::new_err(format!(
-                    "Invalid file object: {}",
-                    obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
-                ))
-            })?
+        obj.call_method0("fileno").and_then(|f| f.extract::<i64>()).map_err(|_| {
+            PyValueError::new_err(format!(
+                "Invalid file object: {}",
+                obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+            ))
+        })?
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
-        )));
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
@@ -166,17 +160,8 @@ impl EventLoop {
             Some(c) if !c.is_none() => c.clone().unbind(),
             _ => copy_current_context(py)?,
         };
-        let tb = if self.debug.load(Relaxed) {
-            Some(source_traceback(py)?)
-        } else {
-            None
-        };
-        Ok(Handle::new(
-            callback.clone().unbind(),
-            args.clone().unbind(),
-            context,
-            tb,
-        ))
+        let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
+        Ok(Handle::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
     }
 
     fn schedule_timer(
@@ -192,13 +177,10 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_at", true)?;
         }
         let base = self.make_handle(py, callback, args, context)?;
-        let init = PyClassInitializer::from(base)
-            .add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
+        let init =
+            PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
         let timer = Py::new(py, init)?;
-        self.queues
-            .borrow_mut(py)
-            .timers
-            .push(when, timer.clone_ref(py));
+        self.queues.borrow_mut(py).timers.push(when, timer.clone_ref(py));
         Ok(timer)
     }
 
@@ -223,9 +205,7 @@ impl EventLoop {
         let q = self.queues.borrow(py);
         let native = |m: &HashMap<RawFd, Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
         if native(&q.readers) || native(&q.writers) {
-            return Err(PyRuntimeError::new_err(format!(
-                "File descriptor {fd} is used by transport"
-            )));
+            return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport")));
         }
         Ok(())
     }
@@ -258,12 +238,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn remove_callback(
-        &self,
-        py: Python<'_>,
-        fd: &Bound<'_, PyAny>,
-        write: bool,
-    ) -> PyResult<bool> {
+    fn remove_callback(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, write: bool) -> PyResult<bool> {
         if self.closed.load(Relaxed) {
             return Ok(false);
         }
@@ -341,10 +316,7 @@ impl EventLoop {
     ) -> PyResult<()> {
         self.check_closed()?;
         let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
-        self.queues
-            .borrow_mut(py)
-            .ready
-            .push_back(Ready::Handle(handle));
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         Ok(())
     }
 
@@ -360,12 +332,9 @@ impl EventLoop {
         let mut dropped: Vec<Py<TimerHandle>> = Vec::new();
         let timeout = {
             let mut q = self.queues.borrow_mut(py);
-            q.timers
-                .note_cancelled(self.timers_cancelled.swap(0, Relaxed));
+            q.timers.note_cancelled(self.timers_cancelled.swap(0, Relaxed));
             if q.timers.should_compact() {
-                dropped = q
-                    .timers
-                    .compact(|t| !t.bind(py).as_super().get().is_cancelled());
+                dropped = q.timers.compact(|t| !t.bind(py).as_super().get().is_cancelled());
             } else {
                 while let Some((_, t)) = q.timers.peek() {
                     if !t.bind(py).as_super().get().is_cancelled() {
@@ -381,9 +350,7 @@ impl EventLoop {
                 Some(Duration::ZERO)
             } else {
                 q.timers.peek().map(|(when, _)| {
-                    Duration::from_secs_f64(
-                        (when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT),
-                    )
+                    Duration::from_secs_f64((when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT))
                 })
             }
         };
@@ -429,9 +396,7 @@ impl EventLoop {
                     let map = if write { &q.writers } else { &q.readers };
                     match map.get(&ev.fd) {
                         None => {}
-                        Some(Watcher::Handle(h)) if h.get().is_cancelled() => {
-                            stale.push((ev.fd, write))
-                        }
+                        Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
                         Some(Watcher::Handle(h)) => queued.push(Ready::Handle(h.clone_ref(py))),
                         Some(Watcher::Native(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
                     }
@@ -467,10 +432,7 @@ impl EventLoop {
         let debug = this.debug.load(Relaxed);
         let started = clock::monotonic();
         for i in 0..ntodo {
-            if i % 64 == 63
-                && clock::monotonic() - started > FAIRNESS_BUDGET
-                && !this.stopping.load(Relaxed)
-            {
+            if i % 64 == 63 && clock::monotonic() - started > FAIRNESS_BUDGET && !this.stopping.load(Relaxed) {
                 break;
             }
             let Some(item) = this.queues.borrow_mut(py).ready.pop_front() else {
@@ -537,11 +499,7 @@ fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 /// Sends a callback's exception to the loop's exception handler, as `Handle._run` does.
 #[cold]
-fn report_callback_error(
-    slf: &Bound<'_, EventLoop>,
-    handle: &Bound<'_, Handle>,
-    err: PyErr,
-) -> PyResult<()> {
+fn report_callback_error(slf: &Bound<'_, EventLoop>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
     let py = slf.py();
     let context = pyrefs::format_fn(py, "callback_error_context")?.call1((
         handle,
@@ -591,10 +549,7 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_soon", true)?;
         }
         let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
-        self.queues
-            .borrow_mut(py)
-            .ready
-            .push_back(Ready::Handle(handle.clone_ref(py)));
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
 
@@ -611,10 +566,7 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
         }
         let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
-        self.queues
-            .borrow_mut(py)
-            .ready
-            .push_back(Ready::Handle(handle.clone_ref(py)));
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         if self.polling.load(Relaxed) {
             self.wake(py);
         }
@@ -834,10 +786,7 @@ impl EventLoop {
 
     /// Queues an existing handle, from any thread (signal delivery).
     fn _call_handle(&self, py: Python<'_>, handle: Py<Handle>) {
-        self.queues
-            .borrow_mut(py)
-            .ready
-            .push_back(Ready::Handle(handle));
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         if self.polling.load(Relaxed) {
             self.wake(py);
         }

@@ -49,9 +49,6 @@ impl<T> GilCell<T> {
 impl<T: Default> GilCell<T> {
     /// For the garbage collector's `__clear__`: empties the cell unless it is borrowed.
     pub fn try_take(&self) -> Option<T> {
-        self.0
-            .try_borrow_mut()
-            .ok()
-            .map(|mut v| std::mem::take(&mut *v))
+        self.0.try_borrow_mut().ok().map(|mut v| std::mem::take(&mut *v))
     }
 }

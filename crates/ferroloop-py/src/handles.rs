@@ -46,10 +46,7 @@ impl Handle {
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Self {
-            callback: GilCell::new(Callback {
-                func: Some(func),
-                args: Some(args),
-            }),
+            callback: GilCell::new(Callback { func: Some(func), args: Some(args) }),
             context,
             cancelled: AtomicBool::new(false),
             source_traceback,
@@ -68,10 +65,7 @@ impl Handle {
             return None;
         }
         let mut cb = self.callback.borrow_mut(py);
-        Some(Callback {
-            func: cb.func.take(),
-            args: cb.args.take(),
-        })
+        Some(Callback { func: cb.func.take(), args: cb.args.take() })
     }
 
     /// Runs the callback in the handle's context. An error is the callback's exception, for the
@@ -99,15 +93,9 @@ impl Handle {
         result
     }
 
-    pub(crate) fn callback_parts(
-        &self,
-        py: Python<'_>,
-    ) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>) {
+    pub(crate) fn callback_parts(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>) {
         let cb = self.callback.borrow(py);
-        (
-            cb.func.as_ref().map(|f| f.clone_ref(py)),
-            cb.args.as_ref().map(|a| a.clone_ref(py)),
-        )
+        (cb.func.as_ref().map(|f| f.clone_ref(py)), cb.args.as_ref().map(|a| a.clone_ref(py)))
     }
 
     pub(crate) fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -167,9 +155,7 @@ impl Handle {
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
-        pyrefs::format_fn(slf.py(), "handle_repr")?
-            .call1((slf,))?
-            .extract()
+        pyrefs::format_fn(slf.py(), "handle_repr")?.call1((slf,))?.extract()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -195,11 +181,7 @@ pub struct TimerHandle {
 
 impl TimerHandle {
     pub(crate) fn new(when: f64, loop_cancelled: Arc<AtomicUsize>) -> Self {
-        Self {
-            when,
-            scheduled: AtomicBool::new(true),
-            loop_cancelled,
-        }
+        Self { when, scheduled: AtomicBool::new(true), loop_cancelled }
     }
 
     /// The loop took the handle out of its heap.

@@ -19,10 +19,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<event_loop::EventLoop>()?;
     m.add_class::<transports::stream::StreamTransport>()?;
-    m.add_function(wrap_pyfunction!(
-        transports::stream::make_stream_transport,
-        m
-    )?)?;
+    m.add_function(wrap_pyfunction!(transports::stream::make_stream_transport, m)?)?;
+    m.add_class::<transports::datagram::DatagramTransport>()?;
+    m.add_function(wrap_pyfunction!(transports::datagram::make_datagram_transport, m)?)?;
     m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
     Ok(())
 }

@@ -63,12 +63,7 @@ impl Selector {
         };
         events.len = 0;
         let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
-        match syscall!(epoll_wait(
-            self.epfd.as_raw_fd(),
-            events.buf.as_mut_ptr(),
-            cap,
-            ms
-        )) {
+        match syscall!(epoll_wait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms)) {
             Ok(n) => {
                 #[allow(clippy::cast_sign_loss)]
                 let n = n as usize;
@@ -90,10 +85,7 @@ pub struct Events {
 
 impl Events {
     pub fn with_capacity(cap: usize) -> Self {
-        Self {
-            buf: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)],
-            len: 0,
-        }
+        Self { buf: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)], len: 0 }
     }
 
     /// `(fd, readable, writable)` for each event of the last wait. An error or hang-up counts as

@@ -32,7 +32,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{call_flow_control, report_fatal};
+use super::{call_flow_control, is_exit, report_fatal};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -112,16 +112,8 @@ impl IoWatcher for Watch {
     }
 }
 
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-}
-
 fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 /// `ferroloop._transports.StreamTransport`, the `asyncio.Transport` subclass shown as `__class__`.
@@ -147,41 +139,26 @@ impl StreamTransport {
     }
 
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow(py)
-            .protocol
-            .as_ref()
-            .map(|p| p.clone_ref(py))
+        self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     fn watch(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
-        this.event_loop(py)
-            .get()
-            .add_native(py, this.fd, watcher, write)
+        this.event_loop(py).get().add_native(py, this.fd, watcher, write)
     }
 
     fn unwatch(&self, py: Python<'_>, write: bool) -> PyResult<()> {
-        self.event_loop(py)
-            .get()
-            .remove_native(py, self.fd, write)?;
+        self.event_loop(py).get().remove_native(py, self.fd, write)?;
         Ok(())
     }
 
     /// Schedules `self.<method>(*args)` on the loop.
-    fn call_soon_self(
-        slf: &Bound<'_, Self>,
-        method: &str,
-        args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    fn call_soon_self(slf: &Bound<'_, Self>, method: &str, args: &Bound<'_, PyTuple>) -> PyResult<()> {
         let py = slf.py();
         let cb = slf.getattr(method)?;
-        slf.get()
-            .event_loop(py)
-            .get()
-            .call_soon_native(py, &cb, args)
+        slf.get().event_loop(py).get().call_soon_native(py, &cb, args)
     }
 
     /// asyncio's `_fatal_error`.
@@ -192,13 +169,7 @@ impl StreamTransport {
         }
         let this = slf.get();
         let exc = err.into_value(py).into_bound(py).into_any();
-        report_fatal(
-            this.event_loop(py),
-            slf.as_any(),
-            this.protocol(py).as_ref(),
-            &exc,
-            message,
-        )?;
+        report_fatal(this.event_loop(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
         Self::force_close(slf, Some(&exc))
     }
 
@@ -264,11 +235,7 @@ impl StreamTransport {
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
                 if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
-                    return Self::fatal_error(
-                        slf,
-                        err,
-                        "Fatal error: protocol.data_received() call failed.",
-                    );
+                    return Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.");
                 }
                 Ok(())
             }
@@ -278,35 +245,22 @@ impl StreamTransport {
     fn read_into_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let buf = match protocol
-            .call_method1(intern!(py, "get_buffer"), (-1,))
-            .and_then(|b| {
-                let pb = PyBuffer::<u8>::get(&b)?;
-                if pb.readonly() {
-                    return Err(PyTypeError::new_err(
-                        "get_buffer() returned a read-only buffer",
-                    ));
-                }
-                if pb.len_bytes() == 0 {
-                    return Err(PyRuntimeError::new_err(
-                        "get_buffer() returned an empty buffer",
-                    ));
-                }
-                Ok(pb)
-            }) {
-            Ok(b) => b,
-            Err(err) => {
-                return Self::fatal_error(
-                    slf,
-                    err,
-                    "Fatal error: protocol.get_buffer() call failed.",
-                )
+        let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
+            let pb = PyBuffer::<u8>::get(&b)?;
+            if pb.readonly() {
+                return Err(PyTypeError::new_err("get_buffer() returned a read-only buffer"));
             }
+            if pb.len_bytes() == 0 {
+                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+            }
+            Ok(pb)
+        }) {
+            Ok(b) => b,
+            Err(err) => return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed."),
         };
         // SAFETY: the buffer is writable, `len_bytes` long, and held (so kept alive and unmoved)
         // by `buf` for the duration of the call; nothing else runs meanwhile (GIL held).
-        let target =
-            unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+        let target = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
         let res = net::recv(this.fd, target);
         drop(buf);
         match res {
@@ -315,11 +269,7 @@ impl StreamTransport {
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {
                 if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
-                    return Self::fatal_error(
-                        slf,
-                        err,
-                        "Fatal error: protocol.buffer_updated() call failed.",
-                    );
+                    return Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.");
                 }
                 Ok(())
             }
@@ -334,13 +284,7 @@ impl StreamTransport {
         }
         let keep_open = match protocol.call_method0(intern!(py, "eof_received")) {
             Ok(v) => v.is_truthy()?,
-            Err(err) => {
-                return Self::fatal_error(
-                    slf,
-                    err,
-                    "Fatal error: protocol.eof_received() call failed.",
-                )
-            }
+            Err(err) => return Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed."),
         };
         if keep_open {
             this.unwatch(py, false)
@@ -389,12 +333,7 @@ impl StreamTransport {
                     if drained {
                         st.writing = false;
                     }
-                    (
-                        drained,
-                        st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                        st.closing,
-                        st.eof,
-                    )
+                    (drained, st.empty_waiter.as_ref().map(|w| w.clone_ref(py)), st.closing, st.eof)
                 };
                 if !drained {
                     return Ok(());
@@ -429,11 +368,7 @@ impl StreamTransport {
                     Err(e) if would_block(&e) => 0,
                     Err(e) => {
                         drop(st);
-                        return Self::fatal_error(
-                            slf,
-                            e.into(),
-                            "Fatal write error on socket transport",
-                        );
+                        return Self::fatal_error(slf, e.into(), "Fatal write error on socket transport");
                     }
                 };
                 if sent == data.len() {
@@ -462,12 +397,7 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
-            Some(p) => call_flow_control(
-                this.event_loop(py),
-                slf.as_any(),
-                p.bind(py),
-                "pause_writing",
-            ),
+            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "pause_writing"),
             None => Ok(()),
         }
     }
@@ -484,12 +414,7 @@ impl StreamTransport {
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
         match protocol {
-            Some(p) => call_flow_control(
-                this.event_loop(py),
-                slf.as_any(),
-                p.bind(py),
-                "resume_writing",
-            ),
+            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "resume_writing"),
             None => Ok(()),
         }
     }
@@ -506,8 +431,7 @@ impl StreamTransport {
             st.conn_lost - 1
         };
         if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-            crate::pyrefs::asyncio_logger(py)?
-                .call_method1("warning", ("socket.send() raised exception.",))?;
+            crate::pyrefs::asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
         }
         Ok(true)
     }
@@ -515,14 +439,10 @@ impl StreamTransport {
     fn check_writable(&self, py: Python<'_>, what: &str) -> PyResult<()> {
         let st = self.state.borrow(py);
         if st.eof {
-            return Err(PyRuntimeError::new_err(format!(
-                "Cannot call {what}() after write_eof()"
-            )));
+            return Err(PyRuntimeError::new_err(format!("Cannot call {what}() after write_eof()")));
         }
         if st.empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err(format!(
-                "unable to {what}; sendfile is in progress"
-            )));
+            return Err(PyRuntimeError::new_err(format!("unable to {what}; sendfile is in progress")));
         }
         Ok(())
     }
@@ -598,8 +518,7 @@ impl StreamTransport {
         }
         Self::watch(slf, false)?;
         if this.event_loop(py).get().debug() {
-            crate::pyrefs::asyncio_logger(py)?
-                .call_method1("debug", ("%r resumes reading", slf))?;
+            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r resumes reading", slf))?;
         }
         Ok(())
     }
@@ -639,11 +558,7 @@ impl StreamTransport {
         this.unwatch(py, false)?;
         if lost_now {
             this.unwatch(py, true)?;
-            Self::call_soon_self(
-                slf,
-                "_call_connection_lost",
-                &PyTuple::new(py, [py.None()])?,
-            )?;
+            Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [py.None()])?)?;
         }
         Ok(())
     }
@@ -669,14 +584,10 @@ impl StreamTransport {
         let this = slf.get();
         let st_eof = this.state.borrow(py).eof;
         if st_eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call writelines() after write_eof()",
-            ));
+            return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
         }
         if this.state.borrow(py).empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err(
-                "unable to writelines; sendfile is in progress",
-            ));
+            return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
         }
         let mut joined = Vec::new();
         for item in list_of_data.try_iter()? {
@@ -720,17 +631,11 @@ impl StreamTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<i64>,
-        low: Option<i64>,
-    ) -> PyResult<()> {
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
         let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH as i64, |l| 4 * l));
         let low = low.unwrap_or(high / 4);
         if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
+            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
         }
         {
             let mut st = slf.get().state.borrow_mut(slf.py());
@@ -762,26 +667,15 @@ impl StreamTransport {
         let this = slf.get();
         let (protocol, connected) = {
             let st = this.state.borrow(py);
-            (
-                st.protocol.as_ref().map(|p| p.clone_ref(py)),
-                st.protocol_connected,
-            )
+            (st.protocol.as_ref().map(|p| p.clone_ref(py)), st.protocol_connected)
         };
         let result = match (&protocol, connected) {
-            (Some(p), true) => p
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop),
+            (Some(p), true) => p.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
             _ => Ok(()),
         };
         let (sock, protocol, server, waiter) = {
             let mut st = this.state.borrow_mut(py);
-            (
-                st.sock.take(),
-                st.protocol.take(),
-                st.server.take(),
-                st.empty_waiter.take(),
-            )
+            (st.sock.take(), st.protocol.take(), st.server.take(), st.empty_waiter.take())
         };
         if let Some(sock) = sock {
             sock.bind(py).call_method0(intern!(py, "close"))?;
@@ -796,8 +690,7 @@ impl StreamTransport {
         }
         if let Some(w) = waiter {
             let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
-            w.bind(py)
-                .call_method1("set_exception", (err.into_value(py),))?;
+            w.bind(py).call_method1("set_exception", (err.into_value(py),))?;
         }
         result
     }
@@ -852,9 +745,7 @@ impl StreamTransport {
     /// asyncio's `loop.sendfile` may use `os.sendfile` on this transport's socket.
     #[getter]
     fn _sendfile_compatible<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        py.import("asyncio.constants")?
-            .getattr("_SendfileMode")?
-            .getattr("TRY_NATIVE")
+        py.import("asyncio.constants")?.getattr("_SendfileMode")?.getattr("TRY_NATIVE")
     }
 
     /// `ferroloop._transports.StreamTransport`, a subclass of `asyncio.Transport`.
@@ -873,14 +764,7 @@ impl StreamTransport {
         }
         info.push(format!("fd={}", self.fd));
         if st.sock.is_some() && !self.event_loop.get().closed() {
-            info.push(format!(
-                "read={}",
-                if st.closing || st.paused {
-                    "idle"
-                } else {
-                    "polling"
-                }
-            ));
+            info.push(format!("read={}", if st.closing || st.paused { "idle" } else { "polling" }));
             let state = if st.writing { "polling" } else { "idle" };
             info.push(format!("write=<{state}, bufsize={}>", st.buffer.len()));
         }
@@ -905,16 +789,7 @@ impl Drop for StreamTransport {
         if self.state.get_mut().sock.is_none() {
             return;
         }
-        // Dropped while open: warn as asyncio does. The socket object closes its own descriptor
-        // when it goes (it may already be torn down by the garbage collector: no calls into it).
-        Python::attach(|py| {
-            let msg = format!("unclosed transport <StreamTransport fd={}>", self.fd);
-            let msg = std::ffi::CString::new(msg).unwrap_or_default();
-            let category = py.get_type::<pyo3::exceptions::PyResourceWarning>();
-            if let Err(e) = PyErr::warn(py, &category, &msg, 1) {
-                e.write_unraisable(py, None);
-            }
-        });
+        Python::attach(|py| super::warn_unclosed(py, "StreamTransport", self.fd));
     }
 }
 
@@ -932,19 +807,7 @@ pub fn make_stream_transport<'py>(
 ) -> PyResult<Bound<'py, StreamTransport>> {
     let py = event_loop.py();
     let fd: RawFd = sock.call_method0("fileno")?.extract()?;
-    let extra = match extra {
-        Some(e) => e.copy()?,
-        None => PyDict::new(py),
-    };
-    let trsock = py
-        .import("asyncio.trsock")?
-        .getattr("TransportSocket")?
-        .call1((sock,))?;
-    extra.set_item("socket", trsock)?;
-    extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
-    if !extra.contains("peername")? {
-        extra.set_item("peername", sock.call_method0("getpeername").ok())?;
-    }
+    let extra = super::socket_extra(sock, extra)?;
     let state = State {
         sock: Some(sock.clone().unbind()),
         protocol: Some(protocol.clone().unbind()),
@@ -963,14 +826,8 @@ pub fn make_stream_transport<'py>(
         low: DEFAULT_HIGH / 4,
         empty_waiter: None,
     };
-    let transport = Bound::new(
-        py,
-        StreamTransport {
-            event_loop: event_loop.clone().unbind(),
-            fd,
-            state: GilCell::new(state),
-        },
-    )?;
+    let transport =
+        Bound::new(py, StreamTransport { event_loop: event_loop.clone().unbind(), fd, state: GilCell::new(state) })?;
     if let Some(server) = server.filter(|s| !s.is_none()) {
         if server_takes_transport(py) {
             server.call_method1("_attach", (&transport,))?;
@@ -978,26 +835,6 @@ pub fn make_stream_transport<'py>(
             server.call_method0("_attach")?;
         }
     }
-    let lp = event_loop.get();
-    lp.call_soon_native(
-        py,
-        &protocol.getattr("connection_made")?,
-        &PyTuple::new(py, [&transport])?,
-    )?;
-    lp.call_soon_native(
-        py,
-        &transport.getattr("_start_reading")?,
-        &PyTuple::empty(py),
-    )?;
-    if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
-        let set = py
-            .import("asyncio.futures")?
-            .getattr("_set_result_unless_cancelled")?;
-        lp.call_soon_native(
-            py,
-            &set,
-            &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?,
-        )?;
-    }
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
     Ok(transport)
 }
