@@ -23,6 +23,7 @@ from asyncio.log import logger
 
 from . import _ferroloop
 from ._network import NetworkMixin
+from ._subprocess import SubprocessMixin
 
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 _SENDFILE_FALLBACK_CHUNK = 256 * 1024
@@ -71,7 +72,7 @@ def _numeric_host_info(host, port, family, type, proto, flags):
         return None
 
 
-class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
+class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self):
@@ -85,6 +86,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
         self._signal_sockets = None
         # asyncio's Python transports (datagrams) register themselves here.
         self._transports = weakref.WeakValueDictionary()
+        self._child_pidfds = {}
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
@@ -172,6 +174,7 @@ class Loop(NetworkMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         self._close_signal_sockets()
+        self._close_child_watchers()
         self._close_native()
         self._executor_shutdown_called = True
         executor = self._default_executor
