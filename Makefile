@@ -54,8 +54,19 @@ pytest: build ## The behaviour suite, on stock asyncio and on ferroloop
 conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fails on a regression
 	$(VPY) tests/cpython/run.py --expected tests/cpython/expected/$$($(VPY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').json
 
+# The other CPython versions installed with pyenv: each gets its own venv, build, behaviour suite
+# and conformance run. A version that is not installed is reported and fails the run.
+OTHER_PYTHONS ?= 3.12 3.13
+
+.PHONY: test-pythons
+test-pythons: ## The behaviour suite and conformance on $(OTHER_PYTHONS) too
+	@set -e; for v in $(OTHER_PYTHONS); do \
+	  prefix=$$(pyenv prefix $$v 2>/dev/null) || { echo "Python $$v is not installed (pyenv prefix $$v)"; exit 1; }; \
+	  $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance; \
+	done
+
 .PHONY: test
-test: lint cargo-test pytest conformance ## Everything CI runs
+test: lint cargo-test pytest conformance test-pythons ## Everything CI runs
 
 .PHONY: bench
 bench: build ## Side-by-side micro-benchmarks of asyncio and ferroloop

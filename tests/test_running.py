@@ -457,6 +457,10 @@ def test_shutdown_default_executor_unused(loop, run):
     reason="shutdown_default_executor(timeout) was added in Python 3.12",
 )
 def test_shutdown_default_executor_timeout(loop, run):
+    if sys.version_info[:2] == (3, 12) and type(loop).__module__.startswith("asyncio"):
+        # 3.12's asyncio awaits the executor's shutdown without the timeout and only bounds the
+        # thread join afterwards, so its documented timeout never fires here; 3.13 applies it.
+        pytest.xfail("asyncio 3.12 does not apply shutdown_default_executor's timeout while waiting")
     release = threading.Event()
     started = threading.Event()
 

@@ -9,13 +9,12 @@ path are ferroloop's.
 """
 
 import errno
-from asyncio import base_events, constants, exceptions, selector_events, trsock, unix_events
+from asyncio import base_events, constants, exceptions, sslproto, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
 
 _Base = base_events.BaseEventLoop
-_Selector = selector_events.BaseSelectorEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
 
 
@@ -35,7 +34,6 @@ class NetworkMixin:
     start_tls = _Base.start_tls
     create_unix_connection = _Unix.create_unix_connection
     create_unix_server = _Unix.create_unix_server
-    _make_ssl_transport = _Selector._make_ssl_transport
     if hasattr(_Base, "_create_server_getaddrinfo"):
         _create_server_getaddrinfo = _Base._create_server_getaddrinfo
 
@@ -44,6 +42,42 @@ class NetworkMixin:
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         base_events._set_nodelay(sock)
         return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        # TLS is asyncio's SSLProtocol over ferroloop's native stream transport for now.
+        ssl_protocol = sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _ensure_fd_no_transport(self, fd):
+        """``RuntimeError`` if ``fd`` (or a file object's descriptor) belongs to a transport."""
+        self._check_fd_free(fd)
+        fileno = fd if isinstance(fd, int) else fd.fileno()
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         return _ferroloop.make_datagram_transport(self, sock, protocol, address, waiter, extra)

@@ -118,9 +118,12 @@ def run_child(module, start, opts, workdir, log, results):
         "--start",
         str(start),
     ]
+    # Each child works in a directory of its own: some tests remove their working directory.
+    cwd = workdir / f"cwd-{module}-{start}"
+    cwd.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         command,
-        cwd=workdir,
+        cwd=cwd,
         env=child_env(),
         stdout=log,
         stderr=subprocess.STDOUT,

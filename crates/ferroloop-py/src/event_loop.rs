@@ -688,6 +688,11 @@ impl EventLoop {
         self.set_callback(py, fd, callback, args, false)
     }
 
+    /// `RuntimeError` if a native transport watches `fd` (an int or an object with `fileno()`).
+    fn _check_fd_free(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.check_not_native(py, fileobj_to_fd(fd)?)
+    }
+
     fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_callback(py, fd, false)
     }
