@@ -23,7 +23,7 @@ collect_ignore = ["cpython"]
 
 try:
     import ferroloop
-except Exception as exc:  # noqa: BLE001 - report any import failure
+except Exception as exc:
     ferroloop = None
     FERROLOOP_IMPORT_ERROR = exc
 else:

@@ -270,7 +270,7 @@ def test_add_signal_handler_from_non_main_thread(loop):
     def in_thread():
         try:
             loop.add_signal_handler(signal.SIGUSR1, print)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=in_thread)
@@ -290,7 +290,7 @@ def test_add_signal_handler_in_loop_of_other_thread(loop_factory, fd_guard):
         lp = loop_factory()
         try:
             lp.add_signal_handler(signal.SIGUSR1, print)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             result["exc"] = exc
         finally:
             lp.close()

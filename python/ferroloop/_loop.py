@@ -87,6 +87,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         # asyncio's Python transports (datagrams) register themselves here.
         self._transports = weakref.WeakValueDictionary()
         self._child_pidfds = {}
+        self._unix_server_sockets = {}
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())

@@ -9,6 +9,7 @@ path are ferroloop's.
 """
 
 import errno
+import os
 from asyncio import base_events, constants, exceptions, sslproto, trsock, unix_events
 from asyncio.log import logger
 
@@ -109,8 +110,20 @@ class NetworkMixin:
         )
 
     def _stop_serving(self, sock):
+        # Python 3.13's create_unix_server records each socket's inode here, so that closing
+        # the server removes its path, unless another socket has been bound there since.
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
         self.remove_reader(sock.fileno())
         sock.close()
+        if path:
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _accept_connection(
         self, protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout

@@ -6,18 +6,19 @@ for stdlib's transports. They carry no behaviour: every method lives on the Rust
 """
 
 import asyncio
+from asyncio import transports
 
 
-class StreamTransport(asyncio.Transport):
+class StreamTransport(transports._FlowControlMixin):
     """A connected stream socket (TCP or Unix); implemented by ``_ferroloop.StreamTransport``."""
 
     __slots__ = ()
 
 
-class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
+class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
     """A UDP or Unix datagram socket; implemented by ``_ferroloop.DatagramTransport``.
 
-    Also an ``asyncio.Transport``, as stdlib's datagram transport is.
+    Also an ``asyncio.Transport`` with flow control, as stdlib's datagram transport is.
     """
 
     __slots__ = ()

@@ -567,6 +567,12 @@ impl StreamTransport {
         Self::force_close(slf, None)
     }
 
+    /// Closes at once with `exc` for `connection_lost` (asyncio's private API, used by sslproto).
+    #[pyo3(name = "_force_close")]
+    fn force_close_py(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc.as_ref().filter(|e| !e.is_none()))
+    }
+
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
