@@ -56,6 +56,9 @@ import unittest
 
 ID_PREFIX = "test.test_asyncio."
 LOOP_FACTORIES = ("create_event_loop", "new_loop")
+# Modules whose setUp builds `asyncio.BaseEventLoop()` itself (adding mocks of private methods
+# that ferroloop does not use): there, that name builds ferroloop loops.
+BASE_LOOP_MODULES = ("test_pep492",)
 DUPLICATE_REASON = "duplicate selector variant: ferroloop has one poller"
 
 # Number of ferroloop loops created so far in this process.
@@ -113,6 +116,30 @@ def install_ferroloop():
     asyncio.events.set_event_loop_policy = set_event_loop_policy
     set_event_loop_policy(None)
     return new_ferroloop
+
+
+def ferroloop_factory(original, new_ferroloop):
+    """A test class's loop factory, made to build ferroloop loops.
+
+    The original factory runs with asyncio's loop classes standing for ferroloop, so whatever it
+    sets up on the loop (test_runners adds mocks and records shutdown_asyncgens) is kept; a
+    factory that only raises NotImplementedError (an abstract base) yields a plain ferroloop loop.
+    """
+
+    def make(*args, **kwargs):
+        return new_ferroloop()
+
+    def factory(self):
+        saved = (asyncio.BaseEventLoop, asyncio.SelectorEventLoop, asyncio.new_event_loop)
+        asyncio.BaseEventLoop = asyncio.SelectorEventLoop = asyncio.new_event_loop = make
+        try:
+            return original(self)
+        except NotImplementedError:
+            return new_ferroloop()
+        finally:
+            asyncio.BaseEventLoop, asyncio.SelectorEventLoop, asyncio.new_event_loop = saved
+
+    return factory
 
 
 def iter_tests(suite):
@@ -238,6 +265,8 @@ def run(args, report):
     faulthandler.enable()
     faulthandler.dump_traceback_later(args.timeout)
     new_ferroloop = install_ferroloop() if args.loop == "ferroloop" else None
+    if new_ferroloop is not None and args.module in BASE_LOOP_MODULES:
+        asyncio.BaseEventLoop = lambda: new_ferroloop()
     rules = load_exclusions(args.exclusions)
 
     try:
@@ -266,7 +295,7 @@ def run(args, report):
         for cls in {type(t) for t in runnable}:
             for name in LOOP_FACTORIES:
                 if hasattr(cls, name):
-                    setattr(cls, name, lambda self: new_ferroloop())
+                    setattr(cls, name, ferroloop_factory(getattr(cls, name), new_ferroloop))
 
     result = ReportingResult(report, runnable)
     unittest.TestSuite(runnable).run(result)
