@@ -68,8 +68,19 @@ test-pythons: ## The behaviour suite and conformance on $(OTHER_PYTHONS) too
 .PHONY: test
 test: lint cargo-test pytest conformance test-pythons ## Everything CI runs
 
+.PHONY: bench-setup
+bench-setup: build
+	$(VPY) -m pip install --quiet -r requirements-bench.txt
+	cargo build --release -p ferroloop-bench
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null; } \
+	  || echo "wrk is not installed: HTTP is measured with the Rust load generator"
+
 .PHONY: bench
-bench: build ## Side-by-side micro-benchmarks of asyncio and ferroloop
+bench: bench-setup ## asyncio, uvloop, rloop, ferroloop and a Rust reference side by side (~15 min)
+	$(VPY) bench/run.py
+
+.PHONY: bench-micro
+bench-micro: build ## Only the in-process micro-benchmarks (a minute)
 	$(VPY) bench/micro.py
 
 .PHONY: clean

@@ -1,0 +1,430 @@
+"""The side-by-side benchmark suite (`make bench`): network servers and in-process micro-benchmarks.
+
+Network workloads: each server runs in a fresh process pinned to CPU 0, the client (the Rust load
+generator, wrk for HTTP, a Python client for TLS) pinned to CPU 1. Within each round every loop
+runs once, in rotating order; each figure is the median over rounds, and each ratio is computed
+within a round, then its median taken. The headline metric is server CPU time per request (from
+/proc/PID/task/*/schedstat), which a noisy machine disturbs far less than requests per second.
+"reference" is a Rust server with no Python: the ceiling on this machine.
+
+Writes bench/results/latest.{md,json,png} and the README's performance section.
+
+    python bench/run.py [--rounds 3] [--seconds 2] [--only WORKLOAD ...] [--no-readme]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release"
+RESULTS = ROOT / "bench" / "results"
+LOOPS = ("reference", "asyncio", "uvloop", "rloop", "ferroloop")
+KIB = 1024
+
+# name, server workload, message size (None: HTTP)
+WORKLOADS = [
+    ("echo sock_recv/sock_sendall 1 KiB", "sock", KIB),
+    ("echo sock_recv/sock_sendall 10 KiB", "sock", 10 * KIB),
+    ("echo sock_recv/sock_sendall 100 KiB", "sock", 100 * KIB),
+    ("echo streams 1 KiB", "streams", KIB),
+    ("echo streams 10 KiB", "streams", 10 * KIB),
+    ("echo streams 100 KiB", "streams", 100 * KIB),
+    ("echo Protocol 1 KiB", "protocol", KIB),
+    ("echo Protocol 10 KiB", "protocol", 10 * KIB),
+    ("echo Protocol 100 KiB", "protocol", 100 * KIB),
+    ("Unix Protocol echo 1 KiB", "unix", KIB),
+    ("HTTP/1.1 keep-alive (httptools)", "http", None),
+    ("TLS echo 1 KiB", "tls", KIB),
+]
+CONNS = 10
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of `pid`, in nanoseconds."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def rss_kib(pid):
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process pinned to CPU 0; `unsupported` holds the reason if it would not start."""
+
+    def __init__(self, loop, workload, address):
+        self.unsupported = None
+        if loop == "reference":
+            target = ["--unix", address] if workload == "unix" else ["--tcp", address]
+            cmd = [str(BIN / "refserver"), *target] + (["--http"] if workload == "http" else [])
+            if workload == "tls":
+                self.proc = None
+                self.unsupported = "no TLS in the reference server"
+                return
+        else:
+            cmd = [sys.executable, str(ROOT / "bench" / "server.py"), loop, workload, address]
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline().strip()
+        if line != "READY":
+            self.proc.wait(timeout=10)
+            err = self.proc.stderr.read().strip().splitlines()
+            self.unsupported = err[-1] if err else f"exited with {self.proc.returncode}"
+            self.proc = None
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_client(workload, address, size, seconds):
+    if workload == "http" and shutil.which("wrk"):
+        seconds = max(1, round(seconds))  # wrk takes whole seconds
+        out = subprocess.run(
+            ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency", f"http://{address}/"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+        def pct(p):
+            m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+            value, unit = float(m.group(1)), m.group(2)
+            return value * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+        return {"requests": rps * seconds, "seconds": seconds, "p50_us": pct(50), "p99_us": pct(99), "errors": 0}
+    if workload == "tls":
+        host, port = address.rsplit(":", 1)
+        cmd = [sys.executable, str(ROOT / "bench" / "tls_client.py"), host, port, str(CONNS), str(size), str(seconds)]
+    else:
+        target = ["--unix", address] if workload == "unix" else ["--tcp", address]
+        cmd = [str(BIN / "loadgen"), *target, "--conns", str(CONNS), "--seconds", str(seconds)]
+        cmd += ["--http"] if workload == "http" else ["--size", str(size)]
+    out = subprocess.run(
+        ["taskset", "-c", "1", *cmd], check=False, capture_output=True, text=True, timeout=seconds + 30
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(loop, workload, size, seconds, tmp):
+    address = str(tmp / f"{loop}.sock") if workload == "unix" else f"127.0.0.1:{free_port()}"
+    server = Server(loop, workload, address)
+    if server.unsupported:
+        return {"unsupported": server.unsupported}
+    try:
+        run_client(workload, address, size, 0.3)  # warm-up: connections, caches, JIT-free but lazy imports
+        before = cpu_ns(server.proc.pid)
+        result = run_client(workload, address, size, seconds)
+        used = cpu_ns(server.proc.pid) - before
+    except (subprocess.SubprocessError, ValueError, AttributeError, json.JSONDecodeError, IndexError) as exc:
+        return {"unsupported": f"client failed: {exc!r}"[:200]}
+    finally:
+        server.close()
+    n = result["requests"]
+    if n == 0 or used == 0:
+        return {"unsupported": f"no requests completed ({result.get('errors', 0)} client errors)"}
+    return {
+        "rps": result["requests"] / result["seconds"],
+        "p50_us": result["p50_us"],
+        "p99_us": result["p99_us"],
+        "cpu_us_per_req": used / n / 1e3,
+    }
+
+
+def idle_memory(loop, tmp, count=10_000):
+    """Server RSS growth (KiB) with `count` idle connections open."""
+    address = f"127.0.0.1:{free_port()}"
+    server = Server(loop, "protocol", address)
+    if server.unsupported:
+        return {"unsupported": server.unsupported}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 1000)), hard))
+    host, port = address.rsplit(":", 1)
+    socks = []
+    try:
+        time.sleep(0.2)
+        base = rss_kib(server.proc.pid)
+        for _ in range(count):
+            socks.append(socket.create_connection((host, int(port))))
+        deadline = time.monotonic() + 10
+        last = -1
+        while time.monotonic() < deadline:  # until the server has accepted them all
+            time.sleep(0.3)
+            now = rss_kib(server.proc.pid)
+            if now == last:
+                break
+            last = now
+        return {"rss_growth_kib": rss_kib(server.proc.pid) - base}
+    except OSError as exc:
+        return {"unsupported": f"could not open {count} connections: {exc}"}
+    finally:
+        for s in socks:
+            s.close()
+        server.close()
+
+
+def run_network(rounds, seconds, only):
+    results = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = pathlib.Path(tmpdir)
+        for name, workload, size in WORKLOADS:
+            if only and not any(o in name or o == workload for o in only):
+                continue
+            per_round = []
+            for r in range(rounds):
+                order = LOOPS[r % len(LOOPS) :] + LOOPS[: r % len(LOOPS)]
+                per_round.append({loop: measure(loop, workload, size, seconds, tmp) for loop in order})
+            results[name] = per_round
+            print(f"  {name}: done", file=sys.stderr, flush=True)
+        if not only or "memory" in only:
+            results["memory"] = {loop: idle_memory(loop, tmp) for loop in LOOPS if loop != "reference"}
+    return results
+
+
+def summarize(network):
+    """Medians over rounds, and per-round ratios to uvloop (CPU per request: uvloop's / ours)."""
+    rows = {}
+    for name, rounds in network.items():
+        if name == "memory":
+            continue
+        row = {}
+        for loop in LOOPS:
+            ok = [r[loop] for r in rounds if "cpu_us_per_req" in r[loop]]
+            if not ok:
+                row[loop] = {"unsupported": rounds[0][loop].get("unsupported", "failed")}
+                continue
+            cell = {k: statistics.median(x[k] for x in ok) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+            ratios = [
+                r["uvloop"]["cpu_us_per_req"] / r[loop]["cpu_us_per_req"]
+                for r in rounds
+                if "cpu_us_per_req" in r[loop] and "cpu_us_per_req" in r.get("uvloop", {})
+            ]
+            if ratios:
+                cell["vs_uvloop"] = statistics.median(ratios)
+            overheads = [
+                (r[loop]["cpu_us_per_req"] - r["reference"]["cpu_us_per_req"])
+                / max(r["uvloop"]["cpu_us_per_req"] - r["reference"]["cpu_us_per_req"], 1e-9)
+                for r in rounds
+                if all("cpu_us_per_req" in r.get(k, {}) for k in (loop, "uvloop", "reference"))
+            ]
+            if overheads and loop not in ("reference", "uvloop"):
+                cell["overhead_vs_uvloop"] = statistics.median(overheads)
+            row[loop] = cell
+        rows[name] = row
+    return rows
+
+
+def run_micro(rounds):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "micro.py"), "--json", "--rounds", str(rounds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def versions():
+    found = {"python": platform.python_version()}
+    for mod in ("uvloop", "rloop", "ferroloop", "httptools"):
+        try:
+            found[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            found[mod] = "not installed"
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    found["machine"] = f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    return found
+
+
+def fmt_cell(cell, key, digits=1):
+    if "unsupported" in cell:
+        return "unsupported"
+    return f"{cell[key]:.{digits}f}" if key in cell else "–"
+
+
+def markdown(rows, memory, micro, info, seconds, rounds):
+    lines = [
+        (
+            f"Measured {time.strftime('%Y-%m-%d')} on {info['machine']}; Python {info['python']}, "
+            f"uvloop {info['uvloop']}, rloop {info['rloop']}, ferroloop {info['ferroloop']}. "
+            f"{rounds} rounds of {seconds} s per workload, {CONNS} connections, server on CPU 0, client on CPU 1."
+        ),
+        "",
+        (
+            "**Server CPU time per request** (µs, median; lower is better) and speed relative to uvloop "
+            "(uvloop's CPU per request ÷ this loop's, median of per-round ratios; higher is better):"
+        ),
+        "",
+        "| workload | reference | asyncio | uvloop | rloop | ferroloop | ferroloop vs uvloop | rloop vs uvloop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in rows.items():
+        cells = [fmt_cell(row[loop], "cpu_us_per_req", 2) for loop in LOOPS]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {fmt_cell(row['ferroloop'], 'vs_uvloop', 2)}× | "
+            f"{fmt_cell(row['rloop'], 'vs_uvloop', 2)}× |"
+        )
+    lines += [
+        "",
+        "**Requests per second and latency** (median; p50 / p99 in µs):",
+        "",
+        "| workload | " + " | ".join(LOOPS) + " |",
+        "| --- |" + " ---: |" * len(LOOPS),
+    ]
+    for name, row in rows.items():
+        cells = []
+        for loop in LOOPS:
+            c = row[loop]
+            cells.append(
+                "unsupported" if "unsupported" in c else f"{c['rps']:,.0f} ({c['p50_us']:.0f} / {c['p99_us']:.0f})"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if memory:
+        lines += [
+            "",
+            "**Memory**: server RSS growth with 10,000 idle connections (MiB; lower is better):",
+            "",
+            "| " + " | ".join(memory) + " |",
+            "|" + " ---: |" * len(memory),
+            "| "
+            + " | ".join(
+                "unsupported" if "unsupported" in m else f"{m['rss_growth_kib'] / 1024:.1f}" for m in memory.values()
+            )
+            + " |",
+        ]
+    if micro:
+        loops = micro["loops"]
+        lines += [
+            "",
+            "**In-process micro-benchmarks** (µs per operation, median; ratio = uvloop's time ÷ this loop's):",
+            "",
+            "| benchmark | " + " | ".join(loops) + " | ferroloop vs uvloop |",
+            "| --- |" + " ---: |" * (len(loops) + 1),
+        ]
+        for name, res in micro["results"].items():
+            cells = [f"{res['us_per_op'][lp]:.3f}" if lp in res["us_per_op"] else "unsupported" for lp in loops]
+            ratio = res.get("vs", {}).get("uvloop", {}).get("ferroloop")
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f}× |"
+                if ratio
+                else f"| {name} | " + " | ".join(cells) + " | – |"
+            )
+        if "fairness" in micro:
+            f = micro["fairness"]
+            lines += [
+                "",
+                (
+                    f"**Fairness** (ferroloop): with a call_soon chain keeping the ready queue busy, data arriving "
+                    f"on a socket was handled after {f['p50_us']:.0f} µs (median), {f['p99_us']:.0f} µs (p99), "
+                    f"{f['max_us']:.0f} µs (max) over {f['samples']} samples; bound 250 µs: "
+                    f"{'met' if f['p99_us'] <= 250 else 'NOT met'} at p99."
+                ),
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows, micro, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names, series = [], {"ferroloop": [], "rloop": [], "asyncio": []}
+    for name, row in rows.items():
+        names.append(name)
+        for loop, values in series.items():
+            values.append(row[loop].get("vs_uvloop", 0.0))
+    if micro:
+        for name, res in micro["results"].items():
+            names.append(f"micro: {name}")
+            for loop, values in series.items():
+                values.append(res.get("vs", {}).get("uvloop", {}).get(loop, 0.0))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
+    height = 0.27
+    for i, (loop, values) in enumerate(series.items()):
+        ax.barh([y + (i - 1) * height for y in range(len(names))], values, height, label=loop)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed relative to uvloop (server CPU per request; micro: time per op) — higher is better")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def update_readme(md):
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme.write_text(f"{head}{start}\n{md}\n![benchmark chart](bench/results/latest.png)\n{end}{tail}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--only", nargs="*", default=[], help="substrings of workload names (or 'memory', 'micro')")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args()
+    for tool in ("loadgen", "refserver"):
+        if not (BIN / tool).exists():
+            sys.exit(f"{BIN / tool} is missing: run `cargo build --release -p ferroloop-bench`")
+    started = time.monotonic()
+    network = run_network(args.rounds, args.seconds, args.only)
+    rows = summarize(network)
+    micro = run_micro(args.rounds + 2) if not args.only or "micro" in args.only else None
+    info = versions()
+    md = markdown(rows, network.get("memory"), micro, info, args.seconds, args.rounds)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.md").write_text(md)
+    (RESULTS / "latest.json").write_text(
+        json.dumps({"info": info, "network": network, "rows": rows, "micro": micro}, indent=1)
+    )
+    chart(rows, micro, RESULTS / "latest.png")
+    if not args.no_readme and not args.only:
+        update_readme(md)
+    print(md)
+    print(f"bench: {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
