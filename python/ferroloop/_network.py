@@ -10,7 +10,8 @@ path are ferroloop's.
 
 import errno
 import os
-from asyncio import base_events, constants, exceptions, sslproto, trsock, unix_events
+import ssl
+from asyncio import base_events, constants, exceptions, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -32,7 +33,6 @@ class NetworkMixin:
     create_datagram_endpoint = _Base.create_datagram_endpoint
     sendfile = _Base.sendfile
     _sendfile_fallback = _Base._sendfile_fallback
-    start_tls = _Base.start_tls
     create_unix_connection = _Unix.create_unix_connection
     create_unix_server = _Unix.create_unix_server
     if hasattr(_Base, "_create_server_getaddrinfo"):
@@ -58,18 +58,60 @@ class NetworkMixin:
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
-        # TLS is asyncio's SSLProtocol over ferroloop's native stream transport for now.
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = _ferroloop.make_tls_protocol(
             self,
             protocol,
             sslcontext,
             waiter,
             server_side,
             server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout,
-            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            True,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
         )
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Upgrade ``transport`` to TLS; return the new transport ``protocol`` talks to."""
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}")
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        waiter = self.create_future()
+        ssl_protocol = _ferroloop.make_tls_protocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            False,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+        # Nothing may be read between the protocol switch and the start of the handshake.
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        started = self.call_soon(ssl_protocol.connection_made, transport)
+        resumed = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            started.cancel()
+            resumed.cancel()
+            raise
         return ssl_protocol._app_transport
 
     def _ensure_fd_no_transport(self, fd):

@@ -22,3 +22,9 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
     """
 
     __slots__ = ()
+
+
+class SSLTransport(transports._FlowControlMixin):
+    """The application's side of a TLS connection; implemented by ``_ferroloop.SSLTransport``."""
+
+    __slots__ = ()

@@ -22,6 +22,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transports::stream::make_stream_transport, m)?)?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(transports::datagram::make_datagram_transport, m)?)?;
+    m.add_class::<transports::tls::TlsProtocol>()?;
+    m.add_class::<transports::tls::TlsTransport>()?;
+    m.add_function(wrap_pyfunction!(transports::tls::make_tls_protocol, m)?)?;
     m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! - [`stream`]: `StreamTransport`, for connected TCP and Unix stream sockets (asyncio's
 //!   `_SelectorSocketTransport`).
 //! - [`datagram`]: `DatagramTransport`, for UDP and Unix datagram sockets.
+//! - [`tls`]: `TlsProtocol` and `TlsTransport`, TLS over a stream transport.
 //!
 //! A transport registers its file descriptor with the loop as an
 //! [`IoWatcher`](crate::watch::IoWatcher) and calls its protocol directly from Rust. The protocol
@@ -15,6 +16,7 @@
 
 pub mod datagram;
 pub mod stream;
+pub mod tls;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
