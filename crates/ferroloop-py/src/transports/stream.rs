@@ -234,7 +234,12 @@ impl StreamTransport {
             Err(e) => Self::fatal_error(slf, e.into(), "Fatal read error on socket transport"),
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
-                if let Err(err) = protocol.call_method1(intern!(py, "data_received"), (data,)) {
+                // TLS over this transport: hand the ciphertext over without a Python call.
+                let delivered = match protocol.cast::<super::tls::TlsProtocol>() {
+                    Ok(tls) => super::tls::TlsProtocol::data_received(tls, data.as_any()),
+                    Err(_) => protocol.call_method1(intern!(py, "data_received"), (data,)).map(drop),
+                };
+                if let Err(err) = delivered {
                     return Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.");
                 }
                 Ok(())
@@ -573,7 +578,7 @@ impl StreamTransport {
         Self::force_close(slf, exc.as_ref().filter(|e| !e.is_none()))
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         with_bytes(data, |bytes| {

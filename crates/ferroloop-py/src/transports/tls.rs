@@ -94,6 +94,24 @@ fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
     Ok(err.is_instance(py, t.want_read.bind(py)) || err.is_instance(py, t.want_write.bind(py)))
 }
 
+thread_local! {
+    /// Each thread's buffer that `SSLObject.read` decrypts into before the plaintext is copied
+    /// into a `bytes` of the right size (reading into a fresh 256 KiB `bytes` costs far more).
+    /// Per thread, because `SSLObject.read` releases the GIL while it decrypts.
+    static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn read_buffer(py: Python<'_>) -> PyResult<Bound<'_, PyByteArray>> {
+    READ_BUFFER.with(|cell| {
+        if let Some(b) = cell.borrow().as_ref() {
+            return Ok(b.bind(py).clone());
+        }
+        let b = PyByteArray::new(py, &vec![0u8; MAX_READ]);
+        *cell.borrow_mut() = Some(b.clone().unbind());
+        Ok(b)
+    })
+}
+
 fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     CELL.import(py, "ferroloop._transports", "SSLTransport")
@@ -363,11 +381,25 @@ impl TlsProtocol {
             let data = this.outgoing.bind(py).call_method0(intern!(py, "read"))?;
             if data.len()? > 0 {
                 if let Some(t) = transport {
-                    t.bind(py).call_method1(intern!(py, "write"), (data,))?;
+                    let t = t.into_bound(py);
+                    match t.cast::<super::stream::StreamTransport>() {
+                        Ok(stream) => super::stream::StreamTransport::write(stream, &data)?,
+                        Err(_) => drop(t.call_method1(intern!(py, "write"), (data,))?),
+                    }
                 }
             }
         }
         Self::control_app_writing(slf)
+    }
+
+    /// No ciphertext waits in the incoming BIO and no plaintext in the TLS engine.
+    fn nothing_to_read(&self, py: Python<'_>) -> PyResult<bool> {
+        let incoming: usize = self.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
+        if incoming > 0 {
+            return Ok(false);
+        }
+        let buffered: usize = self.sslobj.bind(py).call_method0(intern!(py, "pending"))?.extract()?;
+        Ok(buffered == 0)
     }
 
     fn write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
@@ -499,14 +531,23 @@ impl TlsProtocol {
         let sslobj = this.sslobj.bind(py);
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
         let mut eof = false;
+        let buf = read_buffer(py)?;
         loop {
-            match sslobj.call_method1(intern!(py, "read"), (MAX_READ,)) {
-                Ok(chunk) => {
-                    if chunk.len()? == 0 {
+            match sslobj.call_method1(intern!(py, "read"), (MAX_READ, &buf)) {
+                Ok(count) => {
+                    let count: usize = count.extract()?;
+                    if count == 0 {
                         eof = true;
                         break;
                     }
-                    chunks.push(chunk);
+                    // SAFETY: `buf` is a bytearray of MAX_READ bytes that only this thread uses
+                    // (see `read_buffer`); nothing runs between the read and this copy.
+                    let data = unsafe { &buf.as_bytes()[..count.min(MAX_READ)] };
+                    chunks.push(PyBytes::new(py, data).into_any());
+                    // Nothing left to decrypt: stop here rather than pay for SSLWantReadError.
+                    if this.nothing_to_read(py)? {
+                        break;
+                    }
                 }
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -558,6 +599,9 @@ impl TlsProtocol {
                     offset += count;
                     if offset >= wants {
                         again = true;
+                        break;
+                    }
+                    if this.nothing_to_read(py)? {
                         break;
                     }
                 }
@@ -764,7 +808,7 @@ impl TlsProtocol {
         Self::cancel_timer(py, hs)
     }
 
-    fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         slf.get().incoming.bind(py).call_method1(intern!(py, "write"), (data,))?;
         match slf.get().tls(py) {
