@@ -254,6 +254,10 @@ class NetworkMixin:
         except BaseException as exc:
             if transport is None:
                 conn.close()
+            elif not self.get_debug():
+                # A failed handshake (a scanner, a client that gave up) is routine on a public
+                # server: asyncio reports it in debug mode only, and so does ferroloop.
+                return
             context = {"message": "Error on transport creation for incoming connection", "exception": exc}
             if protocol is not None:
                 context["protocol"] = protocol
