@@ -22,3 +22,17 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
     """
 
     __slots__ = ()
+
+
+class ReadPipeTransport(asyncio.ReadTransport):
+    """The read end of a pipe, FIFO, socket or character device; implemented by
+    ``_ferroloop.ReadPipeTransport``."""
+
+    __slots__ = ()
+
+
+class WritePipeTransport(transports._FlowControlMixin, asyncio.WriteTransport):
+    """The write end of a pipe, FIFO, socket or character device, with flow control; implemented
+    by ``_ferroloop.WritePipeTransport``."""
+
+    __slots__ = ()

@@ -22,6 +22,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transports::stream::make_stream_transport, m)?)?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(transports::datagram::make_datagram_transport, m)?)?;
+    m.add_class::<transports::pipe::ReadPipeTransport>()?;
+    m.add_class::<transports::pipe::WritePipeTransport>()?;
+    m.add_function(wrap_pyfunction!(transports::pipe::make_read_pipe_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(transports::pipe::make_write_pipe_transport, m)?)?;
     m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
     Ok(())
 }

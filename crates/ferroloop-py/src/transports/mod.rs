@@ -3,17 +3,25 @@
 //! - [`stream`]: `StreamTransport`, for connected TCP and Unix stream sockets (asyncio's
 //!   `_SelectorSocketTransport`).
 //! - [`datagram`]: `DatagramTransport`, for UDP and Unix datagram sockets.
+//! - [`pipe`]: `ReadPipeTransport` and `WritePipeTransport`, for pipes, FIFOs, sockets and
+//!   character devices such as pseudo-terminals (asyncio's `_UnixReadPipeTransport` and
+//!   `_UnixWritePipeTransport`): `connect_read_pipe`, `connect_write_pipe` and the standard
+//!   streams of subprocesses.
 //!
 //! A transport registers its file descriptor with the loop as an
 //! [`IoWatcher`](crate::watch::IoWatcher) and calls its protocol directly from Rust. The protocol
-//! receives the transport object itself, whose `__class__` is a Python subclass of
-//! `asyncio.Transport`, so `isinstance(transport, asyncio.Transport)` holds.
+//! receives the transport object itself, whose `__class__` is a Python subclass of the matching
+//! asyncio class (`asyncio.Transport`, `asyncio.ReadTransport`, `asyncio.WriteTransport`), so
+//! `isinstance` checks hold.
 //!
 //! Errors follow asyncio: an `OSError` from the socket closes the connection and reaches the
 //! protocol's `connection_lost(exc)` (logged only in debug mode); any other exception, such as
-//! one raised by a protocol method, also goes to the loop's exception handler.
+//! one raised by a protocol method, also goes to the loop's exception handler. Pipes differ as
+//! asyncio's do: a read error other than `EIO` is reported too, and a protocol method's exception
+//! goes to the exception handler without closing the pipe (see [`pipe`]).
 
 pub mod datagram;
+pub mod pipe;
 pub mod stream;
 
 use pyo3::prelude::*;
