@@ -75,6 +75,19 @@ pub(crate) fn call_flow_control(
     Ok(())
 }
 
+/// An operating-system error as Python raises it: `OSError(errno, strerror)`, which Python turns
+/// into the subclass for that errno (`BrokenPipeError`, ...), with `errno` and `strerror` set.
+/// (PyO3's own conversion keeps only the message.)
+pub(crate) fn os_error(e: &std::io::Error) -> PyErr {
+    let Some(code) = e.raw_os_error() else {
+        return pyo3::exceptions::PyOSError::new_err(e.to_string());
+    };
+    let text = e.to_string();
+    let suffix = format!(" (os error {code})");
+    let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+    pyo3::exceptions::PyOSError::new_err((code, strerror))
+}
+
 /// `KeyboardInterrupt` and `SystemExit` are never reported: they leave the loop.
 pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)

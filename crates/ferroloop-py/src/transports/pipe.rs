@@ -54,7 +54,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{call_flow_control, is_exit};
+use super::{call_flow_control, is_exit, os_error};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::pyrefs;
@@ -98,11 +98,11 @@ fn open_pipe<'py>(
     let extra = extra.cloned().unwrap_or_else(|| PyDict::new(py));
     extra.set_item(intern!(py, "pipe"), pipe)?;
     let fd: RawFd = pipe.call_method0(intern!(py, "fileno"))?.extract()?;
-    let kind = net::file_type(fd)?;
+    let kind = net::file_type(fd).map_err(|e| os_error(&e))?;
     if kind == FileType::Other {
         return Err(PyValueError::new_err(refusal.to_owned()));
     }
-    net::set_nonblocking(fd)?;
+    net::set_nonblocking(fd).map_err(|e| os_error(&e))?;
     Ok((extra, fd, kind))
 }
 
@@ -269,7 +269,7 @@ impl ReadPipeTransport {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => {
                 let quiet = e.raw_os_error() == Some(libc::EIO);
-                Self::fatal_error(slf, e.into(), "Fatal read error on pipe transport", quiet)
+                Self::fatal_error(slf, os_error(&e), "Fatal read error on pipe transport", quiet)
             }
             Ok(Some(data)) => protocol.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
             Ok(None) => Self::on_eof(slf, protocol.bind(py)),
@@ -730,7 +730,7 @@ impl WritePipeTransport {
                     st.conn_lost += 1;
                 }
                 this.unwatch(py, true)?;
-                Self::fatal_error(slf, e.into(), "Fatal write error on pipe transport")
+                Self::fatal_error(slf, os_error(&e), "Fatal write error on pipe transport")
             }
             Ok(_) => {
                 if !this.state.borrow(py).buffer.is_empty() {
@@ -887,7 +887,7 @@ impl WritePipeTransport {
                 }
                 Ok(())
             }
-            WriteOutcome::Failed(e) => Self::fatal_error(slf, e.into(), "Fatal write error on pipe transport"),
+            WriteOutcome::Failed(e) => Self::fatal_error(slf, os_error(&e), "Fatal write error on pipe transport"),
             WriteOutcome::StartWriting => {
                 if let Err(e) = Self::watch(slf, true) {
                     // As in asyncio, data is only buffered once the descriptor is watched.
