@@ -29,8 +29,8 @@
 //! and `resume_writing()` once it has drained completely (asyncio's pipes resume only then).
 //! For FIFOs and sockets the descriptor is also watched for reading: a write end becomes
 //! "readable" (an error or a hang-up) when the reader goes, and then the transport closes, with
-//! `BrokenPipeError` for `connection_lost` when data was still buffered. Writes after the
-//! transport is closing are dropped and counted; from the fifth on each one logs a warning.
+//! `BrokenPipeError` for `connection_lost` when data was still buffered. Writes once the
+//! transport is closing are dropped and counted; after five of them, each one logs a warning.
 //!
 //! Instances have a `__dict__`, as asyncio's pipe transports do: code (asyncio's own tests among
 //! it) replaces methods such as `pause_reading` on the instance.
@@ -38,7 +38,9 @@
 //! Deliberate differences from asyncio: `write()` raises `TypeError` for data that is not
 //! `bytes`, `bytearray` or `memoryview` (asyncio only asserts); a second `abort()` or `close()`
 //! does not schedule `connection_lost` again; a descriptor watched by a transport cannot be given
-//! to `add_reader`/`add_writer` (`RuntimeError`, as for socket transports).
+//! to `add_reader`/`add_writer` (`RuntimeError`, as for socket transports); an exception from
+//! `data_received` reaches the exception handler as the loop's "Unhandled exception in an I/O
+//! callback" rather than asyncio's "Exception in callback ...".
 
 use std::cell::RefCell;
 use std::io;
