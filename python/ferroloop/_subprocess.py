@@ -7,7 +7,9 @@ thread, and never reaps a process it did not start. Without pidfd support, a thr
 handed to such a thread, so it is reaped, not left a zombie.
 
 The process itself is started by asyncio's ``_UnixSubprocessTransport`` (``subprocess.Popen``),
-and argument checking is asyncio's own ``subprocess_exec``/``subprocess_shell``.
+and argument checking is asyncio's own ``subprocess_exec``/``subprocess_shell``. Its standard
+streams, like ``connect_read_pipe``/``connect_write_pipe``, use the Rust pipe transports
+(``_ferroloop.ReadPipeTransport``/``WritePipeTransport``).
 """
 
 import os
@@ -15,6 +17,8 @@ import threading
 import warnings
 from asyncio import base_events, unix_events
 from asyncio.log import logger
+
+from . import _ferroloop
 
 _Base = base_events.BaseEventLoop
 
@@ -39,10 +43,10 @@ class SubprocessMixin:
     _log_subprocess = _Base._log_subprocess
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return unix_events._UnixReadPipeTransport(self, pipe, protocol, waiter, extra)
+        return _ferroloop.make_read_pipe_transport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return unix_events._UnixWritePipeTransport(self, pipe, protocol, waiter, extra)
+        return _ferroloop.make_write_pipe_transport(self, pipe, protocol, waiter, extra)
 
     async def _make_subprocess_transport(
         self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs

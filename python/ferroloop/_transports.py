@@ -28,3 +28,17 @@ class SSLTransport(transports._FlowControlMixin):
     """The application's side of a TLS connection; implemented by ``_ferroloop.SSLTransport``."""
 
     __slots__ = ()
+
+
+class ReadPipeTransport(asyncio.ReadTransport):
+    """The read end of a pipe, FIFO, socket or character device; implemented by
+    ``_ferroloop.ReadPipeTransport``."""
+
+    __slots__ = ()
+
+
+class WritePipeTransport(transports._FlowControlMixin, asyncio.WriteTransport):
+    """The write end of a pipe, FIFO, socket or character device, with flow control; implemented
+    by ``_ferroloop.WritePipeTransport``."""
+
+    __slots__ = ()

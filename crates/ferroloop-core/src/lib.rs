@@ -8,7 +8,8 @@
 //!   another thread uses to interrupt a blocked poll.
 //! - [`timers`]: the timer queue behind `call_at`, ordered by (deadline, scheduling order).
 //! - [`write_buffer`]: a transport's unsent bytes, flushed with one gather write.
-//! - [`net`]: the byte-stream system calls transports make (`recv`, `send`, `sendmsg`, ...).
+//! - [`net`]: the system calls transports make (`recv`, `send`, `sendmsg`, `read`, `writev`, ...)
+//!   and descriptor queries (`file_type`, `set_nonblocking`).
 //!
 //! Everything is generic over the callback type `T`, which the bindings instantiate with Python
 //! handles. OS-specific code lives under `sys/`, one file per backend exporting the same names.

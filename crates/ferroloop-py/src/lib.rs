@@ -25,6 +25,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::tls::TlsProtocol>()?;
     m.add_class::<transports::tls::TlsTransport>()?;
     m.add_function(wrap_pyfunction!(transports::tls::make_tls_protocol, m)?)?;
+    m.add_class::<transports::pipe::ReadPipeTransport>()?;
+    m.add_class::<transports::pipe::WritePipeTransport>()?;
+    m.add_function(wrap_pyfunction!(transports::pipe::make_read_pipe_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(transports::pipe::make_write_pipe_transport, m)?)?;
     m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! POSIX byte-stream and datagram calls on raw descriptors, as `io::Result`s.
+//! POSIX byte-stream and datagram calls on raw descriptors, as `io::Result`s, and the few
+//! descriptor queries transports make (`file_type`, `set_nonblocking`).
 
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
@@ -48,4 +49,92 @@ pub fn write_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR))?;
     Ok(())
+}
+
+/// `write(2)` of one buffer, for pipes and other non-sockets.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    let n = syscall!(write(fd, buf.as_ptr().cast(), buf.len()))?;
+    #[allow(clippy::cast_sign_loss)]
+    Ok(n as usize)
+}
+
+/// What kind of file a descriptor refers to, as far as pipe transports care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileType {
+    /// A pipe or a FIFO (`S_ISFIFO`).
+    Fifo,
+    /// A socket (`S_ISSOCK`).
+    Socket,
+    /// A character device, such as a terminal or a pseudo-terminal (`S_ISCHR`).
+    CharDevice,
+    /// Anything else: regular files, directories, block devices.
+    Other,
+}
+
+/// `fstat(2)`'s file type of `fd`.
+pub fn file_type(fd: RawFd) -> io::Result<FileType> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    syscall!(fstat(fd, st.as_mut_ptr()))?;
+    // SAFETY: fstat succeeded, so it filled in the whole structure.
+    let mode = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
+    Ok(match mode {
+        libc::S_IFIFO => FileType::Fifo,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        _ => FileType::Other,
+    })
+}
+
+/// Puts `fd` in non-blocking mode (`O_NONBLOCK`), as `os.set_blocking(fd, False)` does.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    let flags = syscall!(fcntl(fd, libc::F_GETFL))?;
+    if flags & libc::O_NONBLOCK == 0 {
+        syscall!(fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        syscall!(pipe(fds.as_mut_ptr())).unwrap();
+        // SAFETY: pipe() returned two fresh descriptors that nothing else owns.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn file_types() {
+        let (r, w) = pipe();
+        assert_eq!(file_type(r.as_raw_fd()).unwrap(), FileType::Fifo);
+        assert_eq!(file_type(w.as_raw_fd()).unwrap(), FileType::Fifo);
+        let mut sv = [0; 2];
+        syscall!(socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr())).unwrap();
+        // SAFETY: socketpair() returned two fresh descriptors that nothing else owns.
+        let (a, _b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+        assert_eq!(file_type(a.as_raw_fd()).unwrap(), FileType::Socket);
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(file_type(null.as_raw_fd()).unwrap(), FileType::CharDevice);
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(file_type(exe.as_raw_fd()).unwrap(), FileType::Other);
+        assert_eq!(file_type(-1).unwrap_err().raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn nonblocking_pipe_reports_would_block() {
+        let (r, w) = pipe();
+        set_nonblocking(r.as_raw_fd()).unwrap();
+        set_nonblocking(r.as_raw_fd()).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(write(w.as_raw_fd(), b"abc").unwrap(), 3);
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        drop(w);
+        assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
 }

@@ -4,17 +4,25 @@
 //!   `_SelectorSocketTransport`).
 //! - [`datagram`]: `DatagramTransport`, for UDP and Unix datagram sockets.
 //! - [`tls`]: `TlsProtocol` and `TlsTransport`, TLS over a stream transport.
+//! - [`pipe`]: `ReadPipeTransport` and `WritePipeTransport`, for pipes, FIFOs, sockets and
+//!   character devices such as pseudo-terminals (asyncio's `_UnixReadPipeTransport` and
+//!   `_UnixWritePipeTransport`): `connect_read_pipe`, `connect_write_pipe` and the standard
+//!   streams of subprocesses.
 //!
 //! A transport registers its file descriptor with the loop as an
 //! [`IoWatcher`](crate::watch::IoWatcher) and calls its protocol directly from Rust. The protocol
-//! receives the transport object itself, whose `__class__` is a Python subclass of
-//! `asyncio.Transport`, so `isinstance(transport, asyncio.Transport)` holds.
+//! receives the transport object itself, whose `__class__` is a Python subclass of the matching
+//! asyncio class (`asyncio.Transport`, `asyncio.ReadTransport`, `asyncio.WriteTransport`), so
+//! `isinstance` checks hold.
 //!
 //! Errors follow asyncio: an `OSError` from the socket closes the connection and reaches the
 //! protocol's `connection_lost(exc)` (logged only in debug mode); any other exception, such as
-//! one raised by a protocol method, also goes to the loop's exception handler.
+//! one raised by a protocol method, also goes to the loop's exception handler. Pipes differ as
+//! asyncio's do: a read error other than `EIO` is reported too, and a protocol method's exception
+//! goes to the exception handler without closing the pipe (see [`pipe`]).
 
 pub mod datagram;
+pub mod pipe;
 pub mod stream;
 pub mod tls;
 
@@ -67,6 +75,19 @@ pub(crate) fn call_flow_control(
         event_loop.call_method1("call_exception_handler", (context,))?;
     }
     Ok(())
+}
+
+/// An operating-system error as Python raises it: `OSError(errno, strerror)`, which Python turns
+/// into the subclass for that errno (`BrokenPipeError`, ...), with `errno` and `strerror` set.
+/// (PyO3's own conversion keeps only the message.)
+pub(crate) fn os_error(e: &std::io::Error) -> PyErr {
+    let Some(code) = e.raw_os_error() else {
+        return pyo3::exceptions::PyOSError::new_err(e.to_string());
+    };
+    let text = e.to_string();
+    let suffix = format!(" (os error {code})");
+    let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+    pyo3::exceptions::PyOSError::new_err((code, strerror))
 }
 
 /// `KeyboardInterrupt` and `SystemExit` are never reported: they leave the loop.

@@ -1,0 +1,1139 @@
+//! `ReadPipeTransport` and `WritePipeTransport`: the two ends of a pipe, a FIFO, a socket or a
+//! character device (such as a pseudo-terminal), with the semantics of asyncio's
+//! `_UnixReadPipeTransport` and `_UnixWritePipeTransport` (unchanged from Python 3.11 to 3.13).
+//!
+//! Both take a file object (anything with `fileno()`), refuse other kinds of files with
+//! `ValueError`, put the descriptor in non-blocking mode and add the object to the extra info as
+//! `pipe`. They close it once the protocol's `connection_lost(exc)` has run, which happens exactly
+//! once; a transport dropped while still open warns with `ResourceWarning` and closes it then.
+//!
+//! Read side: while the transport is open and not paused, the descriptor is watched for reading;
+//! each readiness event does one `read(2)` of up to [`MAX_READ`] bytes and passes a new `bytes`
+//! to `data_received` (an exception from the protocol goes to the loop's exception handler and
+//! the transport stays open, as in asyncio). End of file stops reading and schedules
+//! `eof_received()` (its result is ignored) and then `connection_lost(None)`. A read error closes
+//! the transport: `EIO` (what a pseudo-terminal's master reads once the other side is closed) is
+//! logged only in debug mode; any other error also goes to the exception handler.
+//!
+//! Write side:
+//!
+//! ```text
+//! open ──write_eof()/close()──▶ closing ──buffer drained──▶ connection_lost(None) (at once)
+//!   │                              │
+//!   └──abort() / write error / reader gone (buffer dropped) ──▶ connection_lost(exc) scheduled
+//! ```
+//!
+//! `write()` tries `write(2)` at once when nothing is buffered; the rest is buffered and the
+//! descriptor watched for writing until the buffer drains, each event flushing it with one
+//! `writev`. Flow control calls `pause_writing()` when the buffer grows above the high watermark
+//! and `resume_writing()` once it has drained completely (asyncio's pipes resume only then).
+//! For FIFOs and sockets the descriptor is also watched for reading: a write end becomes
+//! "readable" (an error or a hang-up) when the reader goes, and then the transport closes, with
+//! `BrokenPipeError` for `connection_lost` when data was still buffered. Writes once the
+//! transport is closing are dropped and counted; after five of them, each one logs a warning.
+//!
+//! Instances have a `__dict__`, as asyncio's pipe transports do: code (asyncio's own tests among
+//! it) replaces methods such as `pause_reading` on the instance.
+//!
+//! Deliberate differences from asyncio: `write()` raises `TypeError` for data that is not
+//! `bytes`, `bytearray` or `memoryview` (asyncio only asserts); a second `abort()` or `close()`
+//! does not schedule `connection_lost` again; a descriptor watched by a transport cannot be given
+//! to `add_reader`/`add_writer` (`RuntimeError`, as for socket transports); an exception from
+//! `data_received` reaches the exception handler as the loop's "Unhandled exception in an I/O
+//! callback" rather than asyncio's "Exception in callback ...".
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use ferroloop_core::net::{self, FileType};
+use ferroloop_core::write_buffer::WriteBuffer;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use super::{call_flow_control, is_exit, os_error};
+use crate::event_loop::EventLoop;
+use crate::gil_cell::GilCell;
+use crate::pyrefs;
+use crate::watch::IoWatcher;
+
+/// The most one read event takes from the pipe (asyncio's `max_size`).
+pub const MAX_READ: usize = 256 * 1024;
+/// asyncio's default high watermark; the low one defaults to a quarter of the high one.
+const DEFAULT_HIGH: usize = 64 * 1024;
+/// After this many writes to a closed pipe, each further write logs a warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    /// The buffer reads land in before they are copied into a `bytes` object.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+fn read_marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CELL.import(py, "ferroloop._transports", "ReadPipeTransport")
+}
+
+fn write_marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CELL.import(py, "ferroloop._transports", "WritePipeTransport")
+}
+
+/// What both constructors do first, in asyncio's order: the extra info (the caller's dictionary
+/// itself, as asyncio keeps it) gets `pipe`, then the descriptor's type is checked and the
+/// descriptor made non-blocking. Returns the extra info, the descriptor and its type.
+fn open_pipe<'py>(
+    pipe: &Bound<'py, PyAny>,
+    extra: Option<&Bound<'py, PyDict>>,
+    refusal: &str,
+) -> PyResult<(Bound<'py, PyDict>, RawFd, FileType)> {
+    let py = pipe.py();
+    let extra = extra.cloned().unwrap_or_else(|| PyDict::new(py));
+    extra.set_item(intern!(py, "pipe"), pipe)?;
+    let fd: RawFd = pipe.call_method0(intern!(py, "fileno"))?.extract()?;
+    let kind = net::file_type(fd).map_err(|e| os_error(&e))?;
+    if kind == FileType::Other {
+        return Err(PyValueError::new_err(refusal.to_owned()));
+    }
+    net::set_nonblocking(fd).map_err(|e| os_error(&e))?;
+    Ok((extra, fd, kind))
+}
+
+/// `logger.<level>(fmt, *args)` on asyncio's logger, with `exc_info` when given. A failure to log
+/// is reported as unraisable, never to the caller.
+fn log<'py>(py: Python<'py>, level: &str, args: impl pyo3::call::PyCallArgs<'py>, exc: Option<&Bound<'py, PyAny>>) {
+    let res = (|| -> PyResult<()> {
+        let kwargs = PyDict::new(py);
+        if let Some(exc) = exc {
+            kwargs.set_item("exc_info", exc)?;
+        }
+        pyrefs::asyncio_logger(py)?.call_method(level, args, Some(&kwargs))?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// Calls the loop's exception handler with asyncio's context for a transport's fatal error.
+fn report_error(
+    event_loop: &Bound<'_, EventLoop>,
+    transport: &Bound<'_, PyAny>,
+    protocol: Option<&Py<PyAny>>,
+    exc: &Bound<'_, PyAny>,
+    message: &str,
+) -> PyResult<()> {
+    let py = event_loop.py();
+    let context = PyDict::new(py);
+    context.set_item("message", message)?;
+    context.set_item("exception", exc)?;
+    context.set_item("transport", transport)?;
+    context.set_item("protocol", protocol)?;
+    event_loop.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}
+
+/// Closes the pipe object when the transport is dropped while open. Errors are ignored: the
+/// object may already be torn down by the garbage collector.
+fn close_on_drop(py: Python<'_>, kind: &str, fd: RawFd, pipe: &Py<PyAny>) {
+    super::warn_unclosed(py, kind, fd);
+    // Nothing to report a failure to: the transport is gone.
+    let _ = pipe.bind(py).call_method0(intern!(py, "close"));
+}
+
+/// Calls `protocol.connection_lost(exc)`, then closes `pipe`; the protocol's error wins.
+fn connection_lost(
+    py: Python<'_>,
+    protocol: Option<Py<PyAny>>,
+    pipe: Option<Py<PyAny>>,
+    exc: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let lost = match &protocol {
+        Some(p) => p.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
+        None => Ok(()),
+    };
+    let closed = match &pipe {
+        Some(p) => p.bind(py).call_method0(intern!(py, "close")).map(drop),
+        None => Ok(()),
+    };
+    drop(protocol);
+    drop(pipe);
+    lost.and(closed)
+}
+
+// --------------------------------------------------------------------------------------------
+// The read end
+
+struct ReadState {
+    /// The file object; closed and dropped once `connection_lost` has run (or set by `_pipe`).
+    pipe: Option<Py<PyAny>>,
+    /// The protocol; dropped once `connection_lost` has run.
+    protocol: Option<Py<PyAny>>,
+    /// `close()` was called, end of file was read, or reading failed.
+    closing: bool,
+    /// `pause_reading()` is in effect.
+    paused: bool,
+    /// The descriptor is registered with the loop for reading.
+    watching: bool,
+    /// `connection_lost` is scheduled (or ran).
+    lost_scheduled: bool,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
+pub struct ReadPipeTransport {
+    event_loop: Py<EventLoop>,
+    /// The pipe's descriptor (valid while `state.pipe` is open).
+    fd: RawFd,
+    /// `get_extra_info`'s answers.
+    extra: Py<PyDict>,
+    state: GilCell<ReadState>,
+}
+
+struct ReadWatch(Py<ReadPipeTransport>);
+
+impl IoWatcher for ReadWatch {
+    fn io_ready(&self, py: Python<'_>, _write: bool) -> PyResult<()> {
+        ReadPipeTransport::read_ready(self.0.bind(py))
+    }
+
+    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.0)
+    }
+}
+
+impl ReadPipeTransport {
+    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
+        self.event_loop.bind(py)
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let watcher: Arc<dyn IoWatcher> = Arc::new(ReadWatch(slf.clone().unbind()));
+        this.event_loop(py).get().add_native(py, this.fd, watcher, false)?;
+        this.state.borrow_mut(py).watching = true;
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>) -> PyResult<()> {
+        let watching = std::mem::replace(&mut self.state.borrow_mut(py).watching, false);
+        if watching {
+            self.event_loop(py).get().remove_native(py, self.fd, false)?;
+        }
+        Ok(())
+    }
+
+    fn call_soon_self(slf: &Bound<'_, Self>, method: &str, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(method)?;
+        slf.get().event_loop(py).get().call_soon_native(py, &cb, args)
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let st = this.state.borrow(py);
+            if !st.watching || st.closing || st.paused {
+                return Ok(());
+            }
+            match &st.protocol {
+                Some(p) => p.clone_ref(py),
+                None => return Ok(()),
+            }
+        };
+        let received = READ_BUF.with(|cell| {
+            let mut fallback;
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut Vec<u8> = match guard.as_mut() {
+                Ok(b) => b,
+                Err(_) => {
+                    fallback = vec![0; MAX_READ];
+                    &mut fallback
+                }
+            };
+            net::read(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
+        });
+        match received {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => {
+                let quiet = e.raw_os_error() == Some(libc::EIO);
+                Self::fatal_error(slf, os_error(&e), "Fatal read error on pipe transport", quiet)
+            }
+            Ok(Some(data)) => protocol.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
+            Ok(None) => Self::on_eof(slf, protocol.bind(py)),
+        }
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.event_loop(py).get().debug() {
+            log(py, "info", ("%r was closed by peer", slf), None);
+        }
+        this.state.borrow_mut(py).closing = true;
+        this.unwatch(py)?;
+        let eof_received = protocol.getattr(intern!(py, "eof_received"))?;
+        this.event_loop(py).get().call_soon_native(py, &eof_received, &PyTuple::empty(py))?;
+        Self::schedule_connection_lost(slf, None)
+    }
+
+    /// asyncio's `_fatal_error`: report (or, when `quiet`, log in debug mode), then close.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str, quiet: bool) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let this = slf.get();
+        let exc = err.into_value(py).into_bound(py).into_any();
+        if quiet {
+            if this.event_loop(py).get().debug() {
+                log(py, "debug", ("%r: %s", slf, message), Some(&exc));
+            }
+        } else {
+            report_error(this.event_loop(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
+        }
+        Self::close_with(slf, Some(&exc))
+    }
+
+    /// asyncio's `_close`: stop reading and schedule `connection_lost(exc)`.
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.state.borrow_mut(py).closing = true;
+        this.unwatch(py)?;
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        if std::mem::replace(&mut slf.get().state.borrow_mut(py).lost_scheduled, true) {
+            return Ok(());
+        }
+        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
+        Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [exc])?)
+    }
+}
+
+#[pymethods]
+impl ReadPipeTransport {
+    /// The most one read takes from the pipe.
+    #[classattr]
+    fn max_size() -> usize {
+        MAX_READ
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.paused && !st.closing
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.paused || st.closing {
+                return Ok(());
+            }
+            st.paused = true;
+        }
+        this.unwatch(py)?;
+        if this.event_loop(py).get().debug() {
+            log(py, "debug", ("%r pauses reading", slf), None);
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::watch(slf)?;
+        if this.event_loop(py).get().debug() {
+            log(py, "debug", ("%r resumes reading", slf), None);
+        }
+        Ok(())
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
+        let old = self.state.borrow_mut(py).protocol.replace(protocol.clone().unbind());
+        drop(old);
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().state.borrow(slf.py()).closing {
+            return Ok(());
+        }
+        Self::close_with(slf, None)
+    }
+
+    /// Starts reading (scheduled by the constructor, after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().is_reading(slf.py()) {
+            Self::watch(slf)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the protocol the pipe is closed, then closes the pipe object (once).
+    #[pyo3(signature = (exc))]
+    fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        self.unwatch(py)?;
+        let (protocol, pipe) = {
+            let mut st = self.state.borrow_mut(py);
+            st.lost_scheduled = true;
+            (st.protocol.take(), st.pipe.take())
+        };
+        connection_lost(py, protocol, pipe, exc)
+    }
+
+    /// The file object; `None` once closed. Setting it to `None` silences the `ResourceWarning`
+    /// of a transport dropped while open (asyncio's tests do so).
+    #[getter(_pipe)]
+    fn pipe_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).pipe.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    #[setter(_pipe)]
+    fn set_pipe_attr(&self, py: Python<'_>, pipe: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut self.state.borrow_mut(py).pipe, pipe);
+        drop(old);
+    }
+
+    #[getter]
+    fn _fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
+        self.event_loop.clone_ref(py)
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).paused
+    }
+
+    /// `ferroloop._transports.ReadPipeTransport`, a subclass of `asyncio.ReadTransport`.
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
+        read_marker_class(py).cloned()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let st = self.state.borrow(py);
+        let mut info = vec!["ReadPipeTransport".to_owned()];
+        if st.pipe.is_none() {
+            info.push("closed".into());
+        } else if st.closing {
+            info.push("closing".into());
+        }
+        info.push(format!("fd={}", self.fd));
+        if st.pipe.is_some() {
+            if self.event_loop.get().closed() {
+                info.push("open".into());
+            } else {
+                info.push(if st.watching { "polling" } else { "idle" }.into());
+            }
+        }
+        format!("<{}>", info.join(" "))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.extra)?;
+        if let Some(st) = self.state.try_borrow() {
+            visit.call(&st.pipe)?;
+            visit.call(&st.protocol)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ReadPipeTransport {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.state.get_mut().pipe.take() {
+            Python::attach(|py| close_on_drop(py, "ReadPipeTransport", self.fd, &pipe));
+        }
+    }
+}
+
+/// Creates a transport reading `pipe` and schedules, in order, `protocol.connection_made`, the
+/// start of reading, and `waiter`'s result. `ValueError` for a file that is not a pipe, a
+/// socket or a character device.
+#[pyfunction]
+#[pyo3(signature = (event_loop, pipe, protocol, waiter=None, extra=None))]
+pub fn make_read_pipe_transport<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    pipe: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, ReadPipeTransport>> {
+    let py = event_loop.py();
+    let (extra, fd, _) = open_pipe(pipe, extra, "Pipe transport is for pipes/sockets only.")?;
+    let state = ReadState {
+        pipe: Some(pipe.clone().unbind()),
+        protocol: Some(protocol.clone().unbind()),
+        closing: false,
+        paused: false,
+        watching: false,
+        lost_scheduled: false,
+    };
+    let transport = Bound::new(
+        py,
+        ReadPipeTransport {
+            event_loop: event_loop.clone().unbind(),
+            fd,
+            extra: extra.unbind(),
+            state: GilCell::new(state),
+        },
+    )?;
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
+    Ok(transport)
+}
+
+// --------------------------------------------------------------------------------------------
+// The write end
+
+struct WriteState {
+    /// The file object; closed and dropped once `connection_lost` has run (or set by `_pipe`).
+    pipe: Option<Py<PyAny>>,
+    /// The protocol; dropped once `connection_lost` has run.
+    protocol: Option<Py<PyAny>>,
+    /// Bytes accepted by `write()` and not yet written.
+    buffer: WriteBuffer,
+    /// asyncio's `_conn_lost`: counts failed writes and writes made after closing.
+    conn_lost: u32,
+    /// `close()`, `write_eof()` or `abort()` was called, or the pipe failed.
+    closing: bool,
+    /// The descriptor is watched for writing (the buffer is not empty).
+    writing: bool,
+    /// The descriptor is watched for reading, to see the reader go (FIFOs and sockets).
+    reading: bool,
+    /// `connection_lost` is scheduled (or ran).
+    lost_scheduled: bool,
+    /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
+    protocol_paused: bool,
+    /// Flow control's high watermark.
+    high: usize,
+    /// Flow control's low watermark.
+    low: usize,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
+pub struct WritePipeTransport {
+    event_loop: Py<EventLoop>,
+    /// The pipe's descriptor (valid while `state.pipe` is open).
+    fd: RawFd,
+    /// A FIFO or a socket: the descriptor reports the reader going as readability.
+    detects_reader_gone: bool,
+    /// `get_extra_info`'s answers.
+    extra: Py<PyDict>,
+    state: GilCell<WriteState>,
+}
+
+struct WriteWatch(Py<WritePipeTransport>);
+
+impl IoWatcher for WriteWatch {
+    fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()> {
+        let t = self.0.bind(py);
+        if write {
+            WritePipeTransport::write_ready(t)
+        } else {
+            WritePipeTransport::reader_gone(t)
+        }
+    }
+
+    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.0)
+    }
+}
+
+/// What `write()` did with the data, decided without calling into Python.
+enum WriteOutcome {
+    /// Nothing to do (empty data, or everything was written).
+    Done,
+    /// The transport is closing: the write was dropped; the count of such writes before it.
+    Dropped(u32),
+    /// The rest was buffered; the descriptor must now be watched for writing.
+    StartWriting,
+    /// Appended to the buffer that was already waiting.
+    Buffered,
+    /// `write(2)` failed.
+    Failed(io::Error),
+}
+
+/// Applies `f` to the bytes of a `bytes`, `bytearray` or `memoryview`, without a copy when they
+/// are contiguous. `f` must not call into Python.
+fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    let py = data.py();
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
+        return Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not {:?}",
+            data.get_type().name()?.to_string()
+        )));
+    }
+    match PyBuffer::<u8>::get(data) {
+        Ok(buf) if buf.len_bytes() == 0 => Ok(f(&[])),
+        Ok(buf) if buf.is_c_contiguous() => {
+            // SAFETY: the buffer is contiguous, `len_bytes` long, and held (so kept alive, and a
+            // bytearray cannot be resized) by `buf` until `f` returns; `f` runs no Python code.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+            Ok(f(bytes))
+        }
+        Ok(buf) => Ok(f(&buf.to_vec(py)?)),
+        // A memoryview whose items are not bytes (e.g. of an array of ints): its raw bytes.
+        Err(_) => {
+            let bytes = data.call_method0(intern!(py, "tobytes"))?;
+            Ok(f(bytes.cast::<PyBytes>()?.as_bytes()))
+        }
+    }
+}
+
+impl WritePipeTransport {
+    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
+        self.event_loop.bind(py)
+    }
+
+    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    fn watch(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let watcher: Arc<dyn IoWatcher> = Arc::new(WriteWatch(slf.clone().unbind()));
+        this.event_loop(py).get().add_native(py, this.fd, watcher, write)?;
+        let mut st = this.state.borrow_mut(py);
+        if write {
+            st.writing = true;
+        } else {
+            st.reading = true;
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, py: Python<'_>, write: bool) -> PyResult<()> {
+        let was = {
+            let mut st = self.state.borrow_mut(py);
+            std::mem::replace(if write { &mut st.writing } else { &mut st.reading }, false)
+        };
+        if was {
+            self.event_loop(py).get().remove_native(py, self.fd, write)?;
+        }
+        Ok(())
+    }
+
+    /// Tries to write `data` at once when nothing is buffered; buffers the rest.
+    fn write_now(&self, py: Python<'_>, data: &[u8]) -> WriteOutcome {
+        if data.is_empty() {
+            return WriteOutcome::Done;
+        }
+        let mut st = self.state.borrow_mut(py);
+        if st.conn_lost > 0 || st.closing {
+            st.conn_lost += 1;
+            return WriteOutcome::Dropped(st.conn_lost - 1);
+        }
+        if !st.buffer.is_empty() {
+            st.buffer.push(data);
+            return WriteOutcome::Buffered;
+        }
+        let written = match net::write(self.fd, data) {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => 0,
+            Err(e) => {
+                st.conn_lost += 1;
+                return WriteOutcome::Failed(e);
+            }
+        };
+        if written >= data.len() {
+            return WriteOutcome::Done;
+        }
+        st.buffer.push(&data[written..]);
+        WriteOutcome::StartWriting
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = {
+            let mut st = this.state.borrow_mut(py);
+            if !st.writing || st.buffer.is_empty() {
+                return Ok(());
+            }
+            let res = net::write_vectored(this.fd, &st.buffer.io_slices());
+            if let Ok(n) = res {
+                st.buffer.consume(n);
+            }
+            res
+        };
+        match result {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => {
+                {
+                    let mut st = this.state.borrow_mut(py);
+                    st.buffer.clear();
+                    st.conn_lost += 1;
+                }
+                this.unwatch(py, true)?;
+                Self::fatal_error(slf, os_error(&e), "Fatal write error on pipe transport")
+            }
+            Ok(_) => {
+                if !this.state.borrow(py).buffer.is_empty() {
+                    return Ok(());
+                }
+                this.unwatch(py, true)?;
+                // May write again, or close.
+                Self::maybe_resume_protocol(slf)?;
+                let lost_now = {
+                    let mut st = this.state.borrow_mut(py);
+                    st.closing && st.buffer.is_empty() && !std::mem::replace(&mut st.lost_scheduled, true)
+                };
+                if lost_now {
+                    this.unwatch(py, false)?;
+                    Self::_call_connection_lost(this, py, None)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The descriptor became readable: the reading end was closed.
+    fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let buffered = {
+            let st = this.state.borrow(py);
+            if !st.reading || st.lost_scheduled {
+                return Ok(());
+            }
+            !st.buffer.is_empty()
+        };
+        if this.event_loop(py).get().debug() {
+            log(py, "info", ("%r was closed by peer", slf), None);
+        }
+        if buffered {
+            let exc = PyBrokenPipeError::new_err(()).into_value(py).into_bound(py).into_any();
+            Self::close_with(slf, Some(&exc))
+        } else {
+            Self::close_with(slf, None)
+        }
+    }
+
+    /// asyncio's `_fatal_error`: an `OSError` is only logged in debug mode, anything else goes
+    /// to the exception handler; then the transport closes.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_exit(py, &err) {
+            return Err(err);
+        }
+        let this = slf.get();
+        let exc = err.into_value(py).into_bound(py).into_any();
+        if exc.is_instance_of::<PyOSError>() {
+            if this.event_loop(py).get().debug() {
+                log(py, "debug", ("%r: %s", slf, message), Some(&exc));
+            }
+        } else {
+            report_error(this.event_loop(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
+        }
+        Self::close_with(slf, Some(&exc))
+    }
+
+    /// asyncio's `_close`: drop the buffer, stop watching, schedule `connection_lost(exc)`.
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let schedule = {
+            let mut st = this.state.borrow_mut(py);
+            st.closing = true;
+            st.buffer.clear();
+            !std::mem::replace(&mut st.lost_scheduled, true)
+        };
+        this.unwatch(py, true)?;
+        this.unwatch(py, false)?;
+        if !schedule {
+            return Ok(());
+        }
+        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
+        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        this.event_loop(py).get().call_soon_native(py, &cb, &PyTuple::new(py, [exc])?)
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.state.borrow_mut(py);
+            if st.buffer.len() <= st.high || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        match protocol {
+            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "pause_writing"),
+            None => Ok(()),
+        }
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.state.borrow_mut(py);
+            if !st.protocol_paused || st.buffer.len() > st.low {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        match protocol {
+            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "resume_writing"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[pymethods]
+impl WritePipeTransport {
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
+        let old = self.state.borrow_mut(py).protocol.replace(protocol.clone().unbind());
+        drop(old);
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        match with_data(data, |bytes| this.write_now(py, bytes))? {
+            WriteOutcome::Done => Ok(()),
+            WriteOutcome::Dropped(before) => {
+                if before >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                    log(py, "warning", ("pipe closed by peer or os.write(pipe, data) raised exception.",), None);
+                }
+                Ok(())
+            }
+            WriteOutcome::Failed(e) => Self::fatal_error(slf, os_error(&e), "Fatal write error on pipe transport"),
+            WriteOutcome::StartWriting => {
+                if let Err(e) = Self::watch(slf, true) {
+                    // As in asyncio, data is only buffered once the descriptor is watched.
+                    this.state.borrow_mut(py).buffer.clear();
+                    return Err(e);
+                }
+                Self::maybe_pause_protocol(slf)
+            }
+            WriteOutcome::Buffered => Self::maybe_pause_protocol(slf),
+        }
+    }
+
+    /// `b"".join(list_of_data)`, then `write()`, as `asyncio.WriteTransport` does.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Self::write(slf, &joined)
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Closes the pipe once the buffer has drained (a pipe has no half-close).
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let lost_now = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            st.buffer.is_empty() && !std::mem::replace(&mut st.lost_scheduled, true)
+        };
+        if lost_now {
+            this.unwatch(py, false)?;
+            let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            this.event_loop(py).get().call_soon_native(py, &cb, &PyTuple::new(py, [py.None()])?)?;
+        }
+        Ok(())
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let open = {
+            let st = slf.get().state.borrow(slf.py());
+            st.pipe.is_some() && !st.closing
+        };
+        if open {
+            Self::write_eof(slf)?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close_with(slf, None)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer.len()
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.low, st.high)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        #[allow(clippy::cast_possible_wrap)]
+        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH as i64, |l| 4 * l));
+        let low = low.unwrap_or(high.div_euclid(4));
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(slf.py());
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+            {
+                st.high = high as usize;
+                st.low = low as usize;
+            }
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    /// Starts watching for the reader going, for FIFOs and sockets (scheduled by the
+    /// constructor, after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.detects_reader_gone && !this.state.borrow(slf.py()).lost_scheduled {
+            Self::watch(slf, false)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the protocol the pipe is closed, then closes the pipe object (once).
+    #[pyo3(signature = (exc))]
+    fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        self.unwatch(py, true)?;
+        self.unwatch(py, false)?;
+        let (protocol, pipe) = {
+            let mut st = self.state.borrow_mut(py);
+            st.lost_scheduled = true;
+            (st.protocol.take(), st.pipe.take())
+        };
+        connection_lost(py, protocol, pipe, exc)
+    }
+
+    /// The file object; `None` once closed. Setting it to `None` silences the `ResourceWarning`
+    /// of a transport dropped while open (asyncio's tests do so).
+    #[getter(_pipe)]
+    fn pipe_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).pipe.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    #[setter(_pipe)]
+    fn set_pipe_attr(&self, py: Python<'_>, pipe: Option<Py<PyAny>>) {
+        let old = std::mem::replace(&mut self.state.borrow_mut(py).pipe, pipe);
+        drop(old);
+    }
+
+    #[getter]
+    fn _fileno(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
+        self.event_loop.clone_ref(py)
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.state.borrow(py).conn_lost
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_paused
+    }
+
+    #[getter]
+    fn _high_water(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).high
+    }
+
+    #[getter]
+    fn _low_water(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).low
+    }
+
+    /// `ferroloop._transports.WritePipeTransport`, a subclass of `asyncio.WriteTransport`.
+    #[getter(__class__)]
+    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
+        write_marker_class(py).cloned()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let st = self.state.borrow(py);
+        let mut info = vec!["WritePipeTransport".to_owned()];
+        if st.pipe.is_none() {
+            info.push("closed".into());
+        } else if st.closing {
+            info.push("closing".into());
+        }
+        info.push(format!("fd={}", self.fd));
+        if st.pipe.is_some() {
+            if self.event_loop.get().closed() {
+                info.push("open".into());
+            } else {
+                info.push(if st.writing { "polling" } else { "idle" }.into());
+                info.push(format!("bufsize={}", st.buffer.len()));
+            }
+        }
+        format!("<{}>", info.join(" "))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.extra)?;
+        if let Some(st) = self.state.try_borrow() {
+            visit.call(&st.pipe)?;
+            visit.call(&st.protocol)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WritePipeTransport {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.state.get_mut().pipe.take() {
+            Python::attach(|py| close_on_drop(py, "WritePipeTransport", self.fd, &pipe));
+        }
+    }
+}
+
+/// Creates a transport writing to `pipe` and schedules, in order, `protocol.connection_made`,
+/// (for FIFOs and sockets) watching for the reader going, and `waiter`'s result. `ValueError`
+/// for a file that is not a pipe, a socket or a character device.
+#[pyfunction]
+#[pyo3(signature = (event_loop, pipe, protocol, waiter=None, extra=None))]
+pub fn make_write_pipe_transport<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    pipe: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    extra: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, WritePipeTransport>> {
+    let py = event_loop.py();
+    let (extra, fd, kind) = open_pipe(pipe, extra, "Pipe transport is only for pipes, sockets and character devices")?;
+    let state = WriteState {
+        pipe: Some(pipe.clone().unbind()),
+        protocol: Some(protocol.clone().unbind()),
+        buffer: WriteBuffer::new(),
+        conn_lost: 0,
+        closing: false,
+        writing: false,
+        reading: false,
+        lost_scheduled: false,
+        protocol_paused: false,
+        high: DEFAULT_HIGH,
+        low: DEFAULT_HIGH / 4,
+    };
+    let transport = Bound::new(
+        py,
+        WritePipeTransport {
+            event_loop: event_loop.clone().unbind(),
+            fd,
+            detects_reader_gone: matches!(kind, FileType::Fifo | FileType::Socket),
+            extra: extra.unbind(),
+            state: GilCell::new(state),
+        },
+    )?;
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
+    Ok(transport)
+}
