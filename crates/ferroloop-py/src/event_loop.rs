@@ -39,6 +39,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
+use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{copy_current_context, Handle, TimerHandle};
 use crate::pyrefs;
@@ -229,7 +230,7 @@ impl EventLoop {
             } else {
                 interest.read = true;
             }
-            poller.set_interest(fd, interest)?;
+            poller.set_interest(fd, interest).map_err(|e| os_error(&e))?;
         }
         let old = {
             let mut q = self.queues.borrow_mut(py);
@@ -276,7 +277,7 @@ impl EventLoop {
             // A descriptor closed behind the loop's back is already out of epoll.
             if let Err(e) = poller.set_interest(fd, interest) {
                 if e.raw_os_error() != Some(libc::EBADF) {
-                    return Err(e.into());
+                    return Err(os_error(&e));
                 }
             }
         }
@@ -379,9 +380,9 @@ impl EventLoop {
                 self.polling.store(true, Relaxed);
                 let res = py.detach(|| poller.poll(timeout));
                 self.polling.store(false, Relaxed);
-                res?;
+                res.map_err(|e| os_error(&e))?;
             } else {
-                poller.poll(timeout)?;
+                poller.poll(timeout).map_err(|e| os_error(&e))?;
             }
         }
         *self.last_poll.borrow_mut(py) = clock::monotonic();
@@ -521,7 +522,7 @@ fn report_callback_error(slf: &Bound<'_, EventLoop>, handle: &Bound<'_, Handle>,
 impl EventLoop {
     #[new]
     fn new() -> PyResult<Self> {
-        let poller = Poller::new()?;
+        let poller = Poller::new().map_err(|e| os_error(&e))?;
         Ok(Self {
             waker: GilCell::new(Some(poller.waker())),
             poller: GilCell::new(Some(poller)),

@@ -21,6 +21,8 @@
 //! asyncio's do: a read error other than `EIO` is reported too, and a protocol method's exception
 //! goes to the exception handler without closing the pipe (see [`pipe`]).
 
+pub(crate) use crate::errors::os_error;
+
 pub mod datagram;
 pub mod pipe;
 pub mod stream;
@@ -75,19 +77,6 @@ pub(crate) fn call_flow_control(
         event_loop.call_method1("call_exception_handler", (context,))?;
     }
     Ok(())
-}
-
-/// An operating-system error as Python raises it: `OSError(errno, strerror)`, which Python turns
-/// into the subclass for that errno (`BrokenPipeError`, ...), with `errno` and `strerror` set.
-/// (PyO3's own conversion keeps only the message.)
-pub(crate) fn os_error(e: &std::io::Error) -> PyErr {
-    let Some(code) = e.raw_os_error() else {
-        return pyo3::exceptions::PyOSError::new_err(e.to_string());
-    };
-    let text = e.to_string();
-    let suffix = format!(" (os error {code})");
-    let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
-    pyo3::exceptions::PyOSError::new_err((code, strerror))
 }
 
 /// `KeyboardInterrupt` and `SystemExit` are never reported: they leave the loop.

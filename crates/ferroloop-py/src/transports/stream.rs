@@ -231,7 +231,7 @@ impl StreamTransport {
         });
         match received {
             Err(e) if would_block(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, e.into(), "Fatal read error on socket transport"),
+            Err(e) => Self::fatal_error(slf, super::os_error(&e), "Fatal read error on socket transport"),
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
                 // TLS over this transport: hand the ciphertext over without a Python call.
@@ -270,7 +270,7 @@ impl StreamTransport {
         drop(buf);
         match res {
             Err(e) if would_block(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, e.into(), "Fatal read error on socket transport"),
+            Err(e) => Self::fatal_error(slf, super::os_error(&e), "Fatal read error on socket transport"),
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {
                 if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
@@ -322,7 +322,7 @@ impl StreamTransport {
                     st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
                 };
                 this.unwatch(py, true)?;
-                let err: PyErr = e.into();
+                let err: PyErr = super::os_error(&e);
                 let exc = err.value(py).clone();
                 Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
                 if let Some(w) = waiter {
@@ -350,7 +350,7 @@ impl StreamTransport {
                 if closing {
                     Self::_call_connection_lost(slf, None)
                 } else if eof {
-                    net::shutdown_write(this.fd).map_err(Into::into)
+                    net::shutdown_write(this.fd).map_err(|e| super::os_error(&e))
                 } else {
                     Ok(())
                 }
@@ -373,7 +373,7 @@ impl StreamTransport {
                     Err(e) if would_block(&e) => 0,
                     Err(e) => {
                         drop(st);
-                        return Self::fatal_error(slf, e.into(), "Fatal write error on socket transport");
+                        return Self::fatal_error(slf, super::os_error(&e), "Fatal write error on socket transport");
                     }
                 };
                 if sent == data.len() {
@@ -623,7 +623,7 @@ impl StreamTransport {
             st.buffer.is_empty()
         };
         if shutdown_now {
-            net::shutdown_write(self.fd)?;
+            net::shutdown_write(self.fd).map_err(|e| super::os_error(&e))?;
         }
         Ok(())
     }

@@ -1,0 +1,16 @@
+//! Errors crossing into Python.
+
+use pyo3::PyErr;
+
+/// An OS error as Python raises it: `OSError(errno, strerror)`, which Python turns into the
+/// matching subclass (`BrokenPipeError`, `ConnectionResetError`, ...) with `errno` set.
+/// (PyO3's own conversion keeps the message but leaves `errno` unset.)
+pub(crate) fn os_error(e: &std::io::Error) -> PyErr {
+    let Some(code) = e.raw_os_error() else {
+        return pyo3::exceptions::PyOSError::new_err(e.to_string());
+    };
+    let text = e.to_string();
+    let suffix = format!(" (os error {code})");
+    let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+    pyo3::exceptions::PyOSError::new_err((code, strerror))
+}
