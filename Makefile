@@ -42,6 +42,21 @@ fmt: $(VPY) ## Format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests bench examples
 
+.PHONY: stubtest
+stubtest: build ## Check python/ferroloop/_ferroloop.pyi against the built module (mypy.stubtest)
+	$(VPY) -m mypy.stubtest ferroloop._ferroloop
+
+.PHONY: wheel
+wheel: $(VPY) ## Build a wheel and an sdist into dist/, install each in a clean venv, smoke-test them
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --quiet --out dist
+	$(VENV)/bin/maturin sdist --out dist >/dev/null
+	@set -e; for kind in whl tar.gz; do \
+	  rm -rf dist/venv-$$kind; $(PYTHON) -m venv dist/venv-$$kind; \
+	  dist/venv-$$kind/bin/pip install --quiet dist/*.$$kind; \
+	  (cd dist && venv-$$kind/bin/python ../tests/smoke.py) && echo "$$kind: smoke test passed"; \
+	done
+
 .PHONY: cargo-test
 cargo-test: ## Rust unit tests of the core crate
 	cargo test -p ferroloop-core
@@ -66,7 +81,7 @@ test-pythons: ## The behaviour suite and conformance on $(OTHER_PYTHONS) too
 	done
 
 .PHONY: test
-test: lint cargo-test pytest conformance test-pythons ## Everything CI runs
+test: lint cargo-test stubtest pytest conformance test-pythons wheel ## Everything CI runs
 
 .PHONY: bench-setup
 bench-setup: build
