@@ -42,6 +42,10 @@ fmt: $(VPY) ## Format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests bench examples
 
+.PHONY: test-debug
+test-debug: $(VPY) ## Debug build counting live handles and transports; the suite asserts none outlives its loop
+	$(MAKE) --no-print-directory VENV=.venv-debug MATURIN_FLAGS="--features leak-check" pytest
+
 .PHONY: stubtest
 stubtest: build ## Check python/ferroloop/_ferroloop.pyi against the built module (mypy.stubtest)
 	$(VPY) -m mypy.stubtest ferroloop._ferroloop
@@ -81,7 +85,7 @@ test-pythons: ## The behaviour suite and conformance on $(OTHER_PYTHONS) too
 	done
 
 .PHONY: test
-test: lint cargo-test stubtest pytest conformance test-pythons wheel ## Everything CI runs
+test: lint cargo-test stubtest pytest conformance test-pythons test-debug wheel ## Everything CI runs
 
 .PHONY: bench-setup
 bench-setup: build

@@ -158,7 +158,10 @@ def loop_factory(request):
 
 @pytest.fixture
 def loop(loop_factory, fd_guard):
-    """A fresh event loop, closed after the test; fds must not leak."""
+    """A fresh event loop, closed after the test; fds must not leak. In a leak-check build
+    (`make test-debug`) with FERROLOOP_LEAK_CHECK_PER_TEST=1, no handle or transport may outlive
+    it (strict: an object the test itself still references, say in a logged record, counts)."""
+    before = live_objects() if os.environ.get("FERROLOOP_LEAK_CHECK_PER_TEST") else None
     lp = loop_factory()
     try:
         yield lp
@@ -168,6 +171,20 @@ def loop(loop_factory, fd_guard):
         assert lp.is_closed()
         asyncio.set_event_loop(None)
         del lp
+        if before is not None:
+            for _ in range(3):
+                gc.collect()
+            leaked = {k: v - before[k] for k, v in live_objects().items() if v != before[k]}
+            assert not leaked, f"objects outlived the loop: {leaked}"
+
+
+def live_objects():
+    """ferroloop's live handle and transport counts, in a leak-check build only (else None)."""
+    try:
+        from ferroloop import _ferroloop
+    except ImportError:
+        return None
+    return _ferroloop._live_objects()
 
 
 @pytest.fixture
@@ -182,3 +199,18 @@ def run(loop):
         return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
     return run_coro
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In a leak-check build, every handle and transport must be freed by the end of the run."""
+    counts = live_objects()
+    if counts is None:
+        return
+    for _ in range(3):
+        gc.collect()
+    counts = live_objects()
+    leaked = {k: v for k, v in counts.items() if v}
+    print(f"\nleak check: live ferroloop objects at the end of the run: {counts}")
+    if leaked:
+        print(f"leak check FAILED: {leaked}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -28,6 +28,8 @@ struct Callback {
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     /// Callback and arguments, released by `cancel()`.
     callback: GilCell<Callback>,
     /// The `contextvars.Context` the callback runs in.
@@ -46,6 +48,7 @@ impl Handle {
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Self {
+            _live: crate::live::Token::new(crate::live::Kind::Handle),
             callback: GilCell::new(Callback { func: Some(func), args: Some(args) }),
             context,
             cancelled: AtomicBool::new(false),

@@ -8,6 +8,7 @@ mod errors;
 mod event_loop;
 mod gil_cell;
 mod handles;
+mod live;
 mod pyrefs;
 mod transports;
 mod watch;
@@ -30,6 +31,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::pipe::WritePipeTransport>()?;
     m.add_function(wrap_pyfunction!(transports::pipe::make_read_pipe_transport, m)?)?;
     m.add_function(wrap_pyfunction!(transports::pipe::make_write_pipe_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(live::_live_objects, m)?)?;
     m.add("FAIRNESS_BUDGET", event_loop::FAIRNESS_BUDGET)?;
     Ok(())
 }

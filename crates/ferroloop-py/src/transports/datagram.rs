@@ -51,6 +51,8 @@ struct State {
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct DatagramTransport {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     event_loop: Py<EventLoop>,
     fd: RawFd,
     state: GilCell<State>,
@@ -542,8 +544,15 @@ pub fn make_datagram_transport<'py>(
         high: DEFAULT_HIGH,
         low: DEFAULT_HIGH / 4,
     };
-    let transport =
-        Bound::new(py, DatagramTransport { event_loop: event_loop.clone().unbind(), fd, state: GilCell::new(state) })?;
+    let transport = Bound::new(
+        py,
+        DatagramTransport {
+            _live: crate::live::Token::new(crate::live::Kind::DatagramTransport),
+            event_loop: event_loop.clone().unbind(),
+            fd,
+            state: GilCell::new(state),
+        },
+    )?;
     super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
     Ok(transport)
 }

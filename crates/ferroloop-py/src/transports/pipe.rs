@@ -190,6 +190,8 @@ struct ReadState {
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
 pub struct ReadPipeTransport {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     event_loop: Py<EventLoop>,
     /// The pipe's descriptor (valid while `state.pipe` is open).
     fd: RawFd,
@@ -535,6 +537,7 @@ pub fn make_read_pipe_transport<'py>(
     let transport = Bound::new(
         py,
         ReadPipeTransport {
+            _live: crate::live::Token::new(crate::live::Kind::ReadPipeTransport),
             event_loop: event_loop.clone().unbind(),
             fd,
             extra: extra.unbind(),
@@ -575,6 +578,8 @@ struct WriteState {
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
 pub struct WritePipeTransport {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     event_loop: Py<EventLoop>,
     /// The pipe's descriptor (valid while `state.pipe` is open).
     fd: RawFd,
@@ -1127,6 +1132,7 @@ pub fn make_write_pipe_transport<'py>(
     let transport = Bound::new(
         py,
         WritePipeTransport {
+            _live: crate::live::Token::new(crate::live::Kind::WritePipeTransport),
             event_loop: event_loop.clone().unbind(),
             fd,
             detects_reader_gone: matches!(kind, FileType::Fifo | FileType::Socket),

@@ -86,6 +86,8 @@ struct State {
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
 pub struct StreamTransport {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     /// The loop the transport belongs to.
     event_loop: Py<EventLoop>,
     /// The socket's descriptor (valid while `state.sock` is `Some`).
@@ -837,8 +839,15 @@ pub fn make_stream_transport<'py>(
         low: DEFAULT_HIGH / 4,
         empty_waiter: None,
     };
-    let transport =
-        Bound::new(py, StreamTransport { event_loop: event_loop.clone().unbind(), fd, state: GilCell::new(state) })?;
+    let transport = Bound::new(
+        py,
+        StreamTransport {
+            _live: crate::live::Token::new(crate::live::Kind::StreamTransport),
+            event_loop: event_loop.clone().unbind(),
+            fd,
+            state: GilCell::new(state),
+        },
+    )?;
     if let Some(server) = server.filter(|s| !s.is_none()) {
         if server_takes_transport(py) {
             server.call_method1("_attach", (&transport,))?;

@@ -175,6 +175,8 @@ struct State {
 
 #[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref)]
 pub struct TlsProtocol {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     event_loop: Py<EventLoop>,
     /// `ssl.SSLObject` bound to the two BIOs.
     sslobj: Py<PyAny>,
@@ -190,6 +192,8 @@ pub struct TlsProtocol {
 /// The application-facing transport (named like asyncio's, which code may look for).
 #[pyclass(module = "ferroloop._ferroloop", name = "SSLTransport", frozen, weakref)]
 pub struct TlsTransport {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
     /// The TLS protocol; released when `close()` is called on a closed transport.
     protocol: GilCell<Option<Py<TlsProtocol>>>,
 }
@@ -1241,6 +1245,7 @@ pub fn make_tls_protocol<'py>(
     let protocol = Bound::new(
         py,
         TlsProtocol {
+            _live: crate::live::Token::new(crate::live::Kind::SslProtocol),
             event_loop: event_loop.clone().unbind(),
             sslobj: sslobj.unbind(),
             incoming: incoming.unbind(),
@@ -1250,7 +1255,13 @@ pub fn make_tls_protocol<'py>(
             state: GilCell::new(state),
         },
     )?;
-    let app_transport = Py::new(py, TlsTransport { protocol: GilCell::new(Some(protocol.clone().unbind())) })?;
+    let app_transport = Py::new(
+        py,
+        TlsTransport {
+            _live: crate::live::Token::new(crate::live::Kind::SslTransport),
+            protocol: GilCell::new(Some(protocol.clone().unbind())),
+        },
+    )?;
     protocol.get().state.borrow_mut(py).app_transport = Some(app_transport);
     Ok(protocol)
 }
