@@ -76,7 +76,6 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
     """An asyncio event loop whose engine is written in Rust."""
 
     def __init__(self):
-        self._task_factory = None
         self._exception_handler = None
         self._default_executor = None
         self._executor_shutdown_called = False
@@ -183,31 +182,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
             self._default_executor = None
             executor.shutdown(wait=False)
 
-    # Tasks.
-
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine; return its ``asyncio.Task``."""
-        self._check_closed()
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-            return task
-        if context is None:
-            task = self._task_factory(self, coro, **kwargs)
-        else:
-            task = self._task_factory(self, coro, context=context, **kwargs)
-        if name is not None:
-            task.set_name(name)
-        return task
-
-    def set_task_factory(self, factory):
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self):
-        return self._task_factory
+    # Tasks: create_task, set_task_factory and get_task_factory are Rust (EventLoop).
 
     # Asynchronous generators.
 

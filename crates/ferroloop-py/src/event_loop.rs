@@ -96,6 +96,8 @@ pub struct EventLoop {
     clock_resolution: f64,
     /// When file descriptors were last polled.
     last_poll: GilCell<f64>,
+    /// `set_task_factory`'s factory, or None for stdlib's `asyncio.Task`.
+    task_factory: GilCell<Option<Py<PyAny>>>,
 }
 
 /// `RuntimeError('Event loop is closed')`, as asyncio raises it.
@@ -536,6 +538,7 @@ impl EventLoop {
             slow_callback_duration: GilCell::new(0.1),
             clock_resolution: clock::resolution(),
             last_poll: GilCell::new(0.0),
+            task_factory: GilCell::new(None),
         })
     }
 
@@ -740,6 +743,67 @@ impl EventLoop {
         self.remove_callback(py, fd, true)
     }
 
+    /// Schedules a coroutine; returns its task (stdlib's `asyncio.Task`, or the task factory's).
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let kw = match kwargs {
+            Some(k) => k.copy()?,
+            None => PyDict::new(py),
+        };
+        let factory = this.task_factory.borrow(py).as_ref().map(|f| f.clone_ref(py));
+        let context = context.filter(|c| !c.is_none());
+        let Some(factory) = factory else {
+            kw.set_item(pyo3::intern!(py, "loop"), slf)?;
+            kw.set_item(pyo3::intern!(py, "name"), name)?;
+            kw.set_item(pyo3::intern!(py, "context"), context)?;
+            let task = pyrefs::task_type(py)?.call((coro,), Some(&kw))?;
+            if this.debug.load(Relaxed) {
+                // The traceback ends here, not in asyncio's Task constructor.
+                let tb = task.getattr(pyo3::intern!(py, "_source_traceback"))?;
+                if tb.is_truthy()? {
+                    tb.del_item(-1)?;
+                }
+            }
+            return Ok(task);
+        };
+        if let Some(ctx) = context {
+            kw.set_item(pyo3::intern!(py, "context"), ctx)?;
+        }
+        let task = factory.bind(py).call((slf, coro), Some(&kw))?;
+        if let Some(name) = name.filter(|n| !n.is_none()) {
+            task.call_method1(pyo3::intern!(py, "set_name"), (name,))?;
+        }
+        Ok(task)
+    }
+
+    fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !factory.is_none() && !factory.is_callable() {
+            return Err(PyTypeError::new_err("task factory must be a callable or None"));
+        }
+        let new = (!factory.is_none()).then(|| factory.clone().unbind());
+        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py), new);
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.task_factory.borrow(py).as_ref().map(|f| f.clone_ref(py))
+    }
+
+    #[getter(_task_factory)]
+    fn task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_task_factory(py)
+    }
+
     pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let kwargs = PyDict::new(py);
@@ -824,6 +888,9 @@ impl EventLoop {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(f) = self.task_factory.try_borrow() {
+            visit.call(&*f)?;
+        }
         if let Some(q) = self.queues.try_borrow() {
             for r in &q.ready {
                 r.traverse(visit)?;
@@ -844,6 +911,7 @@ impl EventLoop {
     }
 
     fn __clear__(&self) {
+        drop(self.task_factory.try_take());
         drop(self.queues.try_take());
     }
 }

@@ -19,6 +19,10 @@ cached_import!(
     future_type, PyType, "asyncio", "Future"
 );
 cached_import!(
+    /// `asyncio.Task`: tasks are stdlib's too.
+    task_type, PyType, "asyncio", "Task"
+);
+cached_import!(
     /// `asyncio.Handle`, which ferroloop's handles present as their `__class__`.
     asyncio_handle_type, PyType, "asyncio", "Handle"
 );
