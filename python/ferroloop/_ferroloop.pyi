@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterable
 from contextvars import Context
-from typing import Any, final
+from typing import Any, Self, final
 
 from typing_extensions import disjoint_base
 
@@ -17,6 +17,7 @@ __all__ = [
     "StreamTransport",
     "TimerHandle",
     "WritePipeTransport",
+    "_live_objects",
     "make_datagram_transport",
     "make_read_pipe_transport",
     "make_stream_transport",
@@ -39,7 +40,7 @@ class TimerHandle(Handle):
 @disjoint_base
 class EventLoop:
     slow_callback_duration: float
-    def __new__(cls) -> EventLoop: ...
+    def __new__(cls) -> Self: ...
     def time(self) -> float: ...
     def call_soon(self, callback: Callable[..., object], *args: Any, context: Context | None = None) -> Handle: ...
     def call_soon_threadsafe(
@@ -61,6 +62,9 @@ class EventLoop:
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None: ...
     def remove_writer(self, fd: Any) -> bool: ...
     def create_future(self) -> Any: ...
+    def create_task(self, coro: Any, *, name: Any = None, context: Context | None = None, **kwargs: Any) -> Any: ...
+    def set_task_factory(self, factory: Callable[..., Any] | None) -> None: ...
+    def get_task_factory(self) -> Callable[..., Any] | None: ...
 
 @final
 class StreamTransport:
@@ -186,3 +190,4 @@ def make_tls_protocol(
     ssl_handshake_timeout: float | None = None,
     ssl_shutdown_timeout: float | None = None,
 ) -> SSLProtocol: ...
+def _live_objects() -> dict[str, int] | None: ...
