@@ -106,3 +106,14 @@ bench-micro: build ## Only the in-process micro-benchmarks (a minute)
 clean: ## Remove build products and .venv
 	cargo clean
 	rm -rf $(VENV)
+
+.PHONY: soak
+soak: build ## The full soak: 100,000 connections and 10 million callbacks on both loops
+	$(VPY) tests/soak.py
+
+# The integration suite (tests/integration): uvicorn, aiohttp, websockets, asyncpg, redis-py, anyio
+# and pytest-asyncio on stock asyncio and on ferroloop, with PostgreSQL and redis-server it starts.
+.PHONY: integration-setup
+integration-setup: $(VPY) ## Install the integration suite's libraries into $(VENV), and PostgreSQL and redis-server
+	$(VPY) -m pip install --quiet -r requirements-integration.txt
+	bash tests/integration/setup_services.sh
