@@ -114,6 +114,6 @@ soak: build ## The full soak: 100,000 connections and 10 million callbacks on bo
 # The integration suite (tests/integration): uvicorn, aiohttp, websockets, asyncpg, redis-py, anyio
 # and pytest-asyncio on stock asyncio and on ferroloop, with PostgreSQL and redis-server it starts.
 .PHONY: integration-setup
-integration-setup: $(VPY) ## Install the integration suite's libraries into $(VENV), and PostgreSQL and redis-server
+integration-setup: $(VPY) ## Install the integration suite's libraries into .venv, and PostgreSQL and redis-server
 	$(VPY) -m pip install --quiet -r requirements-integration.txt
 	bash tests/integration/setup_services.sh
