@@ -11,8 +11,8 @@ pub struct Selector {
     epfd: OwnedFd,
 }
 
-fn epoll_bits(interest: Interest) -> u32 {
-    let mut bits = 0;
+fn epoll_bits(interest: Interest, oneshot: bool) -> u32 {
+    let mut bits = if oneshot { libc::EPOLLONESHOT as u32 } else { 0 };
     if interest.read {
         bits |= libc::EPOLLIN as u32;
     }
@@ -30,9 +30,9 @@ impl Selector {
         Ok(Self { epfd })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest) -> io::Result<()> {
+    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest, oneshot: bool) -> io::Result<()> {
         let mut ev = libc::epoll_event {
-            events: epoll_bits(interest),
+            events: epoll_bits(interest, oneshot),
             #[allow(clippy::cast_sign_loss)]
             u64: fd as u64,
         };
@@ -40,16 +40,18 @@ impl Selector {
         Ok(())
     }
 
-    pub fn add(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, interest)
+    /// Registers `fd`; a one-shot registration is disabled by the kernel once it is reported.
+    pub fn add(&self, fd: RawFd, interest: Interest, oneshot: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, interest, oneshot)
     }
 
-    pub fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, interest)
+    /// Changes (and re-enables) the registration of `fd`.
+    pub fn modify(&self, fd: RawFd, interest: Interest, oneshot: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, interest, oneshot)
     }
 
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::NONE)
+        self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::NONE, false)
     }
 
     pub fn select(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {

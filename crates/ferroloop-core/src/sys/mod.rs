@@ -1,7 +1,9 @@
 //! Operating-system backends. Each backend file exports the same names:
 //!
-//! - `Selector`: a level-triggered readiness selector. `add`, `modify` and `delete` take a file
-//!   descriptor and an [`Interest`](crate::poller::Interest); `select` fills an `Events` buffer,
+//! - `Selector`: a level-triggered readiness selector. `add` and `modify` take a file descriptor,
+//!   an [`Interest`](crate::poller::Interest) and a one-shot flag (a one-shot registration is
+//!   reported once, then disabled by the OS until the next `modify`; it stays registered, and
+//!   reports nothing, not even errors, meanwhile); `delete` takes the descriptor; `select` fills an `Events` buffer,
 //!   waiting at most the given timeout (`None` waits forever) and returning `Ok(0)` when a signal
 //!   interrupted the wait (the caller then runs Python's signal handlers).
 //! - `Events`: a reusable buffer of readiness records, iterated as `(fd, readable, writable)`.
