@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferroloop_core::clock;
-use ferroloop_core::poller::{Poller, Waker};
+use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -212,17 +212,8 @@ impl EventLoop {
 
     /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
     fn watch(&self, py: Python<'_>, fd: RawFd, watcher: Watcher, write: bool) -> PyResult<()> {
-        {
-            let mut guard = self.poller.borrow_mut(py);
-            let poller = guard.as_mut().ok_or_else(closed_error)?;
-            let mut interest = poller.interest(fd);
-            if write {
-                interest.write = true;
-            } else {
-                interest.read = true;
-            }
-            poller.set_interest(fd, interest)?;
-        }
+        let mode = if matches!(watcher, Watcher::Op(_)) { Mode::Once } else { Mode::Level };
+        self.poller.borrow_mut(py).as_mut().ok_or_else(closed_error)?.watch(fd, write, Some(mode))?;
         let old = {
             let mut q = self.queues.borrow_mut(py);
             if write {
@@ -259,18 +250,8 @@ impl EventLoop {
         };
         let Some(old) = old else { return Ok(false) };
         if let Some(poller) = self.poller.borrow_mut(py).as_mut() {
-            let mut interest = poller.interest(fd);
-            if write {
-                interest.write = false;
-            } else {
-                interest.read = false;
-            }
-            // A descriptor closed behind the loop's back is already out of epoll.
-            if let Err(e) = poller.set_interest(fd, interest) {
-                if e.raw_os_error() != Some(libc::EBADF) {
-                    return Err(e.into());
-                }
-            }
+            // Never fails because the descriptor was closed behind the loop's back.
+            poller.watch(fd, write, None)?;
         }
         if let Watcher::Handle(h) = &old {
             Handle::cancel(h.get(), py);
@@ -302,6 +283,33 @@ impl EventLoop {
     /// For native transports: stop watching `fd`; false if it was not watched.
     pub(crate) fn remove_native(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
         if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        self.unwatch(py, fd, write)
+    }
+
+    /// For pending socket operations: watch `fd` until `op` removes itself with
+    /// [`EventLoop::remove_op`]. Replaces (and cancels) what watched that direction, as asyncio's
+    /// `_add_reader` does, but a transport's descriptor is refused as asyncio's
+    /// `_ensure_fd_no_transport` refuses it.
+    pub(crate) fn add_op(&self, py: Python<'_>, fd: RawFd, op: Arc<dyn IoWatcher>, write: bool) -> PyResult<()> {
+        self.check_closed()?;
+        self.check_not_native(py, fd)?;
+        self.watch(py, fd, Watcher::Op(op), write)
+    }
+
+    /// For pending socket operations: stop watching `fd` if `op` (compared by address) is still
+    /// what watches it; another operation may have replaced it. Returns whether it was removed.
+    pub(crate) fn remove_op(&self, py: Python<'_>, fd: RawFd, write: bool, op: *const ()) -> PyResult<bool> {
+        if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let ours = {
+            let q = self.queues.borrow(py);
+            let map = if write { &q.writers } else { &q.readers };
+            matches!(map.get(&fd), Some(Watcher::Op(w)) if std::ptr::addr_eq(Arc::as_ptr(w), op))
+        };
+        if !ours {
             return Ok(false);
         }
         self.unwatch(py, fd, write)
@@ -398,7 +406,7 @@ impl EventLoop {
                         None => {}
                         Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
                         Some(Watcher::Handle(h)) => queued.push(Ready::Handle(h.clone_ref(py))),
-                        Some(Watcher::Native(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
+                        Some(Watcher::Native(w) | Watcher::Op(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
                     }
                 }
             }
@@ -730,6 +738,35 @@ impl EventLoop {
 
     fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_callback(py, fd, true)
+    }
+
+    /// `sock_recv`'s engine (see `sock_ops`): bytes, a future to await, or `NotImplemented`.
+    fn _sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::recv(slf, sock, n)
+    }
+
+    /// `sock_recv_into`'s engine: a byte count, a future to await, or `NotImplemented`.
+    fn _sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::recv_into(slf, sock, buf)
+    }
+
+    /// `sock_sendall`'s engine: None when sent, a future to await, or `NotImplemented`.
+    fn _sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::sendall(slf, sock, data)
+    }
+
+    /// `sock_accept`'s engine: `(conn, address)`, a future to await, or `NotImplemented`.
+    fn _sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::accept(slf, sock)
+    }
+
+    /// `sock_connect`'s engine once the address is resolved: None, a future, or `NotImplemented`.
+    fn _sock_connect(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::connect(slf, sock, address)
     }
 
     pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {

@@ -8,6 +8,7 @@ mod event_loop;
 mod gil_cell;
 mod handles;
 mod pyrefs;
+mod sock_ops;
 mod transports;
 mod watch;
 

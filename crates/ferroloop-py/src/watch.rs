@@ -4,6 +4,11 @@
 //! registers an [`IoWatcher`] for its file descriptor, and the loop queues and runs it in order
 //! with the Python callbacks, as asyncio queues the handles of `add_reader`. The loop knows
 //! nothing else of transports.
+//!
+//! A pending socket operation (`loop.sock_recv` and friends, see `sock_ops`) is a native watcher
+//! too, registered as [`Watcher::Op`]: it waits for one readiness report (the poller's
+//! `Mode::Once`), and unlike a transport it does not own its descriptor, so `add_reader` may
+//! replace it as it replaces a handle.
 
 use std::sync::Arc;
 
@@ -30,6 +35,8 @@ pub enum Watcher {
     Handle(Py<Handle>),
     /// A transport or listener written in Rust.
     Native(Arc<dyn IoWatcher>),
+    /// A pending socket operation, waiting for one readiness report.
+    Op(Arc<dyn IoWatcher>),
 }
 
 /// An entry of the ready queue.
@@ -43,7 +50,7 @@ impl Watcher {
     pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Self::Handle(h) => visit.call(h),
-            Self::Native(w) => w.traverse(visit),
+            Self::Native(w) | Self::Op(w) => w.traverse(visit),
         }
     }
 }

@@ -1,0 +1,473 @@
+//! The socket coroutines' engine: `loop.sock_recv`, `sock_recv_into`, `sock_sendall`,
+//! `sock_accept` and the wait of `sock_connect`.
+//!
+//! The coroutines stay `async def` methods in Python (`_loop.py`), so `create_task` takes them;
+//! each calls one method here (`EventLoop._sock_recv` and friends), which:
+//!
+//! 1. declines with `NotImplemented` unless the socket's type is exactly `socket.socket`: the
+//!    Python code then runs asyncio's algorithm through the socket's own methods, so a subclass
+//!    overriding `recv` (or an `SSLSocket`, refused with `TypeError`) behaves as on asyncio;
+//! 2. makes asyncio's debug-mode check (`the socket must be non-blocking`);
+//! 3. tries the operation at once: `recv(2)`/`send(2)` (`MSG_NOSIGNAL`) on `sock.fileno()`, or
+//!    the socket's `accept()`/`connect()` (they build Python objects and parse addresses);
+//! 4. returns the result if it completed, raises its `OSError` (errno and message as the socket
+//!    module's) if it failed, and otherwise registers a [`SockOp`] for the descriptor and returns
+//!    a new `asyncio.Future` for the coroutine to await.
+//!
+//! A [`SockOp`] retries the operation whenever the descriptor is reported ready: would block →
+//! keeps waiting; result or error → stops watching, then completes the future. If the future is
+//! already done (its task was cancelled), it stops watching without touching the socket, so data
+//! that arrived meanwhile stays for the next operation.
+//!
+//! Invariants:
+//! - A `SockOp` only ever removes its own registration: the loop compares the watcher's address
+//!   (`EventLoop::remove_op`), since `add_reader` or another operation on the same descriptor may
+//!   have replaced it, as on asyncio.
+//! - Cancellation: the future carries a done callback ([`SockOpDone`], holding only a `Weak`
+//!   reference, so no cycle) that removes the registration; an operation that completes removes
+//!   the callback before completing the future, so the common case schedules nothing extra.
+//! - Registrations use the poller's `Mode::Once` (one-shot epoll): arming a wait costs one
+//!   `EPOLL_CTL_MOD` (`ADD` the first time), and completing or cancelling it costs no system
+//!   call, where asyncio's selector loop makes an `ADD` and a `DEL` per wait (about 5× the cost
+//!   of one `MOD` here). Why this is safe when sockets are closed with a registration left behind
+//!   and their numbers reused is in `ferroloop_core::poller`'s invariants.
+//! - `sock_recv_into` acquires the caller's buffer at each attempt (as `sock.recv_into` would);
+//!   `sock_sendall` holds its export for the whole operation (as asyncio's `memoryview(data)`
+//!   does) and sends from it directly, without a copy. Python memory is only ever handed to the
+//!   kernel as raw pointers while the GIL is held; a buffer that cannot be exported the simple
+//!   way goes to the socket's own method, which raises the socket module's exact error.
+//! - No Python code runs, and no Python object is created or dropped, while a `GilCell` borrow is
+//!   held (see `gil_cell`).
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Weak};
+
+use ferroloop_core::net;
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyType};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
+
+use crate::event_loop::EventLoop;
+use crate::gil_cell::GilCell;
+use crate::watch::IoWatcher;
+
+/// `sock_recv` requests up to this size are received into a reused buffer, then copied.
+const RECV_BUF: usize = 256 * 1024;
+
+thread_local! {
+    /// Where `sock_recv` receives before copying into a `bytes` of the right size.
+    static RECV_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `socket.socket`: only sockets of exactly this type take the fast path.
+fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CELL.import(py, "socket", "socket")
+}
+
+/// Would-block outcomes: the operation waits for readiness.
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+fn is_would_block_exc(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+}
+
+/// The `OSError` the socket module raises for `e`: `OSError(errno, strerror)`, which Python turns
+/// into the matching subclass (`ConnectionResetError`, `BrokenPipeError`, ...).
+pub(crate) fn os_error(e: io::Error) -> PyErr {
+    match e.raw_os_error() {
+        Some(code) => {
+            let text = e.to_string();
+            let suffix = format!(" (os error {code})");
+            let msg = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
+            PyOSError::new_err((code, msg))
+        }
+        None => e.into(),
+    }
+}
+
+/// A buffer exported by a Python object with `PyBUF_SIMPLE` (contiguous bytes), or
+/// `PyBUF_WRITABLE`: what the socket module's `y*` and `w*` arguments take. Released on drop.
+struct Export(Box<ffi::Py_buffer>);
+
+// SAFETY: the view's pointers are only used while the GIL is held (every use takes a `Python`
+// token), and `Drop` attaches to the interpreter before releasing the export.
+unsafe impl Send for Export {}
+// SAFETY: as for `Send`; shared access never writes to the view itself.
+unsafe impl Sync for Export {}
+
+impl Export {
+    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
+        let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
+        // SAFETY: an all-zero Py_buffer is a valid "not yet filled" view.
+        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: `obj` is a live object (GIL held); `view` is valid for writes and boxed, so the
+        // address the exporter sees never changes.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &raw mut *view, flags) } != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(Self(view))
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.0.buf.cast()
+    }
+
+    fn len(&self) -> usize {
+        usize::try_from(self.0.len).unwrap_or(0)
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        Python::attach(|_| {
+            // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released once.
+            unsafe { ffi::PyBuffer_Release(&raw mut *self.0) }
+        });
+    }
+}
+
+/// What a pending operation does at each readiness report.
+enum Kind {
+    /// `recv(n)`.
+    Recv(usize),
+    /// `recv_into(buffer)`: the object, whose buffer is acquired at each attempt.
+    RecvInto(Py<PyAny>),
+    /// `sendall(data)`: the object, its export, and how much of it is sent.
+    SendAll { data: Py<PyAny>, export: Export, sent: GilCell<usize> },
+    /// `accept()`.
+    Accept,
+    /// The end of a non-blocking `connect(address)`.
+    Connect(Py<PyAny>),
+}
+
+/// A pending socket operation, watching its descriptor in one direction (see the module docs).
+pub(crate) struct SockOp {
+    event_loop: Py<EventLoop>,
+    sock: Py<PyAny>,
+    fd: RawFd,
+    write: bool,
+    fut: Py<PyAny>,
+    kind: Kind,
+    /// The future's done callback, removed when the operation completes.
+    on_done: GilCell<Option<Py<SockOpDone>>>,
+}
+
+/// The done callback of a pending operation's future: when the future is cancelled, stops the
+/// operation's watching (unless something replaced it meanwhile).
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct SockOpDone {
+    op: Weak<SockOp>,
+}
+
+#[pymethods]
+impl SockOpDone {
+    fn __call__(&self, py: Python<'_>, _fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(op) = self.op.upgrade() {
+            op.unregister(py)?;
+        }
+        Ok(())
+    }
+}
+
+/// An attempt's outcome: `None` would block.
+type Attempt = PyResult<Option<Py<PyAny>>>;
+
+impl SockOp {
+    /// Stops watching, if this operation still is what watches its descriptor.
+    fn unregister(&self, py: Python<'_>) -> PyResult<()> {
+        let me: *const Self = self;
+        self.event_loop.get().remove_op(py, self.fd, self.write, me.cast())?;
+        Ok(())
+    }
+
+    fn attempt(&self, py: Python<'_>) -> Attempt {
+        let sock = self.sock.bind(py);
+        match &self.kind {
+            Kind::Recv(n) => try_recv(py, self.fd, *n),
+            Kind::RecvInto(buf) => try_recv_into(sock, self.fd, buf.bind(py)),
+            Kind::SendAll { export, sent, .. } => {
+                let start = *sent.borrow(py);
+                let len = export.len();
+                // SAFETY: the export is held by `self`, `len` bytes long, and `start < len`.
+                let res = unsafe { net::send_raw(self.fd, export.ptr().add(start), len - start) };
+                match res {
+                    Ok(n) => {
+                        let done = start + n >= len;
+                        *sent.borrow_mut(py) = start + n;
+                        Ok(done.then(|| py.None()))
+                    }
+                    Err(e) if would_block(&e) => Ok(None),
+                    Err(e) => Err(os_error(e)),
+                }
+            }
+            Kind::Accept => try_accept(sock),
+            Kind::Connect(address) => match net::take_socket_error(self.fd) {
+                Ok(0) => Ok(Some(py.None())),
+                Ok(libc::EINPROGRESS | libc::EALREADY | libc::EINTR | libc::EAGAIN) => Ok(None),
+                Ok(code) => {
+                    let msg = format!("Connect call failed {}", address.bind(py).str()?);
+                    Err(PyOSError::new_err((code, msg)))
+                }
+                Err(e) => Err(os_error(e)),
+            },
+        }
+    }
+}
+
+impl IoWatcher for SockOp {
+    fn io_ready(&self, py: Python<'_>, _write: bool) -> PyResult<()> {
+        let fut = self.fut.bind(py);
+        if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+            // Cancelled: the done callback may not have run yet. Do not touch the socket.
+            return self.unregister(py);
+        }
+        let result = match self.attempt(py) {
+            Ok(None) => return Ok(()),
+            Ok(Some(v)) => Ok(v),
+            Err(e) if crate::transports::is_exit(py, &e) => return Err(e),
+            Err(e) => Err(e),
+        };
+        self.unregister(py)?;
+        let on_done = self.on_done.borrow_mut(py).take();
+        if let Some(cb) = on_done {
+            fut.call_method1(intern!(py, "remove_done_callback"), (cb,))?;
+        }
+        match result {
+            Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
+            Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?,
+        };
+        Ok(())
+    }
+
+    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.sock)?;
+        visit.call(&self.fut)?;
+        match &self.kind {
+            Kind::RecvInto(o) | Kind::SendAll { data: o, .. } | Kind::Connect(o) => visit.call(o)?,
+            Kind::Recv(_) | Kind::Accept => {}
+        }
+        if let Some(cb) = self.on_done.try_borrow() {
+            visit.call(&*cb)?;
+        }
+        Ok(())
+    }
+}
+
+/// One `recv(fd, n)`: the bytes received, `None` if it would block.
+fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
+    let res = if n <= RECV_BUF {
+        RECV_SCRATCH.with(|cell| {
+            // Re-entered (a finalizer run by an allocation below called sock_recv): use a
+            // buffer of its own.
+            let mut fallback = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut Vec<u8> = match guard.as_mut() {
+                Ok(b) => b,
+                Err(_) => &mut fallback,
+            };
+            if buf.len() < n {
+                buf.resize(RECV_BUF, 0);
+            }
+            net::recv(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got]))
+        })
+    } else {
+        let mut buf: Vec<u8> = Vec::with_capacity(n);
+        // SAFETY: the vector's spare capacity is `n` writable bytes.
+        unsafe { net::recv_raw(fd, buf.as_mut_ptr(), n) }.map(|got| {
+            // SAFETY: recv initialised the first `got <= n` bytes.
+            unsafe { buf.set_len(got) };
+            PyBytes::new(py, &buf)
+        })
+    };
+    match res {
+        Ok(b) => Ok(Some(b.into_any().unbind())),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => Err(os_error(e)),
+    }
+}
+
+/// One `recv_into(buf)`: the byte count, `None` if it would block.
+fn try_recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> Attempt {
+    let py = sock.py();
+    let Ok(export) = Export::get(buf, true) else {
+        // Not a writable contiguous buffer: the socket's own method raises the exact error.
+        return python_attempt(py, sock.call_method1(intern!(py, "recv_into"), (buf,)));
+    };
+    // SAFETY: the writable export is held for the call and is `len` bytes long.
+    let res = unsafe { net::recv_raw(fd, export.ptr(), export.len()) };
+    drop(export);
+    match res {
+        Ok(n) => Ok(Some(n.into_pyobject(py)?.into_any().unbind())),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => Err(os_error(e)),
+    }
+}
+
+/// One `accept()`, then `setblocking(False)` on the new socket, as asyncio does.
+fn try_accept(sock: &Bound<'_, PyAny>) -> Attempt {
+    let py = sock.py();
+    let pair = match sock.call_method0(intern!(py, "accept")) {
+        Ok(p) => p,
+        Err(e) if is_would_block_exc(py, &e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    pair.get_item(0)?.call_method1(intern!(py, "setblocking"), (false,))?;
+    Ok(Some(pair.unbind()))
+}
+
+/// A socket method's outcome as an attempt: `BlockingIOError`/`InterruptedError` would block.
+fn python_attempt(py: Python<'_>, res: PyResult<Bound<'_, PyAny>>) -> Attempt {
+    match res {
+        Ok(v) => Ok(Some(v.unbind())),
+        Err(e) if is_would_block_exc(py, &e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Steps 1 and 2 of the module docs: the descriptor, or `None` for the Python path.
+fn fast_fd(event_loop: &Bound<'_, EventLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = sock.py();
+    if !sock.get_type().is(socket_type(py)?) {
+        return Ok(None);
+    }
+    if event_loop.get().debug() {
+        let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
+        if !timeout.eq(0)? {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
+        }
+    }
+    Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
+}
+
+/// Step 4: registers `kind` for `fd` and returns the future it completes.
+fn start(
+    event_loop: &Bound<'_, EventLoop>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    write: bool,
+    kind: Kind,
+) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let fut = EventLoop::create_future(event_loop)?;
+    let op = Arc::new(SockOp {
+        event_loop: event_loop.clone().unbind(),
+        sock: sock.clone().unbind(),
+        fd,
+        write,
+        fut: fut.clone_ref(py),
+        kind,
+        on_done: GilCell::new(None),
+    });
+    let cb = Py::new(py, SockOpDone { op: Arc::downgrade(&op) })?;
+    event_loop.get().add_op(py, fd, Arc::clone(&op) as Arc<dyn IoWatcher>, write)?;
+    fut.bind(py).call_method1(intern!(py, "add_done_callback"), (&cb,))?;
+    *op.on_done.borrow_mut(py) = Some(cb);
+    Ok(fut)
+}
+
+fn not_implemented(py: Python<'_>) -> Py<PyAny> {
+    py.NotImplemented()
+}
+
+/// `sock_recv`'s engine: bytes, a future, or `NotImplemented` (see the module docs).
+pub(crate) fn recv(
+    event_loop: &Bound<'_, EventLoop>,
+    sock: &Bound<'_, PyAny>,
+    n: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let Some(fd) = fast_fd(event_loop, sock)? else { return Ok(not_implemented(py)) };
+    let n = match n.extract::<isize>().ok().and_then(|n| usize::try_from(n).ok()) {
+        Some(n) => n,
+        // Negative, or not an integer: the socket's method raises asyncio's error.
+        None => return Ok(sock.call_method1(intern!(py, "recv"), (n,))?.unbind()),
+    };
+    match try_recv(py, fd, n)? {
+        Some(data) => Ok(data),
+        None => start(event_loop, sock, fd, false, Kind::Recv(n)),
+    }
+}
+
+/// `sock_recv_into`'s engine: a byte count, a future, or `NotImplemented`.
+pub(crate) fn recv_into(
+    event_loop: &Bound<'_, EventLoop>,
+    sock: &Bound<'_, PyAny>,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let Some(fd) = fast_fd(event_loop, sock)? else { return Ok(not_implemented(py)) };
+    match try_recv_into(sock, fd, buf)? {
+        Some(n) => Ok(n),
+        None => start(event_loop, sock, fd, false, Kind::RecvInto(buf.clone().unbind())),
+    }
+}
+
+/// `sock_sendall`'s engine: `None` when all is sent, a future, or `NotImplemented`.
+pub(crate) fn sendall(
+    event_loop: &Bound<'_, EventLoop>,
+    sock: &Bound<'_, PyAny>,
+    data: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let Some(fd) = fast_fd(event_loop, sock)? else { return Ok(not_implemented(py)) };
+    let export = match Export::get(data, false) {
+        Ok(e) => e,
+        Err(err) => {
+            // Not a contiguous buffer: the socket's own method raises the exact error.
+            sock.call_method1(intern!(py, "send"), (data,))?;
+            return Err(err);
+        }
+    };
+    let len = export.len();
+    // SAFETY: the export is held and `len` bytes long.
+    let sent = match unsafe { net::send_raw(fd, export.ptr(), len) } {
+        Ok(n) => n,
+        Err(e) if would_block(&e) => 0,
+        Err(e) => return Err(os_error(e)),
+    };
+    if sent >= len {
+        return Ok(py.None());
+    }
+    let kind = Kind::SendAll { data: data.clone().unbind(), export, sent: GilCell::new(sent) };
+    start(event_loop, sock, fd, true, kind)
+}
+
+/// `sock_accept`'s engine: `(conn, address)`, a future, or `NotImplemented`.
+pub(crate) fn accept(event_loop: &Bound<'_, EventLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    let Some(fd) = fast_fd(event_loop, sock)? else { return Ok(not_implemented(py)) };
+    match try_accept(sock)? {
+        Some(pair) => Ok(pair),
+        None => start(event_loop, sock, fd, false, Kind::Accept),
+    }
+}
+
+/// `sock_connect`'s engine, after the Python side's checks and name resolution: `None` when
+/// connected, a future, or `NotImplemented`.
+pub(crate) fn connect(
+    event_loop: &Bound<'_, EventLoop>,
+    sock: &Bound<'_, PyAny>,
+    address: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let py = event_loop.py();
+    if !sock.get_type().is(socket_type(py)?) {
+        return Ok(not_implemented(py));
+    }
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    match sock.call_method1(intern!(py, "connect"), (address,)) {
+        Ok(_) => Ok(py.None()),
+        Err(e) if is_would_block_exc(py, &e) => {
+            // The connection goes on in the background: writable when it ends.
+            start(event_loop, sock, fd, true, Kind::Connect(address.clone().unbind()))
+        }
+        Err(e) => Err(e),
+    }
+}
