@@ -35,12 +35,12 @@
 //! - The waker's descriptor is registered for reading from construction to drop and is never
 //!   reported to the caller: a wake-up only ends the wait.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fd_map::FdMap;
 use crate::sys::{Events, Selector, WakeFd};
 
 /// Which readiness a descriptor is watched for.
@@ -150,7 +150,7 @@ pub struct Poller {
     /// Reused buffer for the selector's results.
     events: Events,
     /// Every descriptor watched, or registered lazily (see the module invariants).
-    entries: HashMap<RawFd, Entry>,
+    entries: FdMap<Entry>,
     /// One-shot registrations the last poll reported, to re-arm if still wanted.
     fired: Vec<RawFd>,
     /// Shared with threads that schedule work (`call_soon_threadsafe`).
@@ -170,7 +170,7 @@ impl Poller {
         Ok(Self {
             selector,
             events: Events::with_capacity(256),
-            entries: HashMap::new(),
+            entries: FdMap::default(),
             fired: Vec::new(),
             waker: Arc::new(Waker { fd: wake_fd }),
             #[cfg(test)]

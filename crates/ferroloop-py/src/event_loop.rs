@@ -22,13 +22,14 @@
 //! What is not hot lives in Python (`python/ferroloop/_loop.py`): `run_forever`'s bookkeeping,
 //! `run_until_complete`, exception handlers, executors, DNS, signals.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferroloop_core::clock;
+use ferroloop_core::fd_map::FdMap;
 use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
@@ -54,9 +55,9 @@ struct Queues {
     /// `call_at` timers, by (deadline, scheduling order).
     timers: TimerQueue<Py<TimerHandle>>,
     /// `add_reader` callbacks by file descriptor.
-    readers: HashMap<RawFd, Watcher>,
+    readers: FdMap<Watcher>,
     /// `add_writer` callbacks by file descriptor.
-    writers: HashMap<RawFd, Watcher>,
+    writers: FdMap<Watcher>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -203,7 +204,7 @@ impl EventLoop {
     /// `RuntimeError` when a native transport owns `fd`, as asyncio's `_ensure_fd_no_transport`.
     fn check_not_native(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let q = self.queues.borrow(py);
-        let native = |m: &HashMap<RawFd, Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
+        let native = |m: &FdMap<Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
         if native(&q.readers) || native(&q.writers) {
             return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport")));
         }
