@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import struct
+import weakref
 
 import pytest
 from conftest import WAIT
@@ -919,10 +920,12 @@ def test_socket_subclass_methods_are_called(loop, run):
             s.close()
 
 
-def test_pending_operations_release_everything(loop, run, sockpair):
-    a, b = sockpair
+def test_finished_operations_keep_nothing_alive(loop, run):
+    pair = list(socket.socketpair())
+    for s in pair:
+        s.setblocking(False)
 
-    async def main():
+    async def main(a, b):
         for _ in range(100):
             recv = loop.create_task(loop.sock_recv(a, 10))
             await asyncio.sleep(0)
@@ -930,7 +933,36 @@ def test_pending_operations_release_everything(loop, run, sockpair):
             assert await recv == b"x"
         for _ in range(100):
             await cancel_while_waiting(loop, loop.sock_recv(a, 10))
+        await cancel_while_waiting(loop, loop.sock_sendall(a, b"x" * (16 * 1024 * 1024)))
+        assert not loop.remove_reader(a)
+        assert not loop.remove_writer(a)
+
+    run(main(*pair))
+    ref = weakref.ref(pair[0])  # the socket the operations waited on
+    for s in pair:
+        s.close()
+    pair.clear()
+    gc.collect()
+    assert ref() is None
+
+
+def test_cancelled_after_its_socket_was_closed(loop, run, sockpair):
+    a, b = sockpair
+
+    async def main():
+        other = loop.create_task(loop.sock_recv(b, 10))
+        await asyncio.sleep(0)
+        c, d = socket.socketpair()
+        with c, d:
+            c.setblocking(False)
+            recv = loop.create_task(loop.sock_recv(c, 10))
+            await asyncio.sleep(0)
+            c.close()
+            recv.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await recv
+        # The other socket's wait is untouched.
+        a.send(b"still here")
+        assert await other == b"still here"
 
     run(main())
-    gc.collect()
-    assert not [o for o in gc.get_objects() if type(o).__name__ == "SockOpDone"]

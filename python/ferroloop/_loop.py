@@ -378,15 +378,20 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
 
     # Socket operations. The Rust engine (``_sock_recv`` and friends, crates/ferroloop-py/src/
     # sock_ops.rs) tries the call at once and returns its result, or a future it completes when
-    # the socket is ready. It declines (``NotImplemented``) for anything but a plain
-    # ``socket.socket``; then the ``_slow`` versions below run asyncio's algorithm through the
-    # socket's own methods. Either way the wait is removed however the future ends, so
-    # cancelling leaves the socket usable.
+    # the socket is ready. When the coroutine is cancelled (or closed) while awaiting that
+    # future, ``_sock_abandon`` removes the wait, unless it completed or was replaced meanwhile,
+    # so the socket stays usable. The engine declines (``NotImplemented``) for anything but a
+    # plain ``socket.socket``; then the ``_slow`` versions below run asyncio's algorithm through
+    # the socket's own methods.
 
     async def sock_recv(self, sock, n):
         r = self._sock_recv(sock, n)
         if type(r) is _Future:
-            return await r
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
         if r is NotImplemented:
             return await self._sock_recv_slow(sock, n)
         return r
@@ -394,7 +399,11 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
     async def sock_recv_into(self, sock, buf):
         r = self._sock_recv_into(sock, buf)
         if type(r) is _Future:
-            return await r
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
         if r is NotImplemented:
             return await self._sock_recv_into_slow(sock, buf)
         return r
@@ -402,7 +411,11 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
     async def sock_sendall(self, sock, data):
         r = self._sock_sendall(sock, data)
         if type(r) is _Future:
-            return await r
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
         if r is NotImplemented:
             return await self._sock_sendall_slow(sock, data)
         return r
@@ -410,7 +423,11 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
     async def sock_accept(self, sock):
         r = self._sock_accept(sock)
         if type(r) is _Future:
-            return await r
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
         if r is NotImplemented:
             return await self._sock_accept_slow(sock)
         return r
@@ -427,6 +444,9 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         if r is not None:
             try:
                 return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
             finally:
                 r = None  # Break the cycle through the exception's traceback, as asyncio does.
 

@@ -316,6 +316,33 @@ impl EventLoop {
         self.unwatch(py, fd, write)
     }
 
+    /// For pending socket operations whose coroutine was cancelled (or closed): stop watching
+    /// for the operation completing `fut`, if it still waits. `fd` is the socket's descriptor,
+    /// or -1 if the socket is closed by now (every watched descriptor is searched then).
+    pub(crate) fn abandon_op(&self, py: Python<'_>, fd: RawFd, fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let found = {
+            let q = self.queues.borrow(py);
+            let waits = |w: Option<&Watcher>| matches!(w, Some(Watcher::Op(op)) if op.completes(fut));
+            if waits(q.readers.get(&fd)) {
+                Some((fd, false))
+            } else if waits(q.writers.get(&fd)) {
+                Some((fd, true))
+            } else if fd < 0 {
+                let find = |m: &FdMap<Watcher>| m.iter().find(|(_, w)| waits(Some(w))).map(|(fd, _)| *fd);
+                find(&q.readers).map(|fd| (fd, false)).or_else(|| find(&q.writers).map(|fd| (fd, true)))
+            } else {
+                None
+            }
+        };
+        match found {
+            Some((fd, write)) => self.unwatch(py, fd, write),
+            None => Ok(false),
+        }
+    }
+
     /// For native transports: `call_soon(callback, *args)` in a copy of the current context.
     pub(crate) fn call_soon_native(
         &self,
@@ -744,6 +771,14 @@ impl EventLoop {
     /// `sock_recv`'s engine (see `sock_ops`): bytes, a future to await, or `NotImplemented`.
     fn _sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         crate::sock_ops::recv(slf, sock, n)
+    }
+
+    /// Called by a socket coroutine cancelled (or closed) while awaiting `fut`: stops the
+    /// operation's watching, unless it completed or was replaced meanwhile.
+    fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fd = sock.call_method0("fileno").and_then(|f| f.extract()).unwrap_or(-1);
+        self.abandon_op(py, fd, fut)?;
+        Ok(())
     }
 
     /// `sock_recv_into`'s engine: a byte count, a future to await, or `NotImplemented`.

@@ -23,9 +23,14 @@
 //! - A `SockOp` only ever removes its own registration: the loop compares the watcher's address
 //!   (`EventLoop::remove_op`), since `add_reader` or another operation on the same descriptor may
 //!   have replaced it, as on asyncio.
-//! - Cancellation: the future carries a done callback ([`SockOpDone`], holding only a `Weak`
-//!   reference, so no cycle) that removes the registration; an operation that completes removes
-//!   the callback before completing the future, so the common case schedules nothing extra.
+//! - Cancellation: the future is awaited by the Python coroutine and by nothing else, so a task's
+//!   cancellation (or the coroutine's closing) always passes through that coroutine's `await`:
+//!   it then calls `EventLoop._sock_abandon(sock, fut)`, which removes the wait completing
+//!   `fut` (compared by identity: the coroutine holds `fut`, so the address cannot be reused),
+//!   if it still waits. This replaces asyncio's done callback, which costs an object, an
+//!   `add_done_callback` and a `remove_done_callback` (or a scheduled call) per wait. A future
+//!   cancelled by any other route is noticed at the next readiness report (`io_ready` checks
+//!   `done()` first), which removes the wait then.
 //! - Registrations use the poller's `Mode::Once` (one-shot epoll): arming a wait costs one
 //!   `EPOLL_CTL_MOD` (`ADD` the first time), and completing or cancelling it costs no system
 //!   call, where asyncio's selector loop makes an `ADD` and a `DEL` per wait (about 5× the cost
@@ -42,7 +47,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use ferroloop_core::net;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
@@ -155,25 +160,6 @@ pub(crate) struct SockOp {
     write: bool,
     fut: Py<PyAny>,
     kind: Kind,
-    /// The future's done callback, removed when the operation completes.
-    on_done: GilCell<Option<Py<SockOpDone>>>,
-}
-
-/// The done callback of a pending operation's future: when the future is cancelled, stops the
-/// operation's watching (unless something replaced it meanwhile).
-#[pyclass(module = "ferroloop._ferroloop", frozen)]
-pub struct SockOpDone {
-    op: Weak<SockOp>,
-}
-
-#[pymethods]
-impl SockOpDone {
-    fn __call__(&self, py: Python<'_>, _fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        if let Some(op) = self.op.upgrade() {
-            op.unregister(py)?;
-        }
-        Ok(())
-    }
 }
 
 /// An attempt's outcome: `None` would block.
@@ -235,10 +221,6 @@ impl IoWatcher for SockOp {
             Err(e) => Err(e),
         };
         self.unregister(py)?;
-        let on_done = self.on_done.borrow_mut(py).take();
-        if let Some(cb) = on_done {
-            fut.call_method1(intern!(py, "remove_done_callback"), (cb,))?;
-        }
         match result {
             Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
             Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?,
@@ -254,10 +236,11 @@ impl IoWatcher for SockOp {
             Kind::RecvInto(o) | Kind::SendAll { data: o, .. } | Kind::Connect(o) => visit.call(o)?,
             Kind::Recv(_) | Kind::Accept => {}
         }
-        if let Some(cb) = self.on_done.try_borrow() {
-            visit.call(&*cb)?;
-        }
         Ok(())
+    }
+
+    fn completes(&self, fut: &Bound<'_, PyAny>) -> bool {
+        self.fut.as_ptr() == fut.as_ptr()
     }
 }
 
@@ -364,12 +347,8 @@ fn start(
         write,
         fut: fut.clone_ref(py),
         kind,
-        on_done: GilCell::new(None),
     });
-    let cb = Py::new(py, SockOpDone { op: Arc::downgrade(&op) })?;
-    event_loop.get().add_op(py, fd, Arc::clone(&op) as Arc<dyn IoWatcher>, write)?;
-    fut.bind(py).call_method1(intern!(py, "add_done_callback"), (&cb,))?;
-    *op.on_done.borrow_mut(py) = Some(cb);
+    event_loop.get().add_op(py, fd, op, write)?;
     Ok(fut)
 }
 

@@ -27,6 +27,11 @@ pub trait IoWatcher: Send + Sync {
 
     /// Visits the Python objects the watcher holds, for the loop's garbage-collector support.
     fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError>;
+
+    /// Whether this is a pending socket operation completing the future `fut` (by identity).
+    fn completes(&self, _fut: &Bound<'_, PyAny>) -> bool {
+        false
+    }
 }
 
 /// Who is called when a descriptor is ready.
