@@ -966,3 +966,84 @@ def test_cancelled_after_its_socket_was_closed(loop, run, sockpair):
         assert await other == b"still here"
 
     run(main())
+
+
+def test_number_reused_while_the_old_file_lives_on(loop, run):
+    # The closed socket's file stays open through a duplicate: epoll keeps its registration
+    # under the old number, which a new socket gets. Its traffic must not wake the new socket's
+    # waits, and the new socket's traffic must.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    fd = a.fileno()
+    a_dup = a.dup()
+
+    async def main():
+        recv = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        b.send(b"1")
+        assert await recv == b"1"
+        a.close()
+        c, d = _pair_on_number(fd)
+        with c, d:
+            recv = loop.create_task(loop.sock_recv(c, 10))
+            for _ in range(3):
+                b.send(b"old")
+                await asyncio.sleep(0.001)
+            assert not recv.done()
+            d.send(b"new")
+            assert await recv == b"new"
+
+    try:
+        run(main())
+        assert a_dup.recv(100) == b"old" * 3
+    finally:
+        for s in (a, b, a_dup):
+            s.close()
+
+
+def test_two_socket_objects_on_one_descriptor(loop, run, sockpair):
+    a, b = sockpair
+    alias = socket.socket(a.family, a.type, a.proto, a.fileno())
+    alias.setblocking(False)
+
+    async def main():
+        for i, sock in enumerate([a, alias, alias, a, a, alias]):
+            recv = loop.create_task(loop.sock_recv(sock, 10))
+            await asyncio.sleep(0)
+            b.send(b"%d" % i)
+            assert await recv == b"%d" % i
+
+    try:
+        run(main())
+    finally:
+        alias.detach()
+
+
+def test_many_reports_nobody_waits_for(loop, run):
+    # Data arrives over and over on sockets nobody waits on (the poller drops what it keeps
+    # registered for them); waits keep working throughout.
+    pairs = [socket.socketpair() for _ in range(4)]
+    for x, y in pairs:
+        x.setblocking(False)
+        y.setblocking(False)
+
+    async def main():
+        for round_ in range(150):
+            for x, y in pairs:
+                recv = loop.create_task(loop.sock_recv(x, 10))
+                await asyncio.sleep(0)
+                y.send(b"w")
+                assert await recv == b"w"
+            for x, y in pairs:
+                y.send(b"u")
+            await asyncio.sleep(0)
+            for x, _ in pairs:
+                assert x.recv(10) == b"u"
+
+    try:
+        run(main(), timeout=3 * WAIT)
+    finally:
+        for x, y in pairs:
+            x.close()
+            y.close()

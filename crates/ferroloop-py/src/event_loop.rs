@@ -34,7 +34,7 @@ use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
@@ -58,6 +58,11 @@ struct Queues {
     readers: FdMap<Watcher>,
     /// `add_writer` callbacks by file descriptor.
     writers: FdMap<Watcher>,
+    /// For each descriptor a socket operation waited on: a weak reference to the socket object
+    /// that last registered it with a verified system call. The same object asking again, still
+    /// open under the same number, never closed it meanwhile: the poller may trust its kept
+    /// registration (see `ferroloop_core::poller`).
+    owners: FdMap<Py<PyWeakrefReference>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -197,7 +202,7 @@ impl EventLoop {
         let fd = fileobj_to_fd(fd)?;
         self.check_not_native(py, fd)?;
         let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
-        self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write)?;
+        self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
         Ok(handle)
     }
 
@@ -212,9 +217,10 @@ impl EventLoop {
     }
 
     /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
-    fn watch(&self, py: Python<'_>, fd: RawFd, watcher: Watcher, write: bool) -> PyResult<()> {
+    /// `trusted`: see `Poller::watch`.
+    fn watch(&self, py: Python<'_>, fd: RawFd, watcher: Watcher, write: bool, trusted: bool) -> PyResult<()> {
         let mode = if matches!(watcher, Watcher::Op(_)) { Mode::Once } else { Mode::Level };
-        self.poller.borrow_mut(py).as_mut().ok_or_else(closed_error)?.watch(fd, write, Some(mode))?;
+        self.poller.borrow_mut(py).as_mut().ok_or_else(closed_error)?.watch(fd, write, Some(mode), trusted)?;
         let old = {
             let mut q = self.queues.borrow_mut(py);
             if write {
@@ -252,7 +258,7 @@ impl EventLoop {
         let Some(old) = old else { return Ok(false) };
         if let Some(poller) = self.poller.borrow_mut(py).as_mut() {
             // Never fails because the descriptor was closed behind the loop's back.
-            poller.watch(fd, write, None)?;
+            poller.watch(fd, write, None, false)?;
         }
         if let Watcher::Handle(h) = &old {
             Handle::cancel(h.get(), py);
@@ -278,7 +284,7 @@ impl EventLoop {
         write: bool,
     ) -> PyResult<()> {
         self.check_closed()?;
-        self.watch(py, fd, Watcher::Native(watcher), write)
+        self.watch(py, fd, Watcher::Native(watcher), write, false)
     }
 
     /// For native transports: stop watching `fd`; false if it was not watched.
@@ -293,10 +299,28 @@ impl EventLoop {
     /// [`EventLoop::remove_op`]. Replaces (and cancels) what watched that direction, as asyncio's
     /// `_add_reader` does, but a transport's descriptor is refused as asyncio's
     /// `_ensure_fd_no_transport` refuses it.
-    pub(crate) fn add_op(&self, py: Python<'_>, fd: RawFd, op: Arc<dyn IoWatcher>, write: bool) -> PyResult<()> {
+    ///
+    /// `sock` is the socket object `fd` belongs to: if it is the one that last registered `fd`,
+    /// the kept registration is used without a system call.
+    pub(crate) fn add_op(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        op: Arc<dyn IoWatcher>,
+        write: bool,
+        sock: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         self.check_closed()?;
         self.check_not_native(py, fd)?;
-        self.watch(py, fd, Watcher::Op(op), write)
+        let owner = self.queues.borrow(py).owners.get(&fd).map(|w| w.clone_ref(py));
+        let trusted = owner.is_some_and(|w| w.bind(py).upgrade().is_some_and(|o| o.is(sock)));
+        self.watch(py, fd, Watcher::Op(op), write, trusted)?;
+        if !trusted {
+            let weak = PyWeakrefReference::new(sock)?.unbind();
+            let old = self.queues.borrow_mut(py).owners.insert(fd, weak);
+            drop(old);
+        }
+        Ok(())
     }
 
     /// For pending socket operations: stop watching `fd` if `op` (compared by address) is still
@@ -885,6 +909,9 @@ impl EventLoop {
             }
             for w in q.readers.values().chain(q.writers.values()) {
                 w.traverse(visit)?;
+            }
+            for w in q.owners.values() {
+                visit.call(w)?;
             }
             // The heap's order is irrelevant here; only membership matters.
             let mut err = Ok(());

@@ -31,11 +31,18 @@
 //!   `add_done_callback` and a `remove_done_callback` (or a scheduled call) per wait. A future
 //!   cancelled by any other route is noticed at the next readiness report (`io_ready` checks
 //!   `done()` first), which removes the wait then.
-//! - Registrations use the poller's `Mode::Once` (one-shot epoll): arming a wait costs one
-//!   `EPOLL_CTL_MOD` (`ADD` the first time), and completing or cancelling it costs no system
-//!   call, where asyncio's selector loop makes an `ADD` and a `DEL` per wait (about 5× the cost
-//!   of one `MOD` here). Why this is safe when sockets are closed with a registration left behind
-//!   and their numbers reused is in `ferroloop_core::poller`'s invariants.
+//! - Registrations use the poller's `Mode::Once`: edge-triggered, and kept when the wait ends.
+//!   A socket object waited on again, still open under the number it last registered, reuses
+//!   its registration without any system call (the loop vouches for it, see
+//!   `EventLoop::add_op`); any other registers with one verifying `EPOLL_CTL_MOD` (`ADD` for a
+//!   new number). asyncio's selector loop makes an `ADD` and a `DEL` per wait. Why kept
+//!   registrations are safe when sockets are closed and their numbers reused is in
+//!   `ferroloop_core::poller`.
+//! - Edge-triggered reports only what happens after registration, so a wait is registered only
+//!   after the call it retries would block (`EAGAIN`, never `EINTR`, which is retried at once;
+//!   `sendall` sends until the socket would block), within the same Rust call, with no poll in
+//!   between: whatever arrives later is reported. A retry that would block keeps waiting under
+//!   the same rule.
 //! - `sock_recv_into` acquires the caller's buffer at each attempt (as `sock.recv_into` would);
 //!   `sock_sendall` holds its export for the whole operation (as asyncio's `memoryview(data)`
 //!   does) and sends from it directly, without a copy. Python memory is only ever handed to the
@@ -74,13 +81,50 @@ fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     CELL.import(py, "socket", "socket")
 }
 
-/// Would-block outcomes: the operation waits for readiness.
+/// The operation would block: it waits for readiness. (`EINTR` is retried at once instead: the
+/// poller reports only changes after a call that would block.)
 fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
-fn is_would_block_exc(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py)
+/// Calls `f` again while it fails with `EINTR`.
+fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Calls a socket method again while it raises `InterruptedError`.
+fn retry_interrupted<'py>(
+    py: Python<'py>,
+    mut f: impl FnMut() -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    loop {
+        match f() {
+            Err(e) if e.is_instance_of::<PyInterruptedError>(py) => {}
+            r => return r,
+        }
+    }
+}
+
+/// Sends `export[pos..]` until all of it is sent or the socket would block; returns the new
+/// position.
+fn send_until_blocked(fd: RawFd, export: &Export, mut pos: usize) -> io::Result<usize> {
+    let len = export.len();
+    while pos < len {
+        // SAFETY: the export is held by the caller, `len` bytes long, and `pos < len`.
+        match unsafe { net::send_raw(fd, export.ptr().add(pos), len - pos) } {
+            Ok(0) => break,
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if would_block(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(pos)
 }
 
 /// The `OSError` the socket module raises for `e`: `OSError(errno, strerror)`, which Python turns
@@ -180,18 +224,9 @@ impl SockOp {
             Kind::RecvInto(buf) => try_recv_into(sock, self.fd, buf.bind(py)),
             Kind::SendAll { export, sent, .. } => {
                 let start = *sent.borrow(py);
-                let len = export.len();
-                // SAFETY: the export is held by `self`, `len` bytes long, and `start < len`.
-                let res = unsafe { net::send_raw(self.fd, export.ptr().add(start), len - start) };
-                match res {
-                    Ok(n) => {
-                        let done = start + n >= len;
-                        *sent.borrow_mut(py) = start + n;
-                        Ok(done.then(|| py.None()))
-                    }
-                    Err(e) if would_block(&e) => Ok(None),
-                    Err(e) => Err(os_error(e)),
-                }
+                let pos = send_until_blocked(self.fd, export, start).map_err(os_error)?;
+                *sent.borrow_mut(py) = pos;
+                Ok((pos >= export.len()).then(|| py.None()))
             }
             Kind::Accept => try_accept(sock),
             Kind::Connect(address) => match net::take_socket_error(self.fd) {
@@ -259,12 +294,12 @@ fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
             if buf.len() < n {
                 buf.resize(RECV_BUF, 0);
             }
-            net::recv(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got]))
+            retry_eintr(|| net::recv(fd, &mut buf[..n])).map(|got| PyBytes::new(py, &buf[..got]))
         })
     } else {
         let mut buf: Vec<u8> = Vec::with_capacity(n);
         // SAFETY: the vector's spare capacity is `n` writable bytes.
-        unsafe { net::recv_raw(fd, buf.as_mut_ptr(), n) }.map(|got| {
+        retry_eintr(|| unsafe { net::recv_raw(fd, buf.as_mut_ptr(), n) }).map(|got| {
             // SAFETY: recv initialised the first `got <= n` bytes.
             unsafe { buf.set_len(got) };
             PyBytes::new(py, &buf)
@@ -282,10 +317,10 @@ fn try_recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> 
     let py = sock.py();
     let Ok(export) = Export::get(buf, true) else {
         // Not a writable contiguous buffer: the socket's own method raises the exact error.
-        return python_attempt(py, sock.call_method1(intern!(py, "recv_into"), (buf,)));
+        return python_attempt(py, retry_interrupted(py, || sock.call_method1(intern!(py, "recv_into"), (buf,))));
     };
     // SAFETY: the writable export is held for the call and is `len` bytes long.
-    let res = unsafe { net::recv_raw(fd, export.ptr(), export.len()) };
+    let res = retry_eintr(|| unsafe { net::recv_raw(fd, export.ptr(), export.len()) });
     drop(export);
     match res {
         Ok(n) => Ok(Some(n.into_pyobject(py)?.into_any().unbind())),
@@ -297,20 +332,20 @@ fn try_recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> 
 /// One `accept()`, then `setblocking(False)` on the new socket, as asyncio does.
 fn try_accept(sock: &Bound<'_, PyAny>) -> Attempt {
     let py = sock.py();
-    let pair = match sock.call_method0(intern!(py, "accept")) {
+    let pair = match retry_interrupted(py, || sock.call_method0(intern!(py, "accept"))) {
         Ok(p) => p,
-        Err(e) if is_would_block_exc(py, &e) => return Ok(None),
+        Err(e) if e.is_instance_of::<PyBlockingIOError>(py) => return Ok(None),
         Err(e) => return Err(e),
     };
     pair.get_item(0)?.call_method1(intern!(py, "setblocking"), (false,))?;
     Ok(Some(pair.unbind()))
 }
 
-/// A socket method's outcome as an attempt: `BlockingIOError`/`InterruptedError` would block.
+/// A socket method's outcome as an attempt: `BlockingIOError` would block.
 fn python_attempt(py: Python<'_>, res: PyResult<Bound<'_, PyAny>>) -> Attempt {
     match res {
         Ok(v) => Ok(Some(v.unbind())),
-        Err(e) if is_would_block_exc(py, &e) => Ok(None),
+        Err(e) if e.is_instance_of::<PyBlockingIOError>(py) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -348,7 +383,7 @@ fn start(
         fut: fut.clone_ref(py),
         kind,
     });
-    event_loop.get().add_op(py, fd, op, write)?;
+    event_loop.get().add_op(py, fd, op, write, sock)?;
     Ok(fut)
 }
 
@@ -405,14 +440,13 @@ pub(crate) fn sendall(
             return Err(err);
         }
     };
-    let len = export.len();
-    // SAFETY: the export is held and `len` bytes long.
-    let sent = match unsafe { net::send_raw(fd, export.ptr(), len) } {
-        Ok(n) => n,
-        Err(e) if would_block(&e) => 0,
-        Err(e) => return Err(os_error(e)),
-    };
-    if sent >= len {
+    if export.len() == 0 {
+        // Nothing to send, but the call is made, as asyncio makes it (a closed socket raises).
+        retry_eintr(|| net::send(fd, &[])).map_err(os_error)?;
+        return Ok(py.None());
+    }
+    let sent = send_until_blocked(fd, &export, 0).map_err(os_error)?;
+    if sent >= export.len() {
         return Ok(py.None());
     }
     let kind = Kind::SendAll { data: data.clone().unbind(), export, sent: GilCell::new(sent) };
@@ -443,8 +477,8 @@ pub(crate) fn connect(
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     match sock.call_method1(intern!(py, "connect"), (address,)) {
         Ok(_) => Ok(py.None()),
-        Err(e) if is_would_block_exc(py, &e) => {
-            // The connection goes on in the background: writable when it ends.
+        // In progress (`InterruptedError` too, as asyncio has it): writable when it ends.
+        Err(e) if e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py) => {
             start(event_loop, sock, fd, true, Kind::Connect(address.clone().unbind()))
         }
         Err(e) => Err(e),
