@@ -63,6 +63,9 @@ struct Queues {
     /// open under the same number, never closed it meanwhile: the poller may trust its kept
     /// registration (see `ferroloop_core::poller`).
     owners: FdMap<Py<PyWeakrefReference>>,
+    /// `{"loop": self}`, the keyword arguments of every `asyncio.Future` the loop creates
+    /// (read, never changed, by the constructor); made on first use.
+    future_kwargs: Option<Py<PyDict>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -831,8 +834,18 @@ impl EventLoop {
 
     pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        let this = slf.get();
+        let cached = this.queues.borrow(py).future_kwargs.as_ref().map(|k| k.clone_ref(py));
+        let kwargs = match cached {
+            Some(k) => k.into_bound(py),
+            None => {
+                let k = PyDict::new(py);
+                k.set_item(pyo3::intern!(py, "loop"), slf)?;
+                let old = this.queues.borrow_mut(py).future_kwargs.replace(k.clone().unbind());
+                drop(old);
+                k
+            }
+        };
         Ok(pyrefs::future_type(py)?.call((), Some(&kwargs))?.unbind())
     }
 
@@ -913,6 +926,7 @@ impl EventLoop {
             for w in q.owners.values() {
                 visit.call(w)?;
             }
+            visit.call(&q.future_kwargs)?;
             // The heap's order is irrelevant here; only membership matters.
             let mut err = Ok(());
             q.timers.for_each(|t| {

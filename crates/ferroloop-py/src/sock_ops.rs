@@ -81,6 +81,22 @@ fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     CELL.import(py, "socket", "socket")
 }
 
+/// `sock.fileno()` for a `socket.socket`, through the method's descriptor (`_socket.socket`'s,
+/// which `socket.socket` does not override), without looking it up on each call.
+fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = sock.py();
+    let method = CELL.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("_socket")?.getattr("socket")?.getattr("fileno")?.unbind())
+    })?;
+    let args = [sock.as_ptr()];
+    // SAFETY: `method` and `sock` are live objects (GIL held); the argument array outlives the
+    // call, which takes one positional argument and no keywords.
+    let res = unsafe { ffi::PyObject_Vectorcall(method.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut()) };
+    // SAFETY: a new reference or NULL with an exception set, as the call returned it.
+    unsafe { Bound::from_owned_ptr_or_err(py, res) }?.extract()
+}
+
 /// The operation would block: it waits for readiness. (`EINTR` is retried at once instead: the
 /// poller reports only changes after a call that would block.)
 fn would_block(e: &io::Error) -> bool {
@@ -362,7 +378,7 @@ fn fast_fd(event_loop: &Bound<'_, EventLoop>, sock: &Bound<'_, PyAny>) -> PyResu
             return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
     }
-    Ok(Some(sock.call_method0(intern!(py, "fileno"))?.extract()?))
+    Ok(Some(fileno(sock)?))
 }
 
 /// Step 4: registers `kind` for `fd` and returns the future it completes.
@@ -474,7 +490,7 @@ pub(crate) fn connect(
     if !sock.get_type().is(socket_type(py)?) {
         return Ok(not_implemented(py));
     }
-    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+    let fd = fileno(sock)?;
     match sock.call_method1(intern!(py, "connect"), (address,)) {
         Ok(_) => Ok(py.None()),
         // In progress (`InterruptedError` too, as asyncio has it): writable when it ends.
