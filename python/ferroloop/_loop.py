@@ -3,7 +3,8 @@
 The Rust base class owns the hot paths (scheduling, timers, polling, running callbacks,
 ``add_reader``/``add_writer``). This module holds the parts of asyncio's loop interface that are
 not hot and read best in Python: ``run_forever``'s bookkeeping, ``run_until_complete``, tasks,
-exception handlers, async generator hooks, executors, DNS, socket operations and signals.
+exception handlers, async generator hooks, executors, DNS, signals, and the socket coroutines (the
+hot ones are thin ``async def`` wrappers around the Rust engine in ``sock_ops.rs``).
 Their semantics are asyncio's (``Lib/asyncio/base_events.py`` and ``unix_events.py``).
 """
 

@@ -6,9 +6,9 @@
 //! nothing else of transports.
 //!
 //! A pending socket operation (`loop.sock_recv` and friends, see `sock_ops`) is a native watcher
-//! too, registered as [`Watcher::Op`]: it waits for one readiness report (the poller's
-//! `Mode::Once`), and unlike a transport it does not own its descriptor, so `add_reader` may
-//! replace it as it replaces a handle.
+//! too, registered as [`Watcher::Op`]: it waits until the call it retries stops blocking (the
+//! poller's `Mode::Once`), and unlike a transport it does not own its descriptor, so
+//! `add_reader` may replace it as it replaces a handle.
 
 use std::sync::Arc;
 
