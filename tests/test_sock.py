@@ -1047,3 +1047,46 @@ def test_many_reports_nobody_waits_for(loop, run):
         for x, y in pairs:
             x.close()
             y.close()
+
+
+def test_partial_reads_after_a_wait(loop, run, sockpair):
+    # One readiness report, more data than one receive takes: the rest is there at once.
+    a, b = sockpair
+
+    async def main():
+        got = []
+        for _ in range(3):
+            recv = loop.create_task(loop.sock_recv(a, 3))
+            await asyncio.sleep(0)
+            b.send(b"abcdefgh")
+            got.append(await recv)
+            got.append(await loop.sock_recv(a, 3))
+            got.append(await loop.sock_recv(a, 3))
+        return got
+
+    assert run(main()) == [b"abc", b"def", b"gh"] * 3
+
+
+def test_accept_several_clients_arriving_at_once(loop, run, tcp_server):
+    clients = [socket.socket() for _ in range(4)]
+
+    async def main():
+        accept = loop.create_task(loop.sock_accept(tcp_server))
+        await asyncio.sleep(0)
+        for c in clients:
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                c.connect(tcp_server.getsockname())
+        conns = [(await accept)[0]]
+        for _ in clients[1:]:
+            conns.append((await loop.sock_accept(tcp_server))[0])
+        peers = sorted(conn.getpeername() for conn in conns)
+        for conn in conns:
+            conn.close()
+        return peers
+
+    try:
+        assert run(main()) == sorted(c.getsockname() for c in clients)
+    finally:
+        for c in clients:
+            c.close()
