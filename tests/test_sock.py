@@ -1090,3 +1090,64 @@ def test_accept_several_clients_arriving_at_once(loop, run, tcp_server):
     finally:
         for c in clients:
             c.close()
+
+
+def test_socket_closed_while_waiting_its_file_open_elsewhere(loop, run):
+    # As asyncio's retry of sock.recv() on the closed socket does: EBADF.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    a_dup = a.dup()
+
+    async def main():
+        recv = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        a.close()
+        b.send(b"x")
+        with pytest.raises(OSError) as info:
+            await recv
+        assert info.value.errno == errno.EBADF
+
+    try:
+        run(main())
+        assert a_dup.recv(10) == b"x"
+    finally:
+        for s in (a, b, a_dup):
+            s.close()
+
+
+def test_wait_of_a_closed_socket_never_touches_the_numbers_next_owner(loop, run):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    fd = a.fileno()
+    x, y = socket.socketpair()
+    x.setblocking(False)
+
+    async def main():
+        abandoned = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        a.close()
+        b.close()
+        c, d = _pair_on_number(fd)
+        with c, d:
+            # c is used without the loop. Meanwhile, many reports nobody waits for.
+            for i in range(300):
+                recv = loop.create_task(loop.sock_recv(x, 10))
+                await asyncio.sleep(0)
+                y.send(b"w")
+                assert await recv == b"w"
+                y.send(b"u")
+                await asyncio.sleep(0)
+                assert x.recv(10) == b"u"
+                if i % 10 == 0:
+                    d.send(b"c")
+            await asyncio.sleep(0.01)
+            assert c.recv(1000) == b"c" * 30
+        abandoned.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await abandoned
+
+    try:
+        run(main(), timeout=3 * WAIT)
+    finally:
+        for s in (a, b, x, y):
+            s.close()

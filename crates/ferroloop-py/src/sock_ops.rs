@@ -17,7 +17,9 @@
 //! A [`SockOp`] retries the operation whenever the descriptor is reported ready: would block →
 //! keeps waiting; result or error → stops watching, then completes the future. If the future is
 //! already done (its task was cancelled), it stops watching without touching the socket, so data
-//! that arrived meanwhile stays for the next operation.
+//! that arrived meanwhile stays for the next operation. If the socket was closed while waiting
+//! (its `fileno()` is no longer the descriptor), the number may belong to another file by now:
+//! the operation fails with `EBADF`, as the socket's own method would, without touching it.
 //!
 //! Invariants:
 //! - A `SockOp` only ever removes its own registration: the loop compares the watcher's address
@@ -265,7 +267,14 @@ impl IoWatcher for SockOp {
             // Cancelled: the done callback may not have run yet. Do not touch the socket.
             return self.unregister(py);
         }
-        let result = match self.attempt(py) {
+        // Closed (or detached) while waiting: the number may belong to another file by now, which
+        // must not be read from or written to. The socket's own method would raise EBADF.
+        let result = if fileno(self.sock.bind(py))? != self.fd {
+            Err(os_error(io::Error::from_raw_os_error(libc::EBADF)))
+        } else {
+            self.attempt(py)
+        };
+        let result = match result {
             Ok(None) => return Ok(()),
             Ok(Some(v)) => Ok(v),
             Err(e) if crate::transports::is_exit(py, &e) => return Err(e),
