@@ -3,7 +3,8 @@
 The Rust base class owns the hot paths (scheduling, timers, polling, running callbacks,
 ``add_reader``/``add_writer``). This module holds the parts of asyncio's loop interface that are
 not hot and read best in Python: ``run_forever``'s bookkeeping, ``run_until_complete``, tasks,
-exception handlers, async generator hooks, executors, DNS, socket operations and signals.
+exception handlers, async generator hooks, executors, DNS, signals, and the socket coroutines (the
+hot ones are thin ``async def`` wrappers around the Rust engine in ``sock_ops.rs``).
 Their semantics are asyncio's (``Lib/asyncio/base_events.py`` and ``unix_events.py``).
 """
 
@@ -26,6 +27,8 @@ from ._network import NetworkMixin
 from ._subprocess import SubprocessMixin
 
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
+# What the Rust socket engine returns when the caller must wait: stdlib's future type, exactly.
+_Future = asyncio.Future
 _SENDFILE_FALLBACK_CHUNK = 256 * 1024
 
 
@@ -349,9 +352,79 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
                     exc_info=True,
                 )
 
-    # Socket operations. Each one tries the call at once, and otherwise waits for readiness with
-    # add_reader/add_writer; the wait is removed however the future ends, so cancelling leaves
-    # the socket usable.
+    # Socket operations. The Rust engine (``_sock_recv`` and friends, crates/ferroloop-py/src/
+    # sock_ops.rs) tries the call at once and returns its result, or a future it completes when
+    # the socket is ready. When the coroutine is cancelled (or closed) while awaiting that
+    # future, ``_sock_abandon`` removes the wait, unless it completed or was replaced meanwhile,
+    # so the socket stays usable. The engine declines (``NotImplemented``) for anything but a
+    # plain ``socket.socket``; then the ``_slow`` versions below run asyncio's algorithm through
+    # the socket's own methods.
+
+    async def sock_recv(self, sock, n):
+        r = self._sock_recv(sock, n)
+        if type(r) is _Future:
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
+        if r is NotImplemented:
+            return await self._sock_recv_slow(sock, n)
+        return r
+
+    async def sock_recv_into(self, sock, buf):
+        r = self._sock_recv_into(sock, buf)
+        if type(r) is _Future:
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
+        if r is NotImplemented:
+            return await self._sock_recv_into_slow(sock, buf)
+        return r
+
+    async def sock_sendall(self, sock, data):
+        r = self._sock_sendall(sock, data)
+        if type(r) is _Future:
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
+        if r is NotImplemented:
+            return await self._sock_sendall_slow(sock, data)
+        return r
+
+    async def sock_accept(self, sock):
+        r = self._sock_accept(sock)
+        if type(r) is _Future:
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
+        if r is NotImplemented:
+            return await self._sock_accept_slow(sock)
+        return r
+
+    async def sock_connect(self, sock, address):
+        _check_not_ssl(sock)
+        _check_nonblocking(self, sock)
+        if sock.family == socket.AF_INET or (_HAS_IPV6 and sock.family == socket.AF_INET6):
+            infos = await self.getaddrinfo(*address[:2], family=sock.family, type=sock.type, proto=sock.proto)
+            address = infos[0][4]
+        r = self._sock_connect(sock, address)
+        if r is NotImplemented:
+            return await self._sock_connect_slow(sock, address)
+        if r is not None:
+            try:
+                return await r
+            except BaseException:
+                self._sock_abandon(sock, r)
+                raise
+            finally:
+                r = None  # Break the cycle through the exception's traceback, as asyncio does.
 
     async def _wait_ready(self, sock, write, attempt, *args):
         """Wait until ``attempt(*args)`` stops raising BlockingIOError; return its result.
@@ -385,7 +458,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
             fut.add_done_callback(lambda _: handle.cancelled() or self.remove_reader(fd))
         return await fut
 
-    async def sock_recv(self, sock, n):
+    async def _sock_recv_slow(self, sock, n):
         _check_not_ssl(sock)
         _check_nonblocking(self, sock)
         try:
@@ -394,7 +467,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
             pass
         return await self._wait_ready(sock, False, "recv", n)
 
-    async def sock_recv_into(self, sock, buf):
+    async def _sock_recv_into_slow(self, sock, buf):
         _check_not_ssl(sock)
         _check_nonblocking(self, sock)
         try:
@@ -423,7 +496,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
             pass
         return await self._wait_ready(sock, False, "recvfrom_into", buf, nbytes)
 
-    async def sock_sendall(self, sock, data):
+    async def _sock_sendall_slow(self, sock, data):
         _check_not_ssl(sock)
         _check_nonblocking(self, sock)
         try:
@@ -456,12 +529,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
             pass
         return await self._wait_ready(sock, True, "sendto", data, address)
 
-    async def sock_connect(self, sock, address):
-        _check_not_ssl(sock)
-        _check_nonblocking(self, sock)
-        if sock.family == socket.AF_INET or (_HAS_IPV6 and sock.family == socket.AF_INET6):
-            infos = await self.getaddrinfo(*address[:2], family=sock.family, type=sock.type, proto=sock.proto)
-            address = infos[0][4]
+    async def _sock_connect_slow(self, sock, address):
         try:
             sock.connect(address)
             return
@@ -477,7 +545,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
 
         return await self._wait_ready(sock, True, connected)
 
-    async def sock_accept(self, sock):
+    async def _sock_accept_slow(self, sock):
         _check_not_ssl(sock)
         _check_nonblocking(self, sock)
 

@@ -4,6 +4,7 @@
 //! tested with `cargo test` alone:
 //!
 //! - [`clock`]: the loop's time, the same clock as Python's `time.monotonic()`.
+//! - [`fd_map`]: hash maps keyed by file descriptor, with a cheap hash.
 //! - [`poller`]: level-triggered readiness of file descriptors, plus a [`poller::Waker`] that
 //!   another thread uses to interrupt a blocked poll.
 //! - [`timers`]: the timer queue behind `call_at`, ordered by (deadline, scheduling order).
@@ -16,6 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod clock;
+pub mod fd_map;
 pub mod poller;
 mod sys;
 pub mod timers;

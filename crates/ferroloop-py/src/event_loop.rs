@@ -25,18 +25,19 @@
 //! What is not hot lives in Python (`python/ferroloop/_loop.py`): `run_forever`'s bookkeeping,
 //! `run_until_complete`, exception handlers, executors, DNS, signals.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferroloop_core::clock;
-use ferroloop_core::poller::{Poller, Waker};
+use ferroloop_core::fd_map::FdMap;
+use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -63,9 +64,17 @@ struct Queues {
     /// `call_at` timers, by (deadline, scheduling order).
     timers: TimerQueue<Py<TimerHandle>>,
     /// `add_reader` callbacks by file descriptor.
-    readers: HashMap<RawFd, Watcher>,
+    readers: FdMap<Watcher>,
     /// `add_writer` callbacks by file descriptor.
-    writers: HashMap<RawFd, Watcher>,
+    writers: FdMap<Watcher>,
+    /// For each descriptor a socket operation waited on: a weak reference to the socket object
+    /// that last registered it with a verified system call. The same object asking again, still
+    /// open under the same number, never closed it meanwhile: the poller may trust its kept
+    /// registration (see `ferroloop_core::poller`).
+    owners: FdMap<Py<PyWeakrefReference>>,
+    /// `{"loop": self}`, the keyword arguments of every `asyncio.Future` the loop creates
+    /// (read, never changed, by the constructor); made on first use.
+    future_kwargs: Option<Py<PyDict>>,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -207,14 +216,14 @@ impl EventLoop {
         let fd = fileobj_to_fd(fd)?;
         self.check_not_native(py, fd)?;
         let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
-        self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write)?;
+        self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
         Ok(handle)
     }
 
     /// `RuntimeError` when a native transport owns `fd`, as asyncio's `_ensure_fd_no_transport`.
     fn check_not_native(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let q = self.queues.borrow(py);
-        let native = |m: &HashMap<RawFd, Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
+        let native = |m: &FdMap<Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
         if native(&q.readers) || native(&q.writers) {
             return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport")));
         }
@@ -222,18 +231,15 @@ impl EventLoop {
     }
 
     /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
-    fn watch(&self, py: Python<'_>, fd: RawFd, watcher: Watcher, write: bool) -> PyResult<()> {
-        {
-            let mut guard = self.poller.borrow_mut(py);
-            let poller = guard.as_mut().ok_or_else(closed_error)?;
-            let mut interest = poller.interest(fd);
-            if write {
-                interest.write = true;
-            } else {
-                interest.read = true;
-            }
-            poller.set_interest(fd, interest).map_err(|e| os_error(&e))?;
-        }
+    /// `trusted`: see `Poller::watch`.
+    fn watch(&self, py: Python<'_>, fd: RawFd, watcher: Watcher, write: bool, trusted: bool) -> PyResult<()> {
+        let mode = if matches!(watcher, Watcher::Op(_)) { Mode::Once } else { Mode::Level };
+        self.poller
+            .borrow_mut(py)
+            .as_mut()
+            .ok_or_else(closed_error)?
+            .watch(fd, write, Some(mode), trusted)
+            .map_err(|e| os_error(&e))?;
         let old = {
             let mut q = self.queues.borrow_mut(py);
             if write {
@@ -270,18 +276,8 @@ impl EventLoop {
         };
         let Some(old) = old else { return Ok(false) };
         if let Some(poller) = self.poller.borrow_mut(py).as_mut() {
-            let mut interest = poller.interest(fd);
-            if write {
-                interest.write = false;
-            } else {
-                interest.read = false;
-            }
-            // A descriptor closed behind the loop's back is already out of epoll.
-            if let Err(e) = poller.set_interest(fd, interest) {
-                if e.raw_os_error() != Some(libc::EBADF) {
-                    return Err(os_error(&e));
-                }
-            }
+            // Never fails because the descriptor was closed behind the loop's back.
+            poller.watch(fd, write, None, false).map_err(|e| os_error(&e))?;
         }
         if let Watcher::Handle(h) = &old {
             Handle::cancel(h.get(), py);
@@ -307,7 +303,7 @@ impl EventLoop {
         write: bool,
     ) -> PyResult<()> {
         self.check_closed()?;
-        self.watch(py, fd, Watcher::Native(watcher), write)
+        self.watch(py, fd, Watcher::Native(watcher), write, false)
     }
 
     /// For native transports: stop watching `fd`; false if it was not watched.
@@ -316,6 +312,78 @@ impl EventLoop {
             return Ok(false);
         }
         self.unwatch(py, fd, write)
+    }
+
+    /// For pending socket operations: watch `fd` until `op` removes itself with
+    /// [`EventLoop::remove_op`]. Replaces (and cancels) what watched that direction, as asyncio's
+    /// `_add_reader` does, but a transport's descriptor is refused as asyncio's
+    /// `_ensure_fd_no_transport` refuses it.
+    ///
+    /// `sock` is the socket object `fd` belongs to: if it is the one that last registered `fd`,
+    /// the kept registration is used without a system call.
+    pub(crate) fn add_op(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        op: Arc<dyn IoWatcher>,
+        write: bool,
+        sock: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        self.check_not_native(py, fd)?;
+        let owner = self.queues.borrow(py).owners.get(&fd).map(|w| w.clone_ref(py));
+        let trusted = owner.is_some_and(|w| w.bind(py).upgrade().is_some_and(|o| o.is(sock)));
+        self.watch(py, fd, Watcher::Op(op), write, trusted)?;
+        if !trusted {
+            let weak = PyWeakrefReference::new(sock)?.unbind();
+            let old = self.queues.borrow_mut(py).owners.insert(fd, weak);
+            drop(old);
+        }
+        Ok(())
+    }
+
+    /// For pending socket operations: stop watching `fd` if `op` (compared by address) is still
+    /// what watches it; another operation may have replaced it. Returns whether it was removed.
+    pub(crate) fn remove_op(&self, py: Python<'_>, fd: RawFd, write: bool, op: *const ()) -> PyResult<bool> {
+        if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let ours = {
+            let q = self.queues.borrow(py);
+            let map = if write { &q.writers } else { &q.readers };
+            matches!(map.get(&fd), Some(Watcher::Op(w)) if std::ptr::addr_eq(Arc::as_ptr(w), op))
+        };
+        if !ours {
+            return Ok(false);
+        }
+        self.unwatch(py, fd, write)
+    }
+
+    /// For pending socket operations whose coroutine was cancelled (or closed): stop watching
+    /// for the operation completing `fut`, if it still waits. `fd` is the socket's descriptor,
+    /// or -1 if the socket is closed by now (every watched descriptor is searched then).
+    pub(crate) fn abandon_op(&self, py: Python<'_>, fd: RawFd, fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if self.closed.load(Relaxed) {
+            return Ok(false);
+        }
+        let found = {
+            let q = self.queues.borrow(py);
+            let waits = |w: Option<&Watcher>| matches!(w, Some(Watcher::Op(op)) if op.completes(fut));
+            if waits(q.readers.get(&fd)) {
+                Some((fd, false))
+            } else if waits(q.writers.get(&fd)) {
+                Some((fd, true))
+            } else if fd < 0 {
+                let find = |m: &FdMap<Watcher>| m.iter().find(|(_, w)| waits(Some(w))).map(|(fd, _)| *fd);
+                find(&q.readers).map(|fd| (fd, false)).or_else(|| find(&q.writers).map(|fd| (fd, true)))
+            } else {
+                None
+            }
+        };
+        match found {
+            Some((fd, write)) => self.unwatch(py, fd, write),
+            None => Ok(false),
+        }
     }
 
     /// For native transports: `call_soon(callback, *args)` in a copy of the current context.
@@ -409,7 +477,7 @@ impl EventLoop {
                         None => {}
                         Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
                         Some(Watcher::Handle(h)) => queued.push(Ready::Handle(h.clone_ref(py))),
-                        Some(Watcher::Native(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
+                        Some(Watcher::Native(w) | Watcher::Op(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
                     }
                 }
             }
@@ -804,10 +872,57 @@ impl EventLoop {
         self.get_task_factory(py)
     }
 
+    /// `sock_recv`'s engine (see `sock_ops`): bytes, a future to await, or `NotImplemented`.
+    fn _sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::recv(slf, sock, n)
+    }
+
+    /// Called by a socket coroutine cancelled (or closed) while awaiting `fut`: stops the
+    /// operation's watching, unless it completed or was replaced meanwhile.
+    fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        let fd = sock.call_method0("fileno").and_then(|f| f.extract()).unwrap_or(-1);
+        self.abandon_op(py, fd, fut)?;
+        Ok(())
+    }
+
+    /// `sock_recv_into`'s engine: a byte count, a future to await, or `NotImplemented`.
+    fn _sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::recv_into(slf, sock, buf)
+    }
+
+    /// `sock_sendall`'s engine: None when sent, a future to await, or `NotImplemented`.
+    fn _sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::sendall(slf, sock, data)
+    }
+
+    /// `sock_accept`'s engine: `(conn, address)`, a future to await, or `NotImplemented`.
+    fn _sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::accept(slf, sock)
+    }
+
+    /// `sock_connect`'s engine once the address is resolved: None, a future, or `NotImplemented`.
+    fn _sock_connect(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        crate::sock_ops::connect(slf, sock, address)
+    }
+
     pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        let this = slf.get();
+        let cached = this.queues.borrow(py).future_kwargs.as_ref().map(|k| k.clone_ref(py));
+        let kwargs = match cached {
+            Some(k) => k.into_bound(py),
+            None => {
+                let k = PyDict::new(py);
+                k.set_item(pyo3::intern!(py, "loop"), slf)?;
+                let old = this.queues.borrow_mut(py).future_kwargs.replace(k.clone().unbind());
+                drop(old);
+                k
+            }
+        };
         Ok(pyrefs::future_type(py)?.call((), Some(&kwargs))?.unbind())
     }
 
@@ -898,6 +1013,10 @@ impl EventLoop {
             for w in q.readers.values().chain(q.writers.values()) {
                 w.traverse(visit)?;
             }
+            for w in q.owners.values() {
+                visit.call(w)?;
+            }
+            visit.call(&q.future_kwargs)?;
             // The heap's order is irrelevant here; only membership matters.
             let mut err = Ok(());
             q.timers.for_each(|t| {

@@ -10,6 +10,7 @@ mod gil_cell;
 mod handles;
 mod live;
 mod pyrefs;
+mod sock_ops;
 mod transports;
 mod watch;
 

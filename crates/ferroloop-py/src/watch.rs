@@ -4,6 +4,11 @@
 //! registers an [`IoWatcher`] for its file descriptor, and the loop queues and runs it in order
 //! with the Python callbacks, as asyncio queues the handles of `add_reader`. The loop knows
 //! nothing else of transports.
+//!
+//! A pending socket operation (`loop.sock_recv` and friends, see `sock_ops`) is a native watcher
+//! too, registered as [`Watcher::Op`]: it waits until the call it retries stops blocking (the
+//! poller's `Mode::Once`), and unlike a transport it does not own its descriptor, so
+//! `add_reader` may replace it as it replaces a handle.
 
 use std::sync::Arc;
 
@@ -22,6 +27,11 @@ pub trait IoWatcher: Send + Sync {
 
     /// Visits the Python objects the watcher holds, for the loop's garbage-collector support.
     fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError>;
+
+    /// Whether this is a pending socket operation completing the future `fut` (by identity).
+    fn completes(&self, _fut: &Bound<'_, PyAny>) -> bool {
+        false
+    }
 }
 
 /// Who is called when a descriptor is ready.
@@ -30,6 +40,8 @@ pub enum Watcher {
     Handle(Py<Handle>),
     /// A transport or listener written in Rust.
     Native(Arc<dyn IoWatcher>),
+    /// A pending socket operation, waiting for one readiness report.
+    Op(Arc<dyn IoWatcher>),
 }
 
 /// An entry of the ready queue.
@@ -43,7 +55,7 @@ impl Watcher {
     pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Self::Handle(h) => visit.call(h),
-            Self::Native(w) => w.traverse(visit),
+            Self::Native(w) | Self::Op(w) => w.traverse(visit),
         }
     }
 }

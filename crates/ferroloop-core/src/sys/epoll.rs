@@ -1,4 +1,5 @@
-//! The Linux backend: level-triggered epoll, and an eventfd as the waker.
+//! The Linux backend: epoll (level-triggered, or edge-triggered on request), and an eventfd as
+//! the waker.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -11,8 +12,8 @@ pub struct Selector {
     epfd: OwnedFd,
 }
 
-fn epoll_bits(interest: Interest) -> u32 {
-    let mut bits = 0;
+fn epoll_bits(interest: Interest, edge: bool) -> u32 {
+    let mut bits = if edge { libc::EPOLLET as u32 } else { 0 };
     if interest.read {
         bits |= libc::EPOLLIN as u32;
     }
@@ -30,26 +31,25 @@ impl Selector {
         Ok(Self { epfd })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: epoll_bits(interest),
-            #[allow(clippy::cast_sign_loss)]
-            u64: fd as u64,
-        };
+    fn ctl(&self, op: libc::c_int, fd: RawFd, interest: Interest, edge: bool, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: epoll_bits(interest, edge), u64: token };
         syscall!(epoll_ctl(self.epfd.as_raw_fd(), op, fd, &raw mut ev))?;
         Ok(())
     }
 
-    pub fn add(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, interest)
+    /// Registers `fd`; its events carry `token`. An edge-triggered registration reports a
+    /// direction only when it becomes ready (and at once if it is ready now).
+    pub fn add(&self, fd: RawFd, interest: Interest, edge: bool, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, interest, edge, token)
     }
 
-    pub fn modify(&self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, interest)
+    /// Changes the registration of `fd` (reporting at once what is ready now).
+    pub fn modify(&self, fd: RawFd, interest: Interest, edge: bool, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, interest, edge, token)
     }
 
     pub fn delete(&self, fd: RawFd) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::NONE)
+        self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::NONE, false, 0)
     }
 
     pub fn select(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
@@ -88,16 +88,14 @@ impl Events {
         Self { buf: vec![libc::epoll_event { events: 0, u64: 0 }; cap.max(1)], len: 0 }
     }
 
-    /// `(fd, readable, writable)` for each event of the last wait. An error or hang-up counts as
+    /// `(token, readable, writable)` for each event of the last wait. An error or hang-up counts as
     /// both readable and writable, so whichever callback is registered gets to see it.
-    pub fn iter(&self) -> impl Iterator<Item = (RawFd, bool, bool)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, bool, bool)> + '_ {
         self.buf[..self.len].iter().map(|ev| {
             let bits = ev.events;
-            #[allow(clippy::cast_possible_truncation)]
-            let fd = ev.u64 as RawFd;
             let readable = bits & !(libc::EPOLLOUT as u32) != 0;
             let writable = bits & !(libc::EPOLLIN as u32) != 0;
-            (fd, readable, writable)
+            (ev.u64, readable, writable)
         })
     }
 }

@@ -1,14 +1,19 @@
 //! Operating-system backends. Each backend file exports the same names:
 //!
-//! - `Selector`: a level-triggered readiness selector. `add`, `modify` and `delete` take a file
-//!   descriptor and an [`Interest`](crate::poller::Interest); `select` fills an `Events` buffer,
-//!   waiting at most the given timeout (`None` waits forever) and returning `Ok(0)` when a signal
-//!   interrupted the wait (the caller then runs Python's signal handlers).
-//! - `Events`: a reusable buffer of readiness records, iterated as `(fd, readable, writable)`.
+//! - `Selector`: a readiness selector. `add` and `modify` take a file descriptor, an
+//!   [`Interest`](crate::poller::Interest), an edge-triggered flag (otherwise level-triggered)
+//!   and a `u64` token its events carry; `delete` takes the descriptor; `select` fills an
+//!   `Events` buffer, waiting at most the given timeout (`None` waits forever) and returning
+//!   `Ok(0)` when a signal interrupted the wait (the caller then runs Python's signal handlers).
+//!   The selector is keyed by (descriptor number, open file) as epoll is: closing a descriptor
+//!   whose file stays open elsewhere leaves its registration behind, reporting under its token.
+//! - `Events`: a reusable buffer of readiness records, iterated as `(token, readable, writable)`.
 //! - `WakeFd`: a file descriptor another thread can make readable (`wake`) and the loop drains.
 //!
-//! Level-triggered is a requirement, not a taste: asyncio's `add_reader` calls its callback on every
-//! iteration while the descriptor stays readable, whether or not the callback drained it.
+//! Level-triggered is a requirement, not a taste, for `add_reader` and transports: asyncio calls
+//! the callback on every iteration while the descriptor stays readable, whether or not the callback
+//! drained it. Edge-triggered serves waiters that only wait after the call they retry would block
+//! (the socket coroutines): see `poller`.
 
 /// Turns a libc call returning -1 on error into an `io::Result`.
 macro_rules! syscall {
