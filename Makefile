@@ -12,10 +12,10 @@ MATURIN_FLAGS ?= --release
 help: ## List the tasks
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VPY): requirements-dev.txt
+$(VPY): requirements-dev.txt requirements-integration.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -r requirements-dev.txt
+	$(VPY) -m pip install --quiet -r requirements-dev.txt -r requirements-integration.txt
 	touch $(VPY)
 
 .PHONY: venv
@@ -66,8 +66,12 @@ cargo-test: ## Rust unit tests of the core crate
 	cargo test -p ferroloop-core
 
 .PHONY: pytest
-pytest: build ## The behaviour suite, on stock asyncio and on ferroloop
+pytest: build services ## The behaviour and integration suites, on stock asyncio and on ferroloop
 	$(VPY) -m pytest -q
+
+.PHONY: services
+services: ## PostgreSQL and redis-server for the integration suite (Debian packages, when missing)
+	bash tests/integration/setup_services.sh
 
 .PHONY: conformance
 conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fails on a regression
@@ -114,6 +118,4 @@ soak: build ## The full soak: 100,000 connections and 10 million callbacks on bo
 # The integration suite (tests/integration): uvicorn, aiohttp, websockets, asyncpg, redis-py, anyio
 # and pytest-asyncio on stock asyncio and on ferroloop, with PostgreSQL and redis-server it starts.
 .PHONY: integration-setup
-integration-setup: $(VPY) ## Install the integration suite's libraries into .venv, and PostgreSQL and redis-server
-	$(VPY) -m pip install --quiet -r requirements-integration.txt
-	bash tests/integration/setup_services.sh
+integration-setup: $(VPY) services ## The integration suite's libraries (in every venv) and servers
