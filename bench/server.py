@@ -89,8 +89,7 @@ async def serve_streams(loop, address):
 
     server = await asyncio.start_server(handle, *address)
     print("READY", flush=True)
-    async with server:
-        await server.serve_forever()
+    await run_until_killed(server)
 
 
 def tls_context():
@@ -107,8 +106,13 @@ async def serve_protocol(loop, address, factory, *, unix=False, tls=False):
     else:
         server = await loop.create_server(factory, *address, ssl=tls_context() if tls else None)
     print("READY", flush=True)
-    async with server:
-        await server.serve_forever()
+    await run_until_killed(server)
+
+
+async def run_until_killed(server):
+    """Serve until the process is killed (rloop's Server has no serve_forever: not needed)."""
+    _ = server
+    await asyncio.get_running_loop().create_future()
 
 
 def main():
