@@ -65,6 +65,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
+use crate::errors::os_error;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -143,11 +144,6 @@ fn send_until_blocked(fd: RawFd, export: &Export, mut pos: usize) -> io::Result<
         }
     }
     Ok(pos)
-}
-
-/// An OS error as Python raises it (see `crate::errors::os_error`).
-pub(crate) fn os_error(e: io::Error) -> PyErr {
-    crate::errors::os_error(&e)
 }
 
 /// A buffer exported by a Python object with `PyBUF_SIMPLE` (contiguous bytes), or
@@ -233,7 +229,7 @@ impl SockOp {
             Kind::RecvInto(buf) => try_recv_into(sock, self.fd, buf.bind(py)),
             Kind::SendAll { export, sent, .. } => {
                 let start = *sent.borrow(py);
-                let pos = send_until_blocked(self.fd, export, start).map_err(os_error)?;
+                let pos = send_until_blocked(self.fd, export, start).map_err(|e| os_error(&e))?;
                 *sent.borrow_mut(py) = pos;
                 Ok((pos >= export.len()).then(|| py.None()))
             }
@@ -245,7 +241,7 @@ impl SockOp {
                     let msg = format!("Connect call failed {}", address.bind(py).str()?);
                     Err(PyOSError::new_err((code, msg)))
                 }
-                Err(e) => Err(os_error(e)),
+                Err(e) => Err(os_error(&e)),
             },
         }
     }
@@ -261,7 +257,7 @@ impl IoWatcher for SockOp {
         // Closed (or detached) while waiting: the number may belong to another file by now, which
         // must not be read from or written to. The socket's own method would raise EBADF.
         let result = if fileno(self.sock.bind(py))? != self.fd {
-            Err(os_error(io::Error::from_raw_os_error(libc::EBADF)))
+            Err(os_error(&io::Error::from_raw_os_error(libc::EBADF)))
         } else {
             self.attempt(py)
         };
@@ -324,7 +320,7 @@ fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
     match res {
         Ok(b) => Ok(Some(b.into_any().unbind())),
         Err(e) if would_block(&e) => Ok(None),
-        Err(e) => Err(os_error(e)),
+        Err(e) => Err(os_error(&e)),
     }
 }
 
@@ -341,7 +337,7 @@ fn try_recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> 
     match res {
         Ok(n) => Ok(Some(n.into_pyobject(py)?.into_any().unbind())),
         Err(e) if would_block(&e) => Ok(None),
-        Err(e) => Err(os_error(e)),
+        Err(e) => Err(os_error(&e)),
     }
 }
 
@@ -458,10 +454,10 @@ pub(crate) fn sendall(
     };
     if export.len() == 0 {
         // Nothing to send, but the call is made, as asyncio makes it (a closed socket raises).
-        retry_eintr(|| net::send(fd, &[])).map_err(os_error)?;
+        retry_eintr(|| net::send(fd, &[])).map_err(|e| os_error(&e))?;
         return Ok(py.None());
     }
-    let sent = send_until_blocked(fd, &export, 0).map_err(os_error)?;
+    let sent = send_until_blocked(fd, &export, 0).map_err(|e| os_error(&e))?;
     if sent >= export.len() {
         return Ok(py.None());
     }

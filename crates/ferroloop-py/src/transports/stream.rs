@@ -124,7 +124,8 @@ fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     CELL.import(py, "ferroloop._transports", "StreamTransport")
 }
 
-fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// `isinstance(protocol, asyncio.BufferedProtocol)`, with the class looked up once.
+pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let cls = CELL.import(protocol.py(), "asyncio", "BufferedProtocol")?;
     protocol.is_instance(cls)

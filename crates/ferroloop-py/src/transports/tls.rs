@@ -983,7 +983,7 @@ impl TlsTransport {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = protocol.is_instance(&py.import("asyncio")?.getattr("BufferedProtocol")?)?;
+        let buffered = super::stream::is_buffered_protocol(protocol)?;
         let old = {
             let p = self.proto(py)?;
             let mut st = p.get().state.borrow_mut(py);
@@ -1220,7 +1220,7 @@ pub fn make_tls_protocol<'py>(
         tls: Tls::Unwrapped,
         app: if call_connection_made { App::Init } else { App::Made },
         app_protocol: Some(app_protocol.clone().unbind()),
-        app_buffered: app_protocol.is_instance(&py.import("asyncio")?.getattr("BufferedProtocol")?)?,
+        app_buffered: super::stream::is_buffered_protocol(app_protocol)?,
         transport: None,
         app_transport: None,
         app_closed: false,
