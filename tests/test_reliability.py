@@ -175,6 +175,28 @@ def test_never_closed_loop_in_cycle_is_collected(loop_factory, fd_guard):
     assert any("unclosed event loop" in m for m in messages), messages
 
 
+def test_handles_kept_by_their_callbacks_owner_are_collected(loop):
+    """owner -> handle -> bound method -> owner, after the handle ran, fired or was cancelled,
+    while the loop lives on."""
+    refs = {}
+    for how in ("ran", "fired", "cancelled", "cancelled timer"):
+        owner = Holder(loop)
+        if how == "ran":
+            owner.handle = loop.call_soon(owner.tick)
+        elif how == "fired":
+            owner.handle = loop.call_later(0, owner.tick)
+        elif how == "cancelled":
+            owner.handle = loop.call_soon(owner.tick)
+            owner.handle.cancel()
+        else:
+            owner.handle = loop.call_later(3600, owner.tick)
+            owner.handle.cancel()
+        refs[how] = weakref.ref(owner)
+        del owner
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert _alive(refs) == []
+
+
 # ---------------------------------------------------------------------------
 # 3. Ctrl-C
 

@@ -42,7 +42,7 @@ use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
-use crate::handles::{copy_current_context, Handle, TimerHandle};
+use crate::handles::{self, copy_current_context, Handle, TimerHandle};
 use crate::pyrefs;
 use crate::watch::{IoWatcher, Ready, Watcher};
 
@@ -75,6 +75,19 @@ struct Queues {
     /// `{"loop": self}`, the keyword arguments of every `asyncio.Future` the loop creates
     /// (read, never changed, by the constructor); made on first use.
     future_kwargs: Option<Py<PyDict>>,
+}
+
+impl Queues {
+    /// Puts the queued handles somebody else holds too under the cycle collector: the loop is
+    /// about to drop its references (see `handles`).
+    fn track_shared_handles(&self) {
+        for r in &self.ready {
+            if let Ready::Handle(h) = r {
+                handles::track_if_shared(h);
+            }
+        }
+        self.timers.for_each(handles::track_if_shared);
+    }
 }
 
 #[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
@@ -168,6 +181,14 @@ impl EventLoop {
         Ok(())
     }
 
+    /// A new handle the loop will queue, untracked by the cycle collector (see `handles`).
+    #[inline]
+    fn new_queued<T: pyo3::PyClass>(&self, py: Python<'_>, init: impl Into<PyClassInitializer<T>>) -> PyResult<Py<T>> {
+        let handle = Py::new(py, init)?;
+        handles::untrack(&handle);
+        Ok(handle)
+    }
+
     /// Builds a handle; in debug mode it records where it was created.
     fn make_handle(
         &self,
@@ -199,7 +220,7 @@ impl EventLoop {
         let base = self.make_handle(py, callback, args, context)?;
         let init =
             PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
-        let timer = Py::new(py, init)?;
+        let timer = self.new_queued(py, init)?;
         self.queues.borrow_mut(py).timers.push(when, timer.clone_ref(py));
         Ok(timer)
     }
@@ -215,7 +236,7 @@ impl EventLoop {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
         self.check_not_native(py, fd)?;
-        let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
+        let handle = handles::new_tracked(py, self.make_handle(py, callback, args, None)?)?;
         self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
         Ok(handle)
     }
@@ -394,7 +415,7 @@ impl EventLoop {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         self.check_closed()?;
-        let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
+        let handle = self.new_queued(py, self.make_handle(py, callback, args, None)?)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         Ok(())
     }
@@ -433,10 +454,10 @@ impl EventLoop {
                     .map(|(when, _)| Duration::from_secs_f64((when - now).clamp(0.0, MAXIMUM_SELECT_TIMEOUT)))
             }
         };
-        for t in &dropped {
+        for t in dropped {
             t.get().unschedule();
+            handles::release(t);
         }
-        drop(dropped);
         timeout
     }
 
@@ -530,11 +551,13 @@ impl EventLoop {
             };
             let h = handle.get();
             if h.is_cancelled() {
+                handles::release(handle);
                 continue;
             }
             let t0 = if debug { clock::monotonic() } else { 0.0 };
             if let Err(err) = h.run(py) {
                 if is_exit(py, &err) {
+                    handles::release(handle);
                     return Err(err);
                 }
                 report_callback_error(slf, handle.bind(py), err)?;
@@ -547,6 +570,7 @@ impl EventLoop {
                         .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
                 }
             }
+            handles::release(handle);
         }
         Ok(())
     }
@@ -627,7 +651,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon", true)?;
         }
-        let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
+        let handle = self.new_queued(py, self.make_handle(py, callback, args, context)?)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -644,7 +668,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
         }
-        let handle = Py::new(py, self.make_handle(py, callback, args, context)?)?;
+        let handle = self.new_queued(py, self.make_handle(py, callback, args, context)?)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         if self.polling.load(Relaxed) {
             self.wake(py);
@@ -969,6 +993,7 @@ impl EventLoop {
             return;
         }
         let queues = std::mem::take(&mut *self.queues.borrow_mut(py));
+        queues.track_shared_handles();
         let poller = self.poller.borrow_mut(py).take();
         let waker = self.waker.borrow_mut(py).take();
         drop((poller, waker));
@@ -983,7 +1008,7 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Py::new(py, self.make_handle(py, callback, args, None)?)
+        handles::new_tracked(py, self.make_handle(py, callback, args, None)?)
     }
 
     /// Queues an existing handle, from any thread (signal delivery).
@@ -1008,7 +1033,10 @@ impl EventLoop {
         }
         if let Some(q) = self.queues.try_borrow() {
             for r in &q.ready {
-                r.traverse(visit)?;
+                match r {
+                    Ready::Handle(h) => handles::traverse_queued(h, &visit)?,
+                    Ready::Io(..) => r.traverse(visit)?,
+                }
             }
             for w in q.readers.values().chain(q.writers.values()) {
                 w.traverse(visit)?;
@@ -1021,7 +1049,7 @@ impl EventLoop {
             let mut err = Ok(());
             q.timers.for_each(|t| {
                 if err.is_ok() {
-                    err = visit.call(t);
+                    err = handles::traverse_queued(handles::timer_as_handle(t), &visit);
                 }
             });
             err?;
@@ -1031,6 +1059,9 @@ impl EventLoop {
 
     fn __clear__(&self) {
         drop(self.task_factory.try_take());
-        drop(self.queues.try_take());
+        if let Some(queues) = self.queues.try_take() {
+            queues.track_shared_handles();
+            drop(queues);
+        }
     }
 }

@@ -7,6 +7,16 @@
 //! handles when it reaches them. A `TimerHandle` also knows whether it is still in the loop's
 //! timer heap (`scheduled`) and, when cancelled there, counts itself in the loop's cancelled-timer
 //! counter, which drives the heap's compaction.
+//!
+//! Garbage collection: the handles of `call_soon`, `call_later` and `call_at` are taken off the
+//! cycle collector's lists ([`untrack`]) while they sit in the loop's queues: most of them die
+//! right after running, and a collector walking hundreds of thousands of queued handles on every
+//! full collection was a good part of the cost of `call_soon`. The loop's own traversal visits
+//! what such a handle holds in its place ([`traverse_queued`]: each queued handle is in exactly
+//! one queue, once), so a cycle through a queued handle (a loop that is dropped unclosed with a
+//! callback bound to itself) is still found. The loop puts a handle back under the collector
+//! ([`release`]) whenever it lets go of one that someone else still holds (a handle kept by the
+//! object its callback belongs to makes a cycle).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -26,7 +36,7 @@ struct Callback {
     args: Option<Py<PyTuple>>,
 }
 
-#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref, freelist = 256)]
 pub struct Handle {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
@@ -162,6 +172,12 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.traverse_contents(&visit)
+    }
+}
+
+impl Handle {
+    fn traverse_contents(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.context)?;
         visit.call(&self.source_traceback)?;
         if let Some(cb) = self.callback.try_borrow() {
@@ -172,7 +188,7 @@ impl Handle {
     }
 }
 
-#[pyclass(module = "ferroloop._ferroloop", extends = Handle, frozen)]
+#[pyclass(module = "ferroloop._ferroloop", extends = Handle, frozen, freelist = 256)]
 pub struct TimerHandle {
     /// The deadline on the loop's clock.
     when: f64,
@@ -223,6 +239,67 @@ impl TimerHandle {
     fn _scheduled(&self) -> bool {
         self.scheduled.load(Relaxed)
     }
+}
+
+/// A handle that lives outside the queues (a reader's, a signal's), under the cycle collector.
+/// (An object from a pyclass freelist comes back untracked.)
+pub(crate) fn new_tracked(py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
+    let handle = Py::new(py, handle)?;
+    track(&handle);
+    Ok(handle)
+}
+
+/// Takes a handle off the cycle collector's lists (see the module documentation).
+#[inline]
+pub(crate) fn untrack<T>(handle: &Py<T>) {
+    // SAFETY: the handle is a live GC-enabled object (every pyclass with `__traverse__` is);
+    // untracking is idempotent and we are attached (the caller holds a `Py` it just made).
+    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
+}
+
+/// Puts a handle back under the cycle collector, if it is not.
+#[inline]
+pub(crate) fn track<T>(handle: &Py<T>) {
+    let ptr = handle.as_ptr();
+    // SAFETY: `ptr` is a live GC-enabled object; tracking twice is a fatal error, hence the check.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(ptr) == 0 {
+            ffi::PyObject_GC_Track(ptr.cast());
+        }
+    }
+}
+
+/// The loop's traversal of a handle in its queues: an untracked handle's contents, as if they
+/// were the loop's own references, or else the handle itself.
+pub(crate) fn traverse_queued(handle: &Py<Handle>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+    // SAFETY: asking whether a live object is tracked has no side effect.
+    if unsafe { ffi::PyObject_GC_IsTracked(handle.as_ptr()) } != 0 {
+        return visit.call(handle);
+    }
+    handle.get().traverse_contents(visit)
+}
+
+/// A timer seen as the handle it extends.
+pub(crate) fn timer_as_handle(timer: &Py<TimerHandle>) -> &Py<Handle> {
+    // SAFETY: `Py<T>` is a transparent pointer to a Python object whatever `T` is, and a
+    // `TimerHandle` object is a `Handle` object (its pyclass base), so the cast is a upcast.
+    unsafe { &*std::ptr::from_ref(timer).cast::<Py<Handle>>() }
+}
+
+/// Tracks a handle the loop is about to let go of if somebody else still holds it.
+#[inline]
+pub(crate) fn track_if_shared<T>(handle: &Py<T>) {
+    // SAFETY: reading the reference count of a live object we hold a reference to.
+    if unsafe { ffi::Py_REFCNT(handle.as_ptr()) } > 1 {
+        track(handle);
+    }
+}
+
+/// The loop lets go of a handle: if somebody else still holds it, the collector must see it.
+#[inline]
+pub(crate) fn release<T>(handle: Py<T>) {
+    track_if_shared(&handle);
+    drop(handle);
 }
 
 /// A copy of the calling thread's current context (`contextvars.copy_context()`).
