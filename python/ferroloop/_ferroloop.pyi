@@ -17,6 +17,7 @@ __all__ = [
     "StreamTransport",
     "TimerHandle",
     "WritePipeTransport",
+    "_fast_methods",
     "_live_objects",
     "make_datagram_transport",
     "make_read_pipe_transport",
@@ -191,3 +192,4 @@ def make_tls_protocol(
     ssl_shutdown_timeout: float | None = None,
 ) -> SSLProtocol: ...
 def _live_objects() -> dict[str, int] | None: ...
+def _fast_methods() -> dict[str, Any]: ...

@@ -78,6 +78,10 @@ def _numeric_host_info(host, port, family, type, proto, flags):
 class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose engine is written in Rust."""
 
+    # call_soon, call_soon_threadsafe, call_later and call_at as vectorcall entry points
+    # (what stdlib's C Task and Future call on every step; see crates/ferroloop-py/src/fastcall.rs).
+    locals().update(_ferroloop._fast_methods())
+
     def __init__(self):
         self._exception_handler = None
         self._default_executor = None

@@ -640,7 +640,7 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
+    pub(crate) fn call_soon(
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
@@ -657,7 +657,7 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
+    pub(crate) fn call_soon_threadsafe(
         &self,
         py: Python<'_>,
         callback: &Bound<'_, PyAny>,
@@ -677,7 +677,7 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
+    pub(crate) fn call_later(
         &self,
         py: Python<'_>,
         delay: &Bound<'_, PyAny>,
@@ -693,7 +693,7 @@ impl EventLoop {
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
+    pub(crate) fn call_at(
         &self,
         py: Python<'_>,
         when: &Bound<'_, PyAny>,

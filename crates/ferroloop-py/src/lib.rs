@@ -6,6 +6,7 @@
 
 mod errors;
 mod event_loop;
+mod fastcall;
 mod gil_cell;
 mod handles;
 mod live;
@@ -21,6 +22,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<event_loop::EventLoop>()?;
+    m.add_function(wrap_pyfunction!(fastcall::_fast_methods, m)?)?;
     m.add_class::<transports::stream::StreamTransport>()?;
     m.add_function(wrap_pyfunction!(transports::stream::make_stream_transport, m)?)?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
