@@ -482,27 +482,27 @@ impl EventLoop {
             // KeyboardInterrupt), not whenever the next callback happens to run.
             py.check_signals()?;
         }
+        // Stays unallocated unless a cancelled reader handle is found.
         let mut stale: Vec<(RawFd, bool)> = Vec::new();
-        let mut queued: Vec<Ready> = Vec::new();
         {
             let guard = self.poller.borrow(py);
             let poller = guard.as_ref().ok_or_else(closed_error)?;
             let mut q = self.queues.borrow_mut(py);
+            let Queues { ready, readers, writers, .. } = &mut *q;
             for ev in poller.ready() {
                 for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
                     if !is_ready {
                         continue;
                     }
-                    let map = if write { &q.writers } else { &q.readers };
+                    let map = if write { &*writers } else { &*readers };
                     match map.get(&ev.fd) {
                         None => {}
                         Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
-                        Some(Watcher::Handle(h)) => queued.push(Ready::Handle(h.clone_ref(py))),
-                        Some(Watcher::Native(w) | Watcher::Op(w)) => queued.push(Ready::Io(Arc::clone(w), write)),
+                        Some(Watcher::Handle(h)) => ready.push_back(Ready::Handle(h.clone_ref(py))),
+                        Some(Watcher::Native(w) | Watcher::Op(w)) => ready.push_back(Ready::Io(Arc::clone(w), write)),
                     }
                 }
             }
-            q.ready.extend(queued);
         }
         for (fd, write) in stale {
             self.unwatch(py, fd, write)?;
