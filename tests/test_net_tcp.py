@@ -405,6 +405,32 @@ def test_abort_drops_buffer(loop, run):
 # Transport introspection
 
 
+def test_extra_info_outlives_the_socket_and_the_peer(loop, run):
+    """peername, sockname and socket are still answered after the peer left and the transport
+    closed its socket (connection_lost and later), as asyncio records them up front."""
+
+    async def main():
+        srv = await served(loop)
+        tr, cli = await loop.create_connection(lambda: Proto(loop), *srv.addr)
+        sp = await srv.first
+        await sp.made
+        client_addr = tr.get_extra_info("sockname")
+        server_tr = sp.transport
+        tr.abort()  # the peer goes away before the server side asks anything
+        await cli.lost
+        await sp.lost
+        assert server_tr.get_extra_info("peername") == client_addr
+        assert server_tr.get_extra_info("sockname") == srv.addr
+        tsock = server_tr.get_extra_info("socket")
+        assert tsock is server_tr.get_extra_info("socket")
+        assert tsock.family == socket.AF_INET
+        assert tr.get_extra_info("peername") == srv.addr
+        assert tr.get_extra_info("sockname") == client_addr
+        await srv.finish()
+
+    run(main())
+
+
 def test_extra_info_and_transport_types(loop, run):
     async def main():
         srv = await served(loop)

@@ -14,8 +14,8 @@ use std::ffi::{c_char, CStr};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{ffi, Borrowed, PyTypeInfo};
 
 use crate::event_loop::EventLoop;

@@ -32,7 +32,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{call_flow_control, is_exit, report_fatal};
+use super::{call_flow_control, is_exit, report_fatal, ExtraSnapshot, SocketExtra};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -59,7 +59,7 @@ struct State {
     /// `connection_lost` is owed to the protocol.
     protocol_connected: bool,
     /// `get_extra_info`'s answers.
-    extra: Py<PyDict>,
+    extra: SocketExtra,
     /// The `asyncio.Server` that accepted this connection, told when it ends.
     server: Option<Py<PyAny>>,
     /// Bytes accepted by `write()` and not yet sent.
@@ -481,11 +481,16 @@ impl StreamTransport {
         name: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let extra = self.state.borrow(py).extra.clone_ref(py);
-        match extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v),
-            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        let snapshot = {
+            let st = self.state.borrow(py);
+            ExtraSnapshot::take(py, &st.extra, st.sock.as_ref())
+        };
+        let (answer, keep) = snapshot.answer(name, default)?;
+        if let Some(dict) = keep {
+            let old = self.state.borrow_mut(py).extra.keep(dict.unbind());
+            drop(old);
         }
+        Ok(answer)
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
@@ -692,6 +697,17 @@ impl StreamTransport {
             (st.sock.take(), st.protocol.take(), st.server.take(), st.empty_waiter.take())
         };
         if let Some(sock) = sock {
+            // What get_extra_info answers from the socket must outlive it, as with asyncio.
+            for name in [intern!(py, "sockname"), intern!(py, "socket")] {
+                let snapshot = {
+                    let st = this.state.borrow(py);
+                    ExtraSnapshot::take(py, &st.extra, Some(&sock))
+                };
+                if let (_, Some(dict)) = snapshot.answer(name, None)? {
+                    let old = this.state.borrow_mut(py).extra.keep(dict.unbind());
+                    drop(old);
+                }
+            }
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         drop(protocol);
@@ -790,7 +806,7 @@ impl StreamTransport {
         if let Some(st) = self.state.try_borrow() {
             visit.call(&st.sock)?;
             visit.call(&st.protocol)?;
-            visit.call(&st.extra)?;
+            st.extra.traverse(&visit)?;
             visit.call(&st.server)?;
             visit.call(&st.empty_waiter)?;
         }
@@ -821,13 +837,13 @@ pub fn make_stream_transport<'py>(
 ) -> PyResult<Bound<'py, StreamTransport>> {
     let py = event_loop.py();
     let fd: RawFd = sock.call_method0("fileno")?.extract()?;
-    let extra = super::socket_extra(sock, extra)?;
+    let extra = SocketExtra::new(sock, extra)?;
     let state = State {
         sock: Some(sock.clone().unbind()),
         protocol: Some(protocol.clone().unbind()),
         buffered: is_buffered_protocol(protocol)?,
         protocol_connected: true,
-        extra: extra.unbind(),
+        extra,
         server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
         buffer: WriteBuffer::new(),
         conn_lost: 0,
