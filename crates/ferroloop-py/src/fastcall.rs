@@ -23,28 +23,28 @@ use crate::event_loop::EventLoop;
 /// Which method, and how many positional parameters come before `*args`.
 #[derive(Clone, Copy)]
 enum Method {
-    CallSoon,
-    CallSoonThreadsafe,
-    CallLater,
-    CallAt,
+    Soon,
+    SoonThreadsafe,
+    Later,
+    At,
 }
 
 impl Method {
     fn name(self) -> &'static str {
         match self {
-            Self::CallSoon => "call_soon",
-            Self::CallSoonThreadsafe => "call_soon_threadsafe",
-            Self::CallLater => "call_later",
-            Self::CallAt => "call_at",
+            Self::Soon => "call_soon",
+            Self::SoonThreadsafe => "call_soon_threadsafe",
+            Self::Later => "call_later",
+            Self::At => "call_at",
         }
     }
 
     /// The positional parameters before `*args`.
     fn leading(self) -> &'static [&'static str] {
         match self {
-            Self::CallSoon | Self::CallSoonThreadsafe => &["callback"],
-            Self::CallLater => &["delay", "callback"],
-            Self::CallAt => &["when", "callback"],
+            Self::Soon | Self::SoonThreadsafe => &["callback"],
+            Self::Later => &["delay", "callback"],
+            Self::At => &["when", "callback"],
         }
     }
 }
@@ -66,9 +66,12 @@ unsafe fn dispatch(
     // method descriptor of `EventLoop` checks that it is an instance before calling.
     let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<EventLoop>() };
     let nargs = usize::try_from(nargs).unwrap_or(0);
-    // SAFETY: the vectorcall array holds `nargs` positional arguments, then the keyword values.
-    let positional: &[*mut ffi::PyObject] =
-        if nargs == 0 { &[] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+    let positional: &[*mut ffi::PyObject] = if nargs == 0 {
+        &[]
+    } else {
+        // SAFETY: the vectorcall array holds `nargs` positional arguments, then the keyword values.
+        unsafe { std::slice::from_raw_parts(args, nargs) }
+    };
     let leading = method.leading();
     if positional.len() < leading.len() {
         let missing = &leading[positional.len()..];
@@ -113,10 +116,10 @@ unsafe fn dispatch(
     let context = context.as_deref();
     let this = slf.get();
     let handle = match method {
-        Method::CallSoon => this.call_soon(py, &arg(0), &rest, context)?.into_any(),
-        Method::CallSoonThreadsafe => this.call_soon_threadsafe(py, &arg(0), &rest, context)?.into_any(),
-        Method::CallLater => this.call_later(py, &arg(0), &arg(1), &rest, context)?.into_any(),
-        Method::CallAt => this.call_at(py, &arg(0), &arg(1), &rest, context)?.into_any(),
+        Method::Soon => this.call_soon(py, &arg(0), &rest, context)?.into_any(),
+        Method::SoonThreadsafe => this.call_soon_threadsafe(py, &arg(0), &rest, context)?.into_any(),
+        Method::Later => this.call_later(py, &arg(0), &arg(1), &rest, context)?.into_any(),
+        Method::At => this.call_at(py, &arg(0), &arg(1), &rest, context)?.into_any(),
     };
     Ok(handle.into_ptr())
 }
@@ -156,10 +159,10 @@ macro_rules! entry {
     };
 }
 
-entry!(call_soon, Method::CallSoon);
-entry!(call_soon_threadsafe, Method::CallSoonThreadsafe);
-entry!(call_later, Method::CallLater);
-entry!(call_at, Method::CallAt);
+entry!(call_soon, Method::Soon);
+entry!(call_soon_threadsafe, Method::SoonThreadsafe);
+entry!(call_later, Method::Later);
+entry!(call_at, Method::At);
 
 /// A method descriptor of `EventLoop` for `f` (a `'static` method definition, made once).
 fn descriptor(

@@ -185,7 +185,7 @@ impl ExtraSnapshot {
         let made = match (key.to_str()?, &self.sock) {
             ("peername", _) => return Ok((self.peername.into_bound(py), None)),
             ("sockname", Some(sock)) => {
-                sock.bind(py).call_method0("getsockname").map_or_else(|_| py.None().into_bound(py), |a| a)
+                sock.bind(py).call_method0("getsockname").unwrap_or_else(|_| py.None().into_bound(py))
             }
             ("socket", Some(sock)) => py.import("asyncio.trsock")?.getattr("TransportSocket")?.call1((sock,))?,
             _ => return Ok((default(), None)),
