@@ -194,6 +194,27 @@ def test_write_rejects_str(loop, run):
             tr.write("text")
         with pytest.raises(TypeError):
             tr.writelines(["text"])
+        with pytest.raises(TypeError):
+            tr.write()
+        with pytest.raises(TypeError):
+            tr.write(b"a", b"b")
+        with pytest.raises(TypeError):
+            tr.write(b"a", data=b"b")
+        with pytest.raises(TypeError):
+            tr.write(date=b"a")
+        tr.close()
+        await cli.lost
+        await srv.finish()
+
+    run(main())
+
+
+def test_write_by_keyword(loop, run):
+    async def main():
+        srv = await served(loop, echo=True)
+        tr, cli = await loop.create_connection(lambda: Proto(loop), *srv.addr)
+        tr.write(data=b"ping")
+        assert await cli.wait_bytes(4) == b"ping"
         tr.close()
         await cli.lost
         await srv.finish()

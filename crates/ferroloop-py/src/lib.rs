@@ -24,6 +24,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::EventLoop>()?;
     m.add_function(wrap_pyfunction!(fastcall::_fast_methods, m)?)?;
     m.add_class::<transports::stream::StreamTransport>()?;
+    fastcall::install_stream_write(m.py())?;
     m.add_function(wrap_pyfunction!(transports::stream::make_stream_transport, m)?)?;
     m.add_class::<transports::datagram::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(transports::datagram::make_datagram_transport, m)?)?;

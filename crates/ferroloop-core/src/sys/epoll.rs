@@ -63,9 +63,11 @@ impl Selector {
         };
         events.len = 0;
         let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
-        match syscall!(epoll_wait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms)) {
+        // epoll_pwait without a signal mask is epoll_wait, and exists on every architecture.
+        let no_mask = std::ptr::null::<libc::sigset_t>();
+        match raw_syscall!(SYS_epoll_pwait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms, no_mask, 8)) {
             Ok(n) => {
-                #[allow(clippy::cast_sign_loss)]
+                #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
                 let n = n as usize;
                 events.len = n;
                 Ok(n)

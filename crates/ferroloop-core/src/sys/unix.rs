@@ -6,9 +6,8 @@ use std::os::fd::RawFd;
 
 /// `recv(2)` into `buf`; `Ok(0)` is end of stream.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
-    #[allow(clippy::cast_sign_loss)]
-    Ok(n as usize)
+    // SAFETY: `buf` is `buf.len()` writable bytes.
+    unsafe { recv_raw(fd, buf.as_mut_ptr(), buf.len()) }
 }
 
 /// `send(2)` without SIGPIPE: a closed peer is an `EPIPE` error, not a signal.
@@ -22,8 +21,9 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 /// # Safety
 /// `ptr` must be valid for writes of `len` bytes for the duration of the call.
 pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize> {
-    let n = syscall!(recv(fd, ptr.cast(), len, 0))?;
-    #[allow(clippy::cast_sign_loss)]
+    let null = std::ptr::null_mut::<libc::c_void>();
+    let n = raw_syscall!(SYS_recvfrom(fd, ptr, len, 0, null, null))?;
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
     Ok(n as usize)
 }
 
@@ -32,8 +32,9 @@ pub unsafe fn recv_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<usize>
 /// # Safety
 /// `ptr` must be valid for reads of `len` bytes for the duration of the call.
 pub unsafe fn send_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<usize> {
-    let n = syscall!(send(fd, ptr.cast(), len, libc::MSG_NOSIGNAL))?;
-    #[allow(clippy::cast_sign_loss)]
+    let null = std::ptr::null::<libc::c_void>();
+    let n = raw_syscall!(SYS_sendto(fd, ptr, len, libc::MSG_NOSIGNAL, null, 0))?;
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
     Ok(n as usize)
 }
 

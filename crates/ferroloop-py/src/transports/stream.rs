@@ -54,8 +54,8 @@ struct State {
     sock: Option<Py<PyAny>>,
     /// The protocol; dropped when `connection_lost` has run.
     protocol: Option<Py<PyAny>>,
-    /// The protocol is an `asyncio.BufferedProtocol` (reads go into its buffer).
-    buffered: bool,
+    /// How reads reach the protocol.
+    delivery: Delivery,
     /// `connection_lost` is owed to the protocol.
     protocol_connected: bool,
     /// `get_extra_info`'s answers.
@@ -122,6 +122,29 @@ fn would_block(e: &io::Error) -> bool {
 fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     CELL.import(py, "ferroloop._transports", "StreamTransport")
+}
+
+/// How received data reaches a protocol; decided when the protocol is set, not per read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// `data_received(bytes)`.
+    Bytes,
+    /// An `asyncio.BufferedProtocol`: reads go into its `get_buffer()`.
+    Buffered,
+    /// ferroloop's TLS layer: ciphertext is handed over without a Python call.
+    Tls,
+}
+
+impl Delivery {
+    fn of(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(if protocol.is_instance_of::<super::tls::TlsProtocol>() {
+            Self::Tls
+        } else if is_buffered_protocol(protocol)? {
+            Self::Buffered
+        } else {
+            Self::Bytes
+        })
+    }
 }
 
 /// `isinstance(protocol, asyncio.BufferedProtocol)`, with the class looked up once.
@@ -206,18 +229,18 @@ impl StreamTransport {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (protocol, buffered) = {
+        let (protocol, delivery) = {
             let st = this.state.borrow(py);
             if st.conn_lost > 0 || st.closing || st.paused {
                 return Ok(());
             }
             match &st.protocol {
-                Some(p) => (p.clone_ref(py), st.buffered),
+                Some(p) => (p.clone_ref(py), st.delivery),
                 None => return Ok(()),
             }
         };
         let protocol = protocol.bind(py);
-        if buffered {
+        if delivery == Delivery::Buffered {
             return Self::read_into_buffer(slf, protocol);
         }
         let received = READ_BUF.with(|cell| {
@@ -238,9 +261,11 @@ impl StreamTransport {
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
                 // TLS over this transport: hand the ciphertext over without a Python call.
-                let delivered = match protocol.cast::<super::tls::TlsProtocol>() {
-                    Ok(tls) => super::tls::TlsProtocol::data_received(tls, data.as_any()),
-                    Err(_) => protocol.call_method1(intern!(py, "data_received"), (data,)).map(drop),
+                let tls =
+                    if delivery == Delivery::Tls { protocol.cast::<super::tls::TlsProtocol>().ok() } else { None };
+                let delivered = match tls {
+                    Some(tls) => super::tls::TlsProtocol::data_received(tls, data.as_any()),
+                    None => protocol.call_method1(intern!(py, "data_received"), (data,)).map(drop),
                 };
                 if let Err(err) = delivered {
                     return Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.");
@@ -537,10 +562,10 @@ impl StreamTransport {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = is_buffered_protocol(protocol)?;
+        let delivery = Delivery::of(protocol)?;
         let old = {
             let mut st = self.state.borrow_mut(py);
-            st.buffered = buffered;
+            st.delivery = delivery;
             st.protocol_connected = true;
             st.protocol.replace(protocol.clone().unbind())
         };
@@ -841,7 +866,7 @@ pub fn make_stream_transport<'py>(
     let state = State {
         sock: Some(sock.clone().unbind()),
         protocol: Some(protocol.clone().unbind()),
-        buffered: is_buffered_protocol(protocol)?,
+        delivery: Delivery::of(protocol)?,
         protocol_connected: true,
         extra,
         server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
