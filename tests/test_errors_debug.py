@@ -349,6 +349,27 @@ def test_debug_source_traceback(loop):
     assert tb[-1].name == "test_debug_source_traceback"
 
 
+def test_debug_handle_traceback_of_running_callback(loop, caplog):
+    """In debug mode, what a callback reports is logged with where its handle was made."""
+    loop.set_debug(True)
+    seen = []
+
+    def report():
+        seen.append(loop._current_handle)
+        loop.call_exception_handler({"message": "reported from a callback"})
+
+    loop.call_soon(report)  # the handle traceback must point at this line
+    loop.call_soon(loop.stop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        loop.run_forever()
+    assert seen[0] is not None
+    assert loop._current_handle is None
+    text = caplog.text
+    assert "reported from a callback" in text
+    assert "handle_traceback: Handle created at (most recent call last):" in text
+    assert "test_debug_handle_traceback_of_running_callback" in text
+
+
 async def _never_awaited():
     pass
 

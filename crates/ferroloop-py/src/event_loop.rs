@@ -120,6 +120,9 @@ pub struct EventLoop {
     last_poll: GilCell<f64>,
     /// `set_task_factory`'s factory, or None for stdlib's `asyncio.Task`.
     task_factory: GilCell<Option<Py<PyAny>>>,
+    /// In debug mode, the handle whose callback is running (`_current_handle`: the exception
+    /// handler shows where it was created).
+    current_handle: GilCell<Option<Py<Handle>>>,
 }
 
 /// `RuntimeError('Event loop is closed')`, as asyncio raises it.
@@ -554,8 +557,19 @@ impl EventLoop {
                 handles::release(handle);
                 continue;
             }
-            let t0 = if debug { clock::monotonic() } else { 0.0 };
-            if let Err(err) = h.run(py) {
+            let t0 = if debug {
+                let previous = this.current_handle.borrow_mut(py).replace(handle.clone_ref(py));
+                drop(previous);
+                clock::monotonic()
+            } else {
+                0.0
+            };
+            let result = h.run(py);
+            if debug {
+                let ran = this.current_handle.borrow_mut(py).take();
+                drop(ran);
+            }
+            if let Err(err) = result {
                 if is_exit(py, &err) {
                     handles::release(handle);
                     return Err(err);
@@ -631,6 +645,7 @@ impl EventLoop {
             clock_resolution: clock::resolution(),
             last_poll: GilCell::new(0.0),
             task_factory: GilCell::new(None),
+            current_handle: GilCell::new(None),
         })
     }
 
@@ -1019,6 +1034,12 @@ impl EventLoop {
         }
     }
 
+    /// The handle whose callback is running, in debug mode (asyncio's `_current_handle`).
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        self.current_handle.borrow(py).as_ref().map(|h| h.clone_ref(py))
+    }
+
     fn _timer_count(&self, py: Python<'_>) -> usize {
         self.queues.borrow(py).timers.len()
     }
@@ -1030,6 +1051,9 @@ impl EventLoop {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(f) = self.task_factory.try_borrow() {
             visit.call(&*f)?;
+        }
+        if let Some(h) = self.current_handle.try_borrow() {
+            visit.call(&*h)?;
         }
         if let Some(q) = self.queues.try_borrow() {
             for r in &q.ready {
@@ -1059,6 +1083,7 @@ impl EventLoop {
 
     fn __clear__(&self) {
         drop(self.task_factory.try_take());
+        drop(self.current_handle.try_take());
         if let Some(queues) = self.queues.try_take() {
             queues.track_shared_handles();
             drop(queues);
