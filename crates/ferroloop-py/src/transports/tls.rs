@@ -67,6 +67,7 @@ enum App {
 /// Python objects of the `ssl` module, imported once.
 struct SslTypes {
     memory_bio: Py<PyType>,
+    ssl_object: Py<PyType>,
     want_read: Py<PyType>,
     want_write: Py<PyType>,
     ssl_error: Py<PyType>,
@@ -80,6 +81,7 @@ fn ssl_types(py: Python<'_>) -> PyResult<&SslTypes> {
         let get = |name: &str| -> PyResult<Py<PyType>> { Ok(ssl.getattr(name)?.cast_into::<PyType>()?.unbind()) };
         Ok(SslTypes {
             memory_bio: get("MemoryBIO")?,
+            ssl_object: get("SSLObject")?,
             want_read: get("SSLWantReadError")?,
             want_write: get("SSLWantWriteError")?,
             ssl_error: get("SSLError")?,
@@ -173,6 +175,53 @@ struct State {
     handshake_started: f64,
 }
 
+/// The callables used for every record, resolved once per connection: calling a cached bound
+/// method skips the attribute lookup that `call_method` pays on each call.
+///
+/// The TLS object's methods are those of the C object an exact `ssl.SSLObject` wraps
+/// (`_ssl._SSLSocket`, its `_sslobj`): `SSLObject.read(len, buffer)`, `write(data)` and
+/// `pending()` only forward their arguments to the same method of that object (Lib/ssl.py, 3.11 to
+/// 3.13), so results and exceptions are the same, less one Python frame per call. A subclass (set
+/// as `SSLContext.sslobject_class`) may override them, so its own methods are called.
+struct RecordCalls {
+    /// `read(len, buffer)` of the TLS engine.
+    read: Py<PyAny>,
+    /// `write(data)` of the TLS engine.
+    write: Py<PyAny>,
+    /// `pending()` of the TLS engine: decrypted bytes not read yet.
+    pending: Py<PyAny>,
+    /// `write(data)` of the incoming BIO.
+    incoming_write: Py<PyAny>,
+    /// `read()` of the outgoing BIO.
+    outgoing_read: Py<PyAny>,
+}
+
+impl RecordCalls {
+    fn new(sslobj: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, outgoing: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = sslobj.py();
+        let engine = if sslobj.get_type().is(ssl_types(py)?.ssl_object.bind(py)) {
+            sslobj.getattr(intern!(py, "_sslobj"))?
+        } else {
+            sslobj.clone()
+        };
+        Ok(Self {
+            read: engine.getattr(intern!(py, "read"))?.unbind(),
+            write: engine.getattr(intern!(py, "write"))?.unbind(),
+            pending: engine.getattr(intern!(py, "pending"))?.unbind(),
+            incoming_write: incoming.getattr(intern!(py, "write"))?.unbind(),
+            outgoing_read: outgoing.getattr(intern!(py, "read"))?.unbind(),
+        })
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.read)?;
+        visit.call(&self.write)?;
+        visit.call(&self.pending)?;
+        visit.call(&self.incoming_write)?;
+        visit.call(&self.outgoing_read)
+    }
+}
+
 #[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref)]
 pub struct TlsProtocol {
     /// Counts the object in leak-check builds (`live`).
@@ -184,6 +233,7 @@ pub struct TlsProtocol {
     incoming: Py<PyAny>,
     /// Ciphertext produced, not yet written to the raw transport.
     outgoing: Py<PyAny>,
+    calls: RecordCalls,
     handshake_timeout: f64,
     shutdown_timeout: f64,
     state: GilCell<State>,
@@ -382,7 +432,7 @@ impl TlsProtocol {
             (st.ssl_writing_paused, st.transport.as_ref().map(|t| t.clone_ref(py)))
         };
         if !paused {
-            let data = this.outgoing.bind(py).call_method0(intern!(py, "read"))?;
+            let data = this.calls.outgoing_read.bind(py).call0()?;
             if data.len()? > 0 {
                 if let Some(t) = transport {
                     let t = t.into_bound(py);
@@ -402,7 +452,7 @@ impl TlsProtocol {
         if incoming > 0 {
             return Ok(false);
         }
-        let buffered: usize = self.sslobj.bind(py).call_method0(intern!(py, "pending"))?.extract()?;
+        let buffered: usize = self.calls.pending.bind(py).call0()?.extract()?;
         Ok(buffered == 0)
     }
 
@@ -469,11 +519,11 @@ impl TlsProtocol {
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let sslobj = this.sslobj.bind(py);
+        let write = this.calls.write.bind(py);
         loop {
             let Some(data) = this.state.borrow(py).backlog.front().map(|d| d.clone_ref(py)) else { break };
             let data = data.into_bound(py);
-            let count: usize = match sslobj.call_method1(intern!(py, "write"), (&data,)) {
+            let count: usize = match write.call1((&data,)) {
                 Ok(c) => c.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -532,12 +582,12 @@ impl TlsProtocol {
     fn read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let sslobj = this.sslobj.bind(py);
+        let read = this.calls.read.bind(py);
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
         let mut eof = false;
         let buf = read_buffer(py)?;
         loop {
-            match sslobj.call_method1(intern!(py, "read"), (MAX_READ, &buf)) {
+            match read.call1((MAX_READ, &buf)) {
                 Ok(count) => {
                     let count: usize = count.extract()?;
                     if count == 0 {
@@ -584,7 +634,7 @@ impl TlsProtocol {
         let buf = app.call_method1(intern!(py, "get_buffer"), (pending,))?;
         let wants = buf.len()?;
         let view = PyMemoryView::from(&buf)?;
-        let sslobj = this.sslobj.bind(py);
+        let read = this.calls.read.bind(py);
         let mut offset = 0usize;
         let mut count = 1usize;
         let mut again = false;
@@ -594,7 +644,7 @@ impl TlsProtocol {
             } else {
                 view.get_item(pyo3::types::PySlice::new(py, offset.try_into().unwrap_or(isize::MAX), isize::MAX, 1))?
             };
-            match sslobj.call_method1(intern!(py, "read"), (wants - offset, target)) {
+            match read.call1((wants - offset, target)) {
                 Ok(c) => {
                     count = c.extract()?;
                     if count == 0 {
@@ -814,7 +864,7 @@ impl TlsProtocol {
 
     pub(crate) fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        slf.get().incoming.bind(py).call_method1(intern!(py, "write"), (data,))?;
+        slf.get().calls.incoming_write.bind(py).call1((data,))?;
         match slf.get().tls(py) {
             Tls::Handshake => Self::do_handshake(slf),
             Tls::Wrapped => Self::do_read(slf),
@@ -926,6 +976,7 @@ impl TlsProtocol {
         visit.call(&self.sslobj)?;
         visit.call(&self.incoming)?;
         visit.call(&self.outgoing)?;
+        self.calls.traverse(&visit)?;
         if let Some(st) = self.state.try_borrow() {
             visit.call(&st.app_protocol)?;
             visit.call(&st.transport)?;
@@ -1242,12 +1293,14 @@ pub fn make_tls_protocol<'py>(
         shutdown_timer: None,
         handshake_started: 0.0,
     };
+    let calls = RecordCalls::new(&sslobj, &incoming, &outgoing)?;
     let protocol = Bound::new(
         py,
         TlsProtocol {
             _live: crate::live::Token::new(crate::live::Kind::SslProtocol),
             event_loop: event_loop.clone().unbind(),
             sslobj: sslobj.unbind(),
+            calls,
             incoming: incoming.unbind(),
             outgoing: outgoing.unbind(),
             handshake_timeout,
