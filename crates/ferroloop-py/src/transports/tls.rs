@@ -190,6 +190,8 @@ struct RecordCalls {
     write: Py<PyAny>,
     /// `pending()` of the TLS engine: decrypted bytes not read yet.
     pending: Py<PyAny>,
+    /// The engine is the C object.
+    direct: bool,
     /// `write(data)` of the incoming BIO.
     incoming_write: Py<PyAny>,
     /// `read()` of the outgoing BIO.
@@ -199,15 +201,13 @@ struct RecordCalls {
 impl RecordCalls {
     fn new(sslobj: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, outgoing: &Bound<'_, PyAny>) -> PyResult<Self> {
         let py = sslobj.py();
-        let engine = if sslobj.get_type().is(ssl_types(py)?.ssl_object.bind(py)) {
-            sslobj.getattr(intern!(py, "_sslobj"))?
-        } else {
-            sslobj.clone()
-        };
+        let direct = sslobj.get_type().is(ssl_types(py)?.ssl_object.bind(py));
+        let engine = if direct { sslobj.getattr(intern!(py, "_sslobj"))? } else { sslobj.clone() };
         Ok(Self {
             read: engine.getattr(intern!(py, "read"))?.unbind(),
             write: engine.getattr(intern!(py, "write"))?.unbind(),
             pending: engine.getattr(intern!(py, "pending"))?.unbind(),
+            direct,
             incoming_write: incoming.getattr(intern!(py, "write"))?.unbind(),
             outgoing_read: outgoing.getattr(intern!(py, "read"))?.unbind(),
         })
@@ -431,40 +431,58 @@ impl TlsProtocol {
             let st = this.state.borrow(py);
             (st.ssl_writing_paused, st.transport.as_ref().map(|t| t.clone_ref(py)))
         };
-        if !paused {
+        let mut pending = this.outgoing_pending(py)?;
+        if !paused && pending > 0 {
             let data = this.calls.outgoing_read.bind(py).call0()?;
-            if data.len()? > 0 {
-                if let Some(t) = transport {
-                    let t = t.into_bound(py);
-                    match t.cast::<super::stream::StreamTransport>() {
-                        Ok(stream) => super::stream::StreamTransport::write(stream, &data)?,
-                        Err(_) => drop(t.call_method1(intern!(py, "write"), (data,))?),
-                    }
+            pending = 0; // `read()` takes all of it
+            if let Some(t) = transport {
+                let t = t.into_bound(py);
+                match t.cast::<super::stream::StreamTransport>() {
+                    Ok(stream) => super::stream::StreamTransport::write(stream, &data)?,
+                    Err(_) => drop(t.call_method1(intern!(py, "write"), (data,))?),
                 }
             }
         }
-        Self::control_app_writing(slf)
+        let size = pending + this.state.borrow(py).backlog_bytes;
+        Self::control_app_writing_at(slf, size)
     }
 
-    /// No ciphertext waits in the incoming BIO and no plaintext in the TLS engine.
-    fn nothing_to_read(&self, py: Python<'_>) -> PyResult<bool> {
-        let incoming: usize = self.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
-        if incoming > 0 {
+    /// Whether another read may return plaintext now: ciphertext waits in the incoming BIO, or
+    /// the engine still holds decrypted bytes. `filled` says the last read returned all it was
+    /// asked for; the C engine returns less only once it holds nothing more, so it is not asked
+    /// (a `sslobject_class` subclass always is).
+    fn more_to_read(&self, py: Python<'_>, filled: bool) -> PyResult<bool> {
+        if self.incoming_pending(py)? > 0 {
+            return Ok(true);
+        }
+        if self.calls.direct && !filled {
             return Ok(false);
         }
         let buffered: usize = self.calls.pending.bind(py).call0()?.extract()?;
-        Ok(buffered == 0)
+        Ok(buffered > 0)
+    }
+
+    fn incoming_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()
+    }
+
+    fn outgoing_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.outgoing.bind(py).getattr(intern!(py, "pending"))?.extract()
     }
 
     fn write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        let pending: usize = self.outgoing.bind(py).getattr(intern!(py, "pending"))?.extract()?;
-        Ok(pending + self.state.borrow(py).backlog_bytes)
+        Ok(self.outgoing_pending(py)? + self.state.borrow(py).backlog_bytes)
     }
 
     fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let size = slf.get().write_buffer_size(slf.py())?;
+        Self::control_app_writing_at(slf, size)
+    }
+
+    /// Pauses or resumes the application's writing, `size` being the write buffer's size.
+    fn control_app_writing_at(slf: &Bound<'_, Self>, size: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size = this.write_buffer_size(py)?;
         let method = {
             let mut st = this.state.borrow_mut(py);
             if size >= st.outgoing_high && !st.app_writing_paused {
@@ -495,7 +513,7 @@ impl TlsProtocol {
     fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size: usize = this.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
+        let size = this.incoming_pending(py)?;
         let (method, transport) = {
             let mut st = this.state.borrow_mut(py);
             let method = if size >= st.incoming_high && !st.ssl_reading_paused {
@@ -599,7 +617,7 @@ impl TlsProtocol {
                     let data = unsafe { &buf.as_bytes()[..count.min(MAX_READ)] };
                     chunks.push(PyBytes::new(py, data).into_any());
                     // Nothing left to decrypt: stop here rather than pay for SSLWantReadError.
-                    if this.nothing_to_read(py)? {
+                    if !this.more_to_read(py, count >= MAX_READ)? {
                         break;
                     }
                 }
@@ -630,7 +648,7 @@ impl TlsProtocol {
         let this = slf.get();
         let Some(app) = this.app_protocol(py) else { return Ok(()) };
         let app = app.into_bound(py);
-        let pending: i64 = this.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
+        let pending = this.incoming_pending(py)?;
         let buf = app.call_method1(intern!(py, "get_buffer"), (pending,))?;
         let wants = buf.len()?;
         let view = PyMemoryView::from(&buf)?;
@@ -650,12 +668,13 @@ impl TlsProtocol {
                     if count == 0 {
                         break;
                     }
+                    let filled = count >= wants - offset;
                     offset += count;
                     if offset >= wants {
                         again = true;
                         break;
                     }
-                    if this.nothing_to_read(py)? {
+                    if !this.more_to_read(py, filled)? {
                         break;
                     }
                 }
@@ -1138,7 +1157,7 @@ impl TlsTransport {
     }
 
     fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.proto(py)?.get().incoming.bind(py).getattr(intern!(py, "pending"))?.extract()
+        self.proto(py)?.get().incoming_pending(py)
     }
 
     #[getter]
