@@ -160,6 +160,10 @@ struct State {
     eof_received: bool,
     /// The raw transport asked us to stop writing (its buffer is full).
     ssl_writing_paused: bool,
+    /// The engine read since `process_outgoing` last looked at the outgoing BIO, so there may be
+    /// ciphertext to send (when the application writes as it receives, there is no need to look
+    /// again).
+    read_since_outgoing: bool,
     /// The application paused reading.
     app_reading_paused: bool,
     /// We paused the raw transport's reading (too much undecrypted input).
@@ -428,7 +432,8 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         let (paused, transport) = {
-            let st = this.state.borrow(py);
+            let mut st = this.state.borrow_mut(py);
+            st.read_since_outgoing = false;
             (st.ssl_writing_paused, st.transport.as_ref().map(|t| t.clone_ref(py)))
         };
         let mut pending = this.outgoing_pending(py)?;
@@ -511,9 +516,14 @@ impl TlsProtocol {
     }
 
     fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let size = slf.get().incoming_pending(slf.py())?;
+        Self::control_ssl_reading_at(slf, size)
+    }
+
+    /// Pauses or resumes the raw transport's reading, `size` being the incoming BIO's size.
+    fn control_ssl_reading_at(slf: &Bound<'_, Self>, size: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size = this.incoming_pending(py)?;
         let (method, transport) = {
             let mut st = this.state.borrow_mut(py);
             let method = if size >= st.incoming_high && !st.ssl_reading_paused {
@@ -580,29 +590,37 @@ impl TlsProtocol {
                 let st = this.state.borrow(py);
                 (st.app_reading_paused, st.app_buffered, !st.backlog.is_empty())
             };
+            let mut drained = false;
             if !paused {
-                if buffered {
-                    Self::read_buffered(slf)?;
-                } else {
-                    Self::read_copied(slf)?;
-                }
+                drained = if buffered { Self::read_buffered(slf)? } else { Self::read_copied(slf)? };
                 if backlog {
                     Self::do_write(slf)?;
-                } else {
+                } else if this.state.borrow(py).read_since_outgoing {
                     Self::process_outgoing(slf)?;
                 }
             }
-            Self::control_ssl_reading(slf)
+            if drained {
+                Self::control_ssl_reading_at(slf, 0)
+            } else {
+                Self::control_ssl_reading(slf)
+            }
         })
     }
 
-    /// Decrypts everything available and hands it to `data_received` in one call.
-    fn read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Reading is over: the engine may have produced ciphertext (an alert, a key update).
+    fn note_read(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).read_since_outgoing = true;
+    }
+
+    /// Decrypts everything available and hands it to `data_received` in one call. Returns
+    /// whether it left the incoming BIO empty.
+    fn read_copied(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         let read = this.calls.read.bind(py);
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
         let mut eof = false;
+        let mut drained = false;
         let buf = read_buffer(py)?;
         loop {
             match read.call1((MAX_READ, &buf)) {
@@ -618,6 +636,7 @@ impl TlsProtocol {
                     chunks.push(PyBytes::new(py, data).into_any());
                     // Nothing left to decrypt: stop here rather than pay for SSLWantReadError.
                     if !this.more_to_read(py, count >= MAX_READ)? {
+                        drained = true;
                         break;
                     }
                 }
@@ -625,6 +644,7 @@ impl TlsProtocol {
                 Err(e) => return Err(e),
             }
         }
+        this.note_read(py);
         if !chunks.is_empty() {
             let data = if chunks.len() == 1 {
                 chunks.pop().unwrap_or_else(|| PyBytes::new(py, b"").into_any())
@@ -638,15 +658,17 @@ impl TlsProtocol {
         if eof {
             Self::call_eof_received(slf)?;
             Self::start_shutdown(slf)?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(drained)
     }
 
-    /// Decrypts straight into the `BufferedProtocol`'s buffer.
-    fn read_buffered(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Decrypts straight into the `BufferedProtocol`'s buffer. Returns whether it left the
+    /// incoming BIO empty.
+    fn read_buffered(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        let Some(app) = this.app_protocol(py) else { return Ok(()) };
+        let Some(app) = this.app_protocol(py) else { return Ok(false) };
         let app = app.into_bound(py);
         let pending = this.incoming_pending(py)?;
         let buf = app.call_method1(intern!(py, "get_buffer"), (pending,))?;
@@ -656,6 +678,7 @@ impl TlsProtocol {
         let mut offset = 0usize;
         let mut count = 1usize;
         let mut again = false;
+        let mut drained = false;
         loop {
             let target = if offset == 0 {
                 view.clone().into_any()
@@ -675,6 +698,7 @@ impl TlsProtocol {
                         break;
                     }
                     if !this.more_to_read(py, filled)? {
+                        drained = true;
                         break;
                     }
                 }
@@ -682,6 +706,7 @@ impl TlsProtocol {
                 Err(e) => return Err(e),
             }
         }
+        this.note_read(py);
         if again {
             // The buffer is full: there may be more plaintext; read it on the next iteration.
             this.lp(py).get().call_soon_native(py, &slf.getattr("_do_read")?, &PyTuple::empty(py))?;
@@ -692,8 +717,9 @@ impl TlsProtocol {
         if count == 0 {
             Self::call_eof_received(slf)?;
             Self::start_shutdown(slf)?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(drained)
     }
 
     fn call_eof_received(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1301,6 +1327,7 @@ pub fn make_tls_protocol<'py>(
         conn_lost: 0,
         eof_received: false,
         ssl_writing_paused: false,
+        read_since_outgoing: false,
         app_reading_paused: false,
         ssl_reading_paused: false,
         app_writing_paused: false,
