@@ -429,6 +429,12 @@ impl TlsProtocol {
 
     /// Sends whatever ciphertext is pending, unless the raw transport asked us to wait.
     fn process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::send_outgoing(slf, false)
+    }
+
+    /// `process_outgoing`, told whether the engine just produced records (so the outgoing BIO
+    /// is known not to be empty).
+    fn send_outgoing(slf: &Bound<'_, Self>, produced: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (paused, transport) = {
@@ -436,10 +442,12 @@ impl TlsProtocol {
             st.read_since_outgoing = false;
             (st.ssl_writing_paused, st.transport.as_ref().map(|t| t.clone_ref(py)))
         };
-        let mut pending = this.outgoing_pending(py)?;
-        if !paused && pending > 0 {
+        if paused {
+            let size = this.write_buffer_size(py)?;
+            return Self::control_app_writing_at(slf, size);
+        }
+        if produced || this.outgoing_pending(py)? > 0 {
             let data = this.calls.outgoing_read.bind(py).call0()?;
-            pending = 0; // `read()` takes all of it
             if let Some(t) = transport {
                 let t = t.into_bound(py);
                 match t.cast::<super::stream::StreamTransport>() {
@@ -448,7 +456,8 @@ impl TlsProtocol {
                 }
             }
         }
-        let size = pending + this.state.borrow(py).backlog_bytes;
+        // `read()` took all the ciphertext: only the backlog is left.
+        let size = this.state.borrow(py).backlog_bytes;
         Self::control_app_writing_at(slf, size)
     }
 
@@ -548,6 +557,7 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         let write = this.calls.write.bind(py);
+        let mut produced = false;
         loop {
             let Some(data) = this.state.borrow(py).backlog.front().map(|d| d.clone_ref(py)) else { break };
             let data = data.into_bound(py);
@@ -556,6 +566,7 @@ impl TlsProtocol {
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
             };
+            produced |= count > 0;
             let len = data.len()?;
             let rest = if count < len {
                 Some(
@@ -576,7 +587,7 @@ impl TlsProtocol {
             };
             drop(dropped);
         }
-        Self::process_outgoing(slf)
+        Self::send_outgoing(slf, produced)
     }
 
     fn do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -825,7 +836,7 @@ impl TlsProtocol {
         Ok(())
     }
 
-    fn write_appdata(slf: &Bound<'_, Self>, items: Vec<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn write_appdata(slf: &Bound<'_, Self>, items: &[Bound<'_, PyAny>]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let lost = {
@@ -843,16 +854,11 @@ impl TlsProtocol {
             }
             return Ok(());
         }
-        let mut sizes = Vec::with_capacity(items.len());
-        for item in &items {
-            sizes.push(item.len()?);
-        }
-        {
+        for item in items {
+            let size = item.len()?;
             let mut st = this.state.borrow_mut(py);
-            for (item, size) in items.into_iter().zip(sizes) {
-                st.backlog.push_back(item.unbind());
-                st.backlog_bytes += size;
-            }
+            st.backlog.push_back(item.clone().unbind());
+            st.backlog_bytes += size;
         }
         if this.tls(py) == Tls::Wrapped {
             Self::guarded(slf, "Fatal error on SSL protocol", || Self::do_write(slf))?;
@@ -1211,12 +1217,12 @@ impl TlsTransport {
         if data.len()? == 0 {
             return Ok(());
         }
-        TlsProtocol::write_appdata(&self.proto(py)?, vec![data.clone()])
+        TlsProtocol::write_appdata(&self.proto(py)?, std::slice::from_ref(data))
     }
 
     fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let items = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-        TlsProtocol::write_appdata(&self.proto(py)?, items)
+        TlsProtocol::write_appdata(&self.proto(py)?, &items)
     }
 
     fn write_eof(&self) -> PyResult<()> {
