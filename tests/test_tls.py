@@ -712,7 +712,7 @@ def test_failed_server_handshake_is_not_reported_without_debug(loop, run, certs,
 
 
 # ---------------------------------------------------------------------------
-# 4. ALPN
+# 4. ALPN, SSLContext.sslobject_class
 
 
 @pytest.mark.parametrize(
@@ -742,6 +742,45 @@ def test_alpn(loop, run, certs, server_alpn, client_alpn, expected):
             transport.close()
             await proto.lost
             await server_proto.lost
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+class ShoutingSSLObject(ssl.SSLObject):
+    """An ``SSLContext.sslobject_class`` overriding the methods used for every record."""
+
+    reads = 0
+
+    def read(self, len=1024, buffer=None):
+        type(self).reads += 1
+        return super().read(len, buffer)
+
+    def write(self, data):
+        return super().write(bytes(data).upper())
+
+
+def test_sslobject_class_overrides_are_called(loop, run, certs):
+    server_ctx = certs.server_context()
+    server_ctx.sslobject_class = ShoutingSSLObject
+    ShoutingSSLObject.reads = 0
+
+    async def main():
+        factory = Factory(loop, echo=True)
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
+        addr = server.sockets[0].getsockname()
+        try:
+            transport, proto = await loop.create_connection(
+                lambda: Proto(loop), *addr, ssl=certs.client_context(), server_hostname="localhost"
+            )
+            transport.write(b"hello")
+            assert await proto.wait_data(5) == b"HELLO"
+            assert type(factory.protocols[0].transport.get_extra_info("ssl_object")) is ShoutingSSLObject
+            assert ShoutingSSLObject.reads > 0
+            transport.close()
+            await proto.lost
         finally:
             server.close()
             await server.wait_closed()

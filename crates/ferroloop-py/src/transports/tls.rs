@@ -67,6 +67,7 @@ enum App {
 /// Python objects of the `ssl` module, imported once.
 struct SslTypes {
     memory_bio: Py<PyType>,
+    ssl_object: Py<PyType>,
     want_read: Py<PyType>,
     want_write: Py<PyType>,
     ssl_error: Py<PyType>,
@@ -80,6 +81,7 @@ fn ssl_types(py: Python<'_>) -> PyResult<&SslTypes> {
         let get = |name: &str| -> PyResult<Py<PyType>> { Ok(ssl.getattr(name)?.cast_into::<PyType>()?.unbind()) };
         Ok(SslTypes {
             memory_bio: get("MemoryBIO")?,
+            ssl_object: get("SSLObject")?,
             want_read: get("SSLWantReadError")?,
             want_write: get("SSLWantWriteError")?,
             ssl_error: get("SSLError")?,
@@ -158,6 +160,10 @@ struct State {
     eof_received: bool,
     /// The raw transport asked us to stop writing (its buffer is full).
     ssl_writing_paused: bool,
+    /// The engine read since `process_outgoing` last looked at the outgoing BIO, so there may be
+    /// ciphertext to send (when the application writes as it receives, there is no need to look
+    /// again).
+    read_since_outgoing: bool,
     /// The application paused reading.
     app_reading_paused: bool,
     /// We paused the raw transport's reading (too much undecrypted input).
@@ -173,6 +179,53 @@ struct State {
     handshake_started: f64,
 }
 
+/// The callables used for every record, resolved once per connection: calling a cached bound
+/// method skips the attribute lookup that `call_method` pays on each call.
+///
+/// The TLS object's methods are those of the C object an exact `ssl.SSLObject` wraps
+/// (`_ssl._SSLSocket`, its `_sslobj`): `SSLObject.read(len, buffer)`, `write(data)` and
+/// `pending()` only forward their arguments to the same method of that object (Lib/ssl.py, 3.11 to
+/// 3.13), so results and exceptions are the same, less one Python frame per call. A subclass (set
+/// as `SSLContext.sslobject_class`) may override them, so its own methods are called.
+struct RecordCalls {
+    /// `read(len, buffer)` of the TLS engine.
+    read: Py<PyAny>,
+    /// `write(data)` of the TLS engine.
+    write: Py<PyAny>,
+    /// `pending()` of the TLS engine: decrypted bytes not read yet.
+    pending: Py<PyAny>,
+    /// The engine is the C object.
+    direct: bool,
+    /// `write(data)` of the incoming BIO.
+    incoming_write: Py<PyAny>,
+    /// `read()` of the outgoing BIO.
+    outgoing_read: Py<PyAny>,
+}
+
+impl RecordCalls {
+    fn new(sslobj: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>, outgoing: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = sslobj.py();
+        let direct = sslobj.get_type().is(ssl_types(py)?.ssl_object.bind(py));
+        let engine = if direct { sslobj.getattr(intern!(py, "_sslobj"))? } else { sslobj.clone() };
+        Ok(Self {
+            read: engine.getattr(intern!(py, "read"))?.unbind(),
+            write: engine.getattr(intern!(py, "write"))?.unbind(),
+            pending: engine.getattr(intern!(py, "pending"))?.unbind(),
+            direct,
+            incoming_write: incoming.getattr(intern!(py, "write"))?.unbind(),
+            outgoing_read: outgoing.getattr(intern!(py, "read"))?.unbind(),
+        })
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.read)?;
+        visit.call(&self.write)?;
+        visit.call(&self.pending)?;
+        visit.call(&self.incoming_write)?;
+        visit.call(&self.outgoing_read)
+    }
+}
+
 #[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref)]
 pub struct TlsProtocol {
     /// Counts the object in leak-check builds (`live`).
@@ -184,6 +237,7 @@ pub struct TlsProtocol {
     incoming: Py<PyAny>,
     /// Ciphertext produced, not yet written to the raw transport.
     outgoing: Py<PyAny>,
+    calls: RecordCalls,
     handshake_timeout: f64,
     shutdown_timeout: f64,
     state: GilCell<State>,
@@ -375,46 +429,74 @@ impl TlsProtocol {
 
     /// Sends whatever ciphertext is pending, unless the raw transport asked us to wait.
     fn process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::send_outgoing(slf, false)
+    }
+
+    /// `process_outgoing`, told whether the engine just produced records (so the outgoing BIO
+    /// is known not to be empty).
+    fn send_outgoing(slf: &Bound<'_, Self>, produced: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (paused, transport) = {
-            let st = this.state.borrow(py);
+            let mut st = this.state.borrow_mut(py);
+            st.read_since_outgoing = false;
             (st.ssl_writing_paused, st.transport.as_ref().map(|t| t.clone_ref(py)))
         };
-        if !paused {
-            let data = this.outgoing.bind(py).call_method0(intern!(py, "read"))?;
-            if data.len()? > 0 {
-                if let Some(t) = transport {
-                    let t = t.into_bound(py);
-                    match t.cast::<super::stream::StreamTransport>() {
-                        Ok(stream) => super::stream::StreamTransport::write(stream, &data)?,
-                        Err(_) => drop(t.call_method1(intern!(py, "write"), (data,))?),
-                    }
+        if paused {
+            let size = this.write_buffer_size(py)?;
+            return Self::control_app_writing_at(slf, size);
+        }
+        if produced || this.outgoing_pending(py)? > 0 {
+            let data = this.calls.outgoing_read.bind(py).call0()?;
+            if let Some(t) = transport {
+                let t = t.into_bound(py);
+                match t.cast::<super::stream::StreamTransport>() {
+                    Ok(stream) => super::stream::StreamTransport::write(stream, &data)?,
+                    Err(_) => drop(t.call_method1(intern!(py, "write"), (data,))?),
                 }
             }
         }
-        Self::control_app_writing(slf)
+        // `read()` took all the ciphertext: only the backlog is left.
+        let size = this.state.borrow(py).backlog_bytes;
+        Self::control_app_writing_at(slf, size)
     }
 
-    /// No ciphertext waits in the incoming BIO and no plaintext in the TLS engine.
-    fn nothing_to_read(&self, py: Python<'_>) -> PyResult<bool> {
-        let incoming: usize = self.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
-        if incoming > 0 {
+    /// Whether another read may return plaintext now: ciphertext waits in the incoming BIO, or
+    /// the engine still holds decrypted bytes. `filled` says the last read returned all it was
+    /// asked for; the C engine returns less only once it holds nothing more, so it is not asked
+    /// (a `sslobject_class` subclass always is).
+    fn more_to_read(&self, py: Python<'_>, filled: bool) -> PyResult<bool> {
+        if self.incoming_pending(py)? > 0 {
+            return Ok(true);
+        }
+        if self.calls.direct && !filled {
             return Ok(false);
         }
-        let buffered: usize = self.sslobj.bind(py).call_method0(intern!(py, "pending"))?.extract()?;
-        Ok(buffered == 0)
+        let buffered: usize = self.calls.pending.bind(py).call0()?.extract()?;
+        Ok(buffered > 0)
+    }
+
+    fn incoming_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()
+    }
+
+    fn outgoing_pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.outgoing.bind(py).getattr(intern!(py, "pending"))?.extract()
     }
 
     fn write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        let pending: usize = self.outgoing.bind(py).getattr(intern!(py, "pending"))?.extract()?;
-        Ok(pending + self.state.borrow(py).backlog_bytes)
+        Ok(self.outgoing_pending(py)? + self.state.borrow(py).backlog_bytes)
     }
 
     fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let size = slf.get().write_buffer_size(slf.py())?;
+        Self::control_app_writing_at(slf, size)
+    }
+
+    /// Pauses or resumes the application's writing, `size` being the write buffer's size.
+    fn control_app_writing_at(slf: &Bound<'_, Self>, size: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size = this.write_buffer_size(py)?;
         let method = {
             let mut st = this.state.borrow_mut(py);
             if size >= st.outgoing_high && !st.app_writing_paused {
@@ -443,9 +525,14 @@ impl TlsProtocol {
     }
 
     fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let size = slf.get().incoming_pending(slf.py())?;
+        Self::control_ssl_reading_at(slf, size)
+    }
+
+    /// Pauses or resumes the raw transport's reading, `size` being the incoming BIO's size.
+    fn control_ssl_reading_at(slf: &Bound<'_, Self>, size: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let size: usize = this.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
         let (method, transport) = {
             let mut st = this.state.borrow_mut(py);
             let method = if size >= st.incoming_high && !st.ssl_reading_paused {
@@ -469,15 +556,17 @@ impl TlsProtocol {
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let sslobj = this.sslobj.bind(py);
+        let write = this.calls.write.bind(py);
+        let mut produced = false;
         loop {
             let Some(data) = this.state.borrow(py).backlog.front().map(|d| d.clone_ref(py)) else { break };
             let data = data.into_bound(py);
-            let count: usize = match sslobj.call_method1(intern!(py, "write"), (&data,)) {
+            let count: usize = match write.call1((&data,)) {
                 Ok(c) => c.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
             };
+            produced |= count > 0;
             let len = data.len()?;
             let rest = if count < len {
                 Some(
@@ -498,7 +587,7 @@ impl TlsProtocol {
             };
             drop(dropped);
         }
-        Self::process_outgoing(slf)
+        Self::send_outgoing(slf, produced)
     }
 
     fn do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -512,32 +601,40 @@ impl TlsProtocol {
                 let st = this.state.borrow(py);
                 (st.app_reading_paused, st.app_buffered, !st.backlog.is_empty())
             };
+            let mut drained = false;
             if !paused {
-                if buffered {
-                    Self::read_buffered(slf)?;
-                } else {
-                    Self::read_copied(slf)?;
-                }
+                drained = if buffered { Self::read_buffered(slf)? } else { Self::read_copied(slf)? };
                 if backlog {
                     Self::do_write(slf)?;
-                } else {
+                } else if this.state.borrow(py).read_since_outgoing {
                     Self::process_outgoing(slf)?;
                 }
             }
-            Self::control_ssl_reading(slf)
+            if drained {
+                Self::control_ssl_reading_at(slf, 0)
+            } else {
+                Self::control_ssl_reading(slf)
+            }
         })
     }
 
-    /// Decrypts everything available and hands it to `data_received` in one call.
-    fn read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Reading is over: the engine may have produced ciphertext (an alert, a key update).
+    fn note_read(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).read_since_outgoing = true;
+    }
+
+    /// Decrypts everything available and hands it to `data_received` in one call. Returns
+    /// whether it left the incoming BIO empty.
+    fn read_copied(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        let sslobj = this.sslobj.bind(py);
+        let read = this.calls.read.bind(py);
         let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
         let mut eof = false;
+        let mut drained = false;
         let buf = read_buffer(py)?;
         loop {
-            match sslobj.call_method1(intern!(py, "read"), (MAX_READ, &buf)) {
+            match read.call1((MAX_READ, &buf)) {
                 Ok(count) => {
                     let count: usize = count.extract()?;
                     if count == 0 {
@@ -549,7 +646,8 @@ impl TlsProtocol {
                     let data = unsafe { &buf.as_bytes()[..count.min(MAX_READ)] };
                     chunks.push(PyBytes::new(py, data).into_any());
                     // Nothing left to decrypt: stop here rather than pay for SSLWantReadError.
-                    if this.nothing_to_read(py)? {
+                    if !this.more_to_read(py, count >= MAX_READ)? {
+                        drained = true;
                         break;
                     }
                 }
@@ -557,6 +655,7 @@ impl TlsProtocol {
                 Err(e) => return Err(e),
             }
         }
+        this.note_read(py);
         if !chunks.is_empty() {
             let data = if chunks.len() == 1 {
                 chunks.pop().unwrap_or_else(|| PyBytes::new(py, b"").into_any())
@@ -570,42 +669,47 @@ impl TlsProtocol {
         if eof {
             Self::call_eof_received(slf)?;
             Self::start_shutdown(slf)?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(drained)
     }
 
-    /// Decrypts straight into the `BufferedProtocol`'s buffer.
-    fn read_buffered(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Decrypts straight into the `BufferedProtocol`'s buffer. Returns whether it left the
+    /// incoming BIO empty.
+    fn read_buffered(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        let Some(app) = this.app_protocol(py) else { return Ok(()) };
+        let Some(app) = this.app_protocol(py) else { return Ok(false) };
         let app = app.into_bound(py);
-        let pending: i64 = this.incoming.bind(py).getattr(intern!(py, "pending"))?.extract()?;
+        let pending = this.incoming_pending(py)?;
         let buf = app.call_method1(intern!(py, "get_buffer"), (pending,))?;
         let wants = buf.len()?;
         let view = PyMemoryView::from(&buf)?;
-        let sslobj = this.sslobj.bind(py);
+        let read = this.calls.read.bind(py);
         let mut offset = 0usize;
         let mut count = 1usize;
         let mut again = false;
+        let mut drained = false;
         loop {
             let target = if offset == 0 {
                 view.clone().into_any()
             } else {
                 view.get_item(pyo3::types::PySlice::new(py, offset.try_into().unwrap_or(isize::MAX), isize::MAX, 1))?
             };
-            match sslobj.call_method1(intern!(py, "read"), (wants - offset, target)) {
+            match read.call1((wants - offset, target)) {
                 Ok(c) => {
                     count = c.extract()?;
                     if count == 0 {
                         break;
                     }
+                    let filled = count >= wants - offset;
                     offset += count;
                     if offset >= wants {
                         again = true;
                         break;
                     }
-                    if this.nothing_to_read(py)? {
+                    if !this.more_to_read(py, filled)? {
+                        drained = true;
                         break;
                     }
                 }
@@ -613,6 +717,7 @@ impl TlsProtocol {
                 Err(e) => return Err(e),
             }
         }
+        this.note_read(py);
         if again {
             // The buffer is full: there may be more plaintext; read it on the next iteration.
             this.lp(py).get().call_soon_native(py, &slf.getattr("_do_read")?, &PyTuple::empty(py))?;
@@ -623,8 +728,9 @@ impl TlsProtocol {
         if count == 0 {
             Self::call_eof_received(slf)?;
             Self::start_shutdown(slf)?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(drained)
     }
 
     fn call_eof_received(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -730,7 +836,7 @@ impl TlsProtocol {
         Ok(())
     }
 
-    fn write_appdata(slf: &Bound<'_, Self>, items: Vec<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn write_appdata(slf: &Bound<'_, Self>, items: &[Bound<'_, PyAny>]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let lost = {
@@ -748,16 +854,11 @@ impl TlsProtocol {
             }
             return Ok(());
         }
-        let mut sizes = Vec::with_capacity(items.len());
-        for item in &items {
-            sizes.push(item.len()?);
-        }
-        {
+        for item in items {
+            let size = item.len()?;
             let mut st = this.state.borrow_mut(py);
-            for (item, size) in items.into_iter().zip(sizes) {
-                st.backlog.push_back(item.unbind());
-                st.backlog_bytes += size;
-            }
+            st.backlog.push_back(item.clone().unbind());
+            st.backlog_bytes += size;
         }
         if this.tls(py) == Tls::Wrapped {
             Self::guarded(slf, "Fatal error on SSL protocol", || Self::do_write(slf))?;
@@ -814,7 +915,7 @@ impl TlsProtocol {
 
     pub(crate) fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        slf.get().incoming.bind(py).call_method1(intern!(py, "write"), (data,))?;
+        slf.get().calls.incoming_write.bind(py).call1((data,))?;
         match slf.get().tls(py) {
             Tls::Handshake => Self::do_handshake(slf),
             Tls::Wrapped => Self::do_read(slf),
@@ -926,6 +1027,7 @@ impl TlsProtocol {
         visit.call(&self.sslobj)?;
         visit.call(&self.incoming)?;
         visit.call(&self.outgoing)?;
+        self.calls.traverse(&visit)?;
         if let Some(st) = self.state.try_borrow() {
             visit.call(&st.app_protocol)?;
             visit.call(&st.transport)?;
@@ -1087,7 +1189,7 @@ impl TlsTransport {
     }
 
     fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.proto(py)?.get().incoming.bind(py).getattr(intern!(py, "pending"))?.extract()
+        self.proto(py)?.get().incoming_pending(py)
     }
 
     #[getter]
@@ -1115,12 +1217,12 @@ impl TlsTransport {
         if data.len()? == 0 {
             return Ok(());
         }
-        TlsProtocol::write_appdata(&self.proto(py)?, vec![data.clone()])
+        TlsProtocol::write_appdata(&self.proto(py)?, std::slice::from_ref(data))
     }
 
     fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let items = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-        TlsProtocol::write_appdata(&self.proto(py)?, items)
+        TlsProtocol::write_appdata(&self.proto(py)?, &items)
     }
 
     fn write_eof(&self) -> PyResult<()> {
@@ -1231,6 +1333,7 @@ pub fn make_tls_protocol<'py>(
         conn_lost: 0,
         eof_received: false,
         ssl_writing_paused: false,
+        read_since_outgoing: false,
         app_reading_paused: false,
         ssl_reading_paused: false,
         app_writing_paused: false,
@@ -1242,12 +1345,14 @@ pub fn make_tls_protocol<'py>(
         shutdown_timer: None,
         handshake_started: 0.0,
     };
+    let calls = RecordCalls::new(&sslobj, &incoming, &outgoing)?;
     let protocol = Bound::new(
         py,
         TlsProtocol {
             _live: crate::live::Token::new(crate::live::Kind::SslProtocol),
             event_loop: event_loop.clone().unbind(),
             sslobj: sslobj.unbind(),
+            calls,
             incoming: incoming.unbind(),
             outgoing: outgoing.unbind(),
             handshake_timeout,
