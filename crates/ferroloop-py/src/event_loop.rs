@@ -239,7 +239,7 @@ impl EventLoop {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
         self.check_not_native(py, fd)?;
-        let handle = handles::new_tracked(py, self.make_handle(py, callback, args, None)?)?;
+        let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
         self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
         Ok(handle)
     }
@@ -1023,7 +1023,7 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        handles::new_tracked(py, self.make_handle(py, callback, args, None)?)
+        Py::new(py, self.make_handle(py, callback, args, None)?)
     }
 
     /// Queues an existing handle, from any thread (signal delivery).
