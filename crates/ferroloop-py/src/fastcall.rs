@@ -240,46 +240,33 @@ pub fn install_stream_write(py: Python<'_>) -> PyResult<()> {
 /// `{"call_soon": descriptor, ...}`, for `ferroloop.Loop` to install.
 #[pyfunction]
 pub fn _fast_methods(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let methods = PyDict::new(py);
-    methods.set_item(
-        "call_soon",
-        descriptor(
-            py,
-            EventLoop::type_object_raw(py),
+    use pyo3::get_trampoline_function as entry_point;
+    let table: [(&'static CStr, &'static CStr, ffi::PyCFunctionFastWithKeywords); 4] = [
+        (
             c"call_soon",
             c"call_soon($self, callback, /, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.",
-            pyo3::get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon),
-        )?,
-    )?;
-    methods.set_item(
-        "call_soon_threadsafe",
-        descriptor(
-            py,
-            EventLoop::type_object_raw(py),
+            entry_point!(fastcall_cfunction_with_keywords, call_soon),
+        ),
+        (
             c"call_soon_threadsafe",
             c"call_soon_threadsafe($self, callback, /, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.",
-            pyo3::get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon_threadsafe),
-        )?,
-    )?;
-    methods.set_item(
-        "call_later",
-        descriptor(
-            py,
-            EventLoop::type_object_raw(py),
+            entry_point!(fastcall_cfunction_with_keywords, call_soon_threadsafe),
+        ),
+        (
             c"call_later",
             c"call_later($self, delay, callback, /, *args, context=None)\n--\n\nArrange for a callback to be called after a given delay (seconds).",
-            pyo3::get_trampoline_function!(fastcall_cfunction_with_keywords, call_later),
-        )?,
-    )?;
-    methods.set_item(
-        "call_at",
-        descriptor(
-            py,
-            EventLoop::type_object_raw(py),
+            entry_point!(fastcall_cfunction_with_keywords, call_later),
+        ),
+        (
             c"call_at",
             c"call_at($self, when, callback, /, *args, context=None)\n--\n\nArrange for a callback to be called at a given time on the loop's clock.",
-            pyo3::get_trampoline_function!(fastcall_cfunction_with_keywords, call_at),
-        )?,
-    )?;
+            entry_point!(fastcall_cfunction_with_keywords, call_at),
+        ),
+    ];
+    let methods = PyDict::new(py);
+    for (name, doc, f) in table {
+        let key = name.to_str().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+        methods.set_item(key, descriptor(py, EventLoop::type_object_raw(py), name, doc, f)?)?;
+    }
     Ok(methods)
 }
