@@ -9,7 +9,7 @@ within a round, then its median taken. The headline metric is server CPU time pe
 
 Writes bench/results/latest.{md,json,png} and the README's performance section.
 
-    python bench/run.py [--rounds 3] [--seconds 2] [--only WORKLOAD ...] [--no-readme]
+    python bench/run.py [--rounds 5] [--seconds 2] [--only WORKLOAD ...] [--no-readme]
 """
 
 import argparse
@@ -400,7 +400,7 @@ def update_readme(md):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--only", nargs="*", default=[], help="substrings of workload names (or 'memory', 'micro')")
     parser.add_argument("--no-readme", action="store_true")
