@@ -78,10 +78,6 @@ def _numeric_host_info(host, port, family, type, proto, flags):
 class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.AbstractEventLoop):
     """An asyncio event loop whose engine is written in Rust."""
 
-    # call_soon, call_soon_threadsafe, call_later and call_at as vectorcall entry points
-    # (what stdlib's C Task and Future call on every step; see crates/ferroloop-py/src/fastcall.rs).
-    locals().update(_ferroloop._fast_methods())
-
     def __init__(self):
         self._exception_handler = None
         self._default_executor = None
@@ -753,3 +749,10 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
             except (ValueError, OSError) as exc:
                 logger.info("set_wakeup_fd(-1) failed: %s", exc)
         return True
+
+
+# call_soon, call_soon_threadsafe, call_later and call_at as vectorcall entry points (what
+# stdlib's C Task and Future call on every step; see crates/ferroloop-py/src/fastcall.rs).
+for _name, _method in _ferroloop._fast_methods().items():
+    setattr(Loop, _name, _method)
+del _name, _method

@@ -552,39 +552,46 @@ impl EventLoop {
                     continue;
                 }
             };
-            let h = handle.get();
-            if h.is_cancelled() {
-                handles::release(handle);
-                continue;
-            }
-            let t0 = if debug {
-                let previous = this.current_handle.borrow_mut(py).replace(handle.clone_ref(py));
-                drop(previous);
-                clock::monotonic()
-            } else {
-                0.0
-            };
-            let result = h.run(py);
-            if debug {
-                let ran = this.current_handle.borrow_mut(py).take();
-                drop(ran);
-            }
-            if let Err(err) = result {
-                if is_exit(py, &err) {
-                    handles::release(handle);
-                    return Err(err);
-                }
-                report_callback_error(slf, handle.bind(py), err)?;
-            }
-            if debug {
-                let dt = clock::monotonic() - t0;
-                if dt >= *this.slow_callback_duration.borrow(py) {
-                    let what = pyrefs::format_fn(py, "format_handle")?.call1((handle.bind(py),))?;
-                    pyrefs::asyncio_logger(py)?
-                        .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
-                }
-            }
+            // Every way out of running the handle goes through its release (see `handles`).
+            let outcome = Self::run_handle(slf, py, &handle, debug);
             handles::release(handle);
+            outcome?;
+        }
+        Ok(())
+    }
+
+    /// Runs one handle's callback (unless cancelled), reporting its error; in debug mode records
+    /// it as the current handle and warns when it was slow. `Err` leaves the loop.
+    fn run_handle(slf: &Bound<'_, Self>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
+        let this = slf.get();
+        let h = handle.get();
+        if h.is_cancelled() {
+            return Ok(());
+        }
+        let t0 = if debug {
+            let previous = this.current_handle.borrow_mut(py).replace(handle.clone_ref(py));
+            drop(previous);
+            clock::monotonic()
+        } else {
+            0.0
+        };
+        let result = h.run(py);
+        if debug {
+            let ran = this.current_handle.borrow_mut(py).take();
+            drop(ran);
+        }
+        if let Err(err) = result {
+            if is_exit(py, &err) {
+                return Err(err);
+            }
+            report_callback_error(slf, handle.bind(py), err)?;
+        }
+        if debug {
+            let dt = clock::monotonic() - t0;
+            if dt >= *this.slow_callback_duration.borrow(py) {
+                let what = pyrefs::format_fn(py, "format_handle")?.call1((handle.bind(py),))?;
+                pyrefs::asyncio_logger(py)?.call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
+            }
         }
         Ok(())
     }

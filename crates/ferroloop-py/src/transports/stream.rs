@@ -469,6 +469,27 @@ impl StreamTransport {
         Ok(true)
     }
 
+    /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`); `sock`
+    /// stands in for the socket once the state no longer holds it (while it is being closed).
+    fn extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+        sock: Option<&Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let snapshot = {
+            let st = self.state.borrow(py);
+            ExtraSnapshot::take(py, &st.extra, sock.or(st.sock.as_ref()))
+        };
+        let (answer, keep) = snapshot.answer(name, default)?;
+        if let Some(dict) = keep {
+            let old = self.state.borrow_mut(py).extra.keep(dict.unbind());
+            drop(old);
+        }
+        Ok(answer)
+    }
+
     fn check_writable(&self, py: Python<'_>, what: &str) -> PyResult<()> {
         let st = self.state.borrow(py);
         if st.eof {
@@ -506,16 +527,7 @@ impl StreamTransport {
         name: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let snapshot = {
-            let st = self.state.borrow(py);
-            ExtraSnapshot::take(py, &st.extra, st.sock.as_ref())
-        };
-        let (answer, keep) = snapshot.answer(name, default)?;
-        if let Some(dict) = keep {
-            let old = self.state.borrow_mut(py).extra.keep(dict.unbind());
-            drop(old);
-        }
-        Ok(answer)
+        self.extra_info(py, name, default, None)
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
@@ -724,14 +736,7 @@ impl StreamTransport {
         if let Some(sock) = sock {
             // What get_extra_info answers from the socket must outlive it, as with asyncio.
             for name in [intern!(py, "sockname"), intern!(py, "socket")] {
-                let snapshot = {
-                    let st = this.state.borrow(py);
-                    ExtraSnapshot::take(py, &st.extra, Some(&sock))
-                };
-                if let (_, Some(dict)) = snapshot.answer(name, None)? {
-                    let old = this.state.borrow_mut(py).extra.keep(dict.unbind());
-                    drop(old);
-                }
+                this.extra_info(py, name, None, Some(&sock))?;
             }
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
