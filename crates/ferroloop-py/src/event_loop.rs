@@ -435,7 +435,10 @@ impl EventLoop {
         let mut dropped: Vec<Py<TimerHandle>> = Vec::new();
         let timeout = {
             let mut q = self.queues.borrow_mut(py);
-            q.timers.note_cancelled(self.timers_cancelled.swap(0, Relaxed));
+            // A plain load first: the swap is a locked instruction, and cancellations are rare.
+            if self.timers_cancelled.load(Relaxed) != 0 {
+                q.timers.note_cancelled(self.timers_cancelled.swap(0, Relaxed));
+            }
             if q.timers.should_compact() {
                 dropped = q.timers.compact(|t| !t.bind(py).as_super().get().is_cancelled());
             } else {
@@ -457,9 +460,11 @@ impl EventLoop {
                     .map(|(when, _)| Duration::from_secs_f64((when - now).clamp(0.0, MAXIMUM_SELECT_TIMEOUT)))
             }
         };
-        for t in dropped {
-            t.get().unschedule();
-            handles::release(t);
+        if !dropped.is_empty() {
+            for t in dropped {
+                t.get().unschedule();
+                handles::release(t);
+            }
         }
         timeout
     }
