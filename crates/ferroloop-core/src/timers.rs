@@ -34,7 +34,11 @@ impl<T> Entry<T> {
 fn order_key(when: f64) -> u64 {
     let bits = when.to_bits();
     // Negative numbers: flip every bit (their magnitude order is reversed); others: the sign bit.
-    if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }
 
 /// The deadline a key was made from.
@@ -94,7 +98,7 @@ impl<T> TimerQueue<T> {
             last
         } else {
             let top = std::mem::replace(&mut self.heap[0], last);
-            self.sift_down_to_bottom();
+            self.sift_down(0);
             top
         };
         Some((deadline(top.key), top.item))
@@ -112,77 +116,27 @@ impl<T> TimerQueue<T> {
         }
     }
 
-    /// Moves the entry at `pos` towards the leaves until it comes before all its children. The
-    /// entry is held aside and the children move up into the hole it leaves, one copy per level.
-    fn sift_down(&mut self, pos: usize) {
+    /// Moves the entry at `i` towards the leaves until it comes before all its children.
+    fn sift_down(&mut self, mut i: usize) {
         let len = self.heap.len();
-        debug_assert!(pos < len);
-        let base = self.heap.as_mut_ptr();
-        // SAFETY: every index read or written is below `len`, the vector's length. The entry at
-        // `pos` is read out once and written back once, into the final hole; in between each
-        // copy moves a child into the current hole, so no entry is duplicated or lost, and
-        // nothing in the loop can panic (integer comparisons only).
-        unsafe {
-            let moving = std::ptr::read(base.add(pos));
-            let mut hole = pos;
-            loop {
-                let first = hole * ARITY + 1;
-                if first >= len {
-                    break;
-                }
-                let end = (first + ARITY).min(len);
-                let mut min = first;
-                for c in first + 1..end {
-                    if (*base.add(c)).before(&*base.add(min)) {
-                        min = c;
-                    }
-                }
-                if !(*base.add(min)).before(&moving) {
-                    break;
-                }
-                std::ptr::copy_nonoverlapping(base.add(min), base.add(hole), 1);
-                hole = min;
+        loop {
+            let first = i * ARITY + 1;
+            if first >= len {
+                break;
             }
-            std::ptr::write(base.add(hole), moving);
-        }
-    }
-
-    /// After a pop: the entry now at the root (the former last leaf) almost always belongs near
-    /// the bottom again, so the hole it leaves goes all the way down along the earlier children
-    /// without comparing against it, and then the entry moves up the few levels it needs.
-    fn sift_down_to_bottom(&mut self) {
-        let len = self.heap.len();
-        let base = self.heap.as_mut_ptr();
-        // SAFETY: as in `sift_down`: indices stay below `len`, the root entry is read out once
-        // and written back once into the final hole, every copy in between moves an entry into
-        // the current hole, and nothing can panic.
-        unsafe {
-            let moving = std::ptr::read(base);
-            let mut hole = 0;
-            loop {
-                let first = hole * ARITY + 1;
-                if first >= len {
-                    break;
+            let children = &self.heap[first..(first + ARITY).min(len)];
+            let mut min = 0;
+            for (c, child) in children.iter().enumerate().skip(1) {
+                if child.before(&children[min]) {
+                    min = c;
                 }
-                let end = (first + ARITY).min(len);
-                let mut min = first;
-                for c in first + 1..end {
-                    if (*base.add(c)).before(&*base.add(min)) {
-                        min = c;
-                    }
-                }
-                std::ptr::copy_nonoverlapping(base.add(min), base.add(hole), 1);
-                hole = min;
             }
-            while hole > 0 {
-                let parent = (hole - 1) / ARITY;
-                if !moving.before(&*base.add(parent)) {
-                    break;
-                }
-                std::ptr::copy_nonoverlapping(base.add(parent), base.add(hole), 1);
-                hole = parent;
+            let min = first + min;
+            if !self.heap[min].before(&self.heap[i]) {
+                break;
             }
-            std::ptr::write(base.add(hole), moving);
+            self.heap.swap(i, min);
+            i = min;
         }
     }
 
