@@ -4,6 +4,7 @@ import asyncio
 import contextvars
 import threading
 import time
+import weakref
 
 import pytest
 from conftest import WAIT
@@ -452,6 +453,69 @@ def test_handle_repr(loop):
     th.cancel()
     assert "cancelled" in repr(h)
     assert "cancelled" in repr(th)
+
+
+def run_iterations(loop, n):
+    """Runs `n` loop iterations (each `call_soon` made by a callback waits for the next one)."""
+    for _ in range(n):
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+
+
+class Payload:
+    """Something a callback, its arguments or its context keep alive."""
+
+
+def test_a_held_handle_keeps_its_state_after_running(loop):
+    # ferroloop refills the handles it ran for later call_soon calls; one somebody holds must
+    # never be among them.
+    ran = []
+    held = loop.call_soon(ran.append, "held")
+    run_iterations(loop, 2)
+    others = [loop.call_soon(ran.append, i) for i in range(5)]
+    run_iterations(loop, 2)
+    assert ran == ["held", 0, 1, 2, 3, 4]
+    assert all(h is not held for h in others)
+    assert not held.cancelled()
+    assert held._callback == ran.append and held._args == ("held",)
+
+
+def test_a_handle_only_a_weak_reference_sees_dies_after_running(loop):
+    ref = weakref.ref(loop.call_soon(len, ()))
+    assert ref() is not None
+    run_iterations(loop, 2)
+    for _ in range(5):
+        loop.call_soon(len, ())
+    run_iterations(loop, 2)
+    assert ref() is None
+
+
+def test_what_a_callback_holds_is_released_once_it_ran(loop):
+    refs = []
+    for _ in range(3):
+        payload, arg, value = Payload(), Payload(), Payload()
+        refs += [weakref.ref(payload), weakref.ref(arg), weakref.ref(value)]
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, value)
+        loop.call_soon(lambda p=payload, *a: None, arg, context=ctx)
+        del payload, arg, value, ctx
+        run_iterations(loop, 1)
+    loop.call_soon(len, ())  # what a reused handle held is gone too
+    run_iterations(loop, 1)
+    assert [r() for r in refs] == [None] * len(refs)
+
+
+def test_each_callback_runs_in_its_own_context_and_uncancelled(loop):
+    seen = []
+    for i in range(4):
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, f"ctx{i}")
+        loop.call_soon(lambda: seen.append(VAR.get()), context=ctx)
+        loop.call_soon(seen.append, "never").cancel()
+        run_iterations(loop, 1)
+    loop.call_soon(lambda: seen.append(VAR.get()))
+    run_iterations(loop, 1)
+    assert seen == ["ctx0", "ctx1", "ctx2", "ctx3", "default"]
 
 
 # ---------------------------------------------------------------------------

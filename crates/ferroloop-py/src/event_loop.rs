@@ -42,7 +42,7 @@ use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
-use crate::handles::{self, copy_current_context, Handle, TimerHandle};
+use crate::handles::{self, copy_current_context, Handle, Parts, TimerHandle};
 use crate::pyrefs;
 use crate::watch::{IoWatcher, Ready, Watcher};
 
@@ -55,6 +55,8 @@ pub const FAIRNESS_BUDGET: f64 = 250e-6;
 const POLL_INTERVAL: f64 = 100e-6;
 /// asyncio's cap on one wait in the poller: a day.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// How many emptied handles a loop keeps for reuse (see [`EventLoop::retire`]).
+const SPARE_HANDLES: usize = 64;
 
 /// The loop's queues.
 #[derive(Default)]
@@ -123,6 +125,10 @@ pub struct EventLoop {
     /// In debug mode, the handle whose callback is running (`_current_handle`: the exception
     /// handler shows where it was created).
     current_handle: GilCell<Option<Py<Handle>>>,
+    /// Emptied `call_soon` handles nobody else can see, for the next `call_soon` to refill:
+    /// a handle's allocation, initialisation and deallocation were a good part of what the loop
+    /// spends on a task step (callgrind).
+    spare_handles: GilCell<Vec<Py<Handle>>>,
 }
 
 /// `RuntimeError('Event loop is closed')`, as asyncio raises it.
@@ -192,6 +198,23 @@ impl EventLoop {
         Ok(handle)
     }
 
+    /// What a new handle holds: the callback, its arguments, its context (a copy of the current
+    /// one unless given) and, in debug mode, where it was created.
+    fn handle_parts(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Parts> {
+        let context = match context {
+            Some(c) if !c.is_none() => c.clone().unbind(),
+            _ => copy_current_context(py)?,
+        };
+        let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
+        Ok(Parts::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
+    }
+
     /// Builds a handle; in debug mode it records where it was created.
     fn make_handle(
         &self,
@@ -200,12 +223,39 @@ impl EventLoop {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let context = match context {
-            Some(c) if !c.is_none() => c.clone().unbind(),
-            _ => copy_current_context(py)?,
-        };
-        let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
-        Ok(Handle::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
+        Ok(Handle::new(self.handle_parts(py, callback, args, context)?))
+    }
+
+    /// A handle for the ready queue: a spare one refilled, or a new one, untracked.
+    fn queued_handle(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let parts = self.handle_parts(py, callback, args, context)?;
+        let spare = self.spare_handles.borrow_mut(py).pop();
+        match spare {
+            Some(handle) => {
+                handle.get().refill(py, parts);
+                Ok(handle)
+            }
+            None => self.new_queued(py, Handle::new(parts)),
+        }
+    }
+
+    /// The loop is done with a handle it ran or skipped: kept for reuse if nobody else can see
+    /// it and there is room, else released (see `handles`).
+    fn retire(&self, py: Python<'_>, handle: Py<Handle>) {
+        if self.spare_handles.borrow(py).len() < SPARE_HANDLES && !self.closed.load(Relaxed) {
+            if let Some(emptied) = handles::take_for_reuse(py, &handle) {
+                self.spare_handles.borrow_mut(py).push(handle);
+                drop(emptied);
+                return;
+            }
+        }
+        handles::release(handle);
     }
 
     fn schedule_timer(
@@ -418,7 +468,7 @@ impl EventLoop {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         self.check_closed()?;
-        let handle = self.new_queued(py, self.make_handle(py, callback, args, None)?)?;
+        let handle = self.queued_handle(py, callback, args, None)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         Ok(())
     }
@@ -559,7 +609,7 @@ impl EventLoop {
             };
             // Every way out of running the handle goes through its release (see `handles`).
             let outcome = Self::run_handle(slf, py, &handle, debug);
-            handles::release(handle);
+            this.retire(py, handle);
             outcome?;
         }
         Ok(())
@@ -658,6 +708,7 @@ impl EventLoop {
             last_poll: GilCell::new(0.0),
             task_factory: GilCell::new(None),
             current_handle: GilCell::new(None),
+            spare_handles: GilCell::new(Vec::new()),
         })
     }
 
@@ -678,7 +729,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon", true)?;
         }
-        let handle = self.new_queued(py, self.make_handle(py, callback, args, context)?)?;
+        let handle = self.queued_handle(py, callback, args, context)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -695,7 +746,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
         }
-        let handle = self.new_queued(py, self.make_handle(py, callback, args, context)?)?;
+        let handle = self.queued_handle(py, callback, args, context)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         if self.polling.load(Relaxed) {
             self.wake(py);
@@ -1023,7 +1074,8 @@ impl EventLoop {
         queues.track_shared_handles();
         let poller = self.poller.borrow_mut(py).take();
         let waker = self.waker.borrow_mut(py).take();
-        drop((poller, waker));
+        let spare = std::mem::take(&mut *self.spare_handles.borrow_mut(py));
+        drop((poller, waker, spare));
         drop(queues);
     }
 

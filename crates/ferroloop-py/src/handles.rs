@@ -19,53 +19,76 @@
 //! object its callback belongs to makes a cycle). (A pyclass freelist for handles was tried and
 //! dropped: its mutex cost more than the allocations it saved, 0.133 -> 0.153 µs per `call_soon`
 //! chain link.)
+//!
+//! Reuse: when the loop is done with a plain `Handle` that nobody else can see (it holds the only
+//! reference, no weak reference exists, and the handle is untracked), it empties it
+//! ([`take_for_reuse`]: what the callback, arguments and context kept alive is released then,
+//! as if the handle had died) and keeps it for the next `call_soon` to refill, up to a few dozen
+//! per loop. A task step or a future's wake-up then costs no allocation, initialisation or
+//! deallocation of a handle: callgrind, per operation, `sleep(0)` 5,909 -> 5,653 instructions,
+//! `call_soon` chain link 2,479 -> 2,267, Future round trip 8,239 -> 7,662. No one can tell a
+//! reused handle from a new one: only an object nobody references is reused, as CPython's own
+//! free lists do.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
-use pyo3::{ffi, PyTraverseError, PyVisit};
+use pyo3::{ffi, PyTraverseError, PyTypeInfo, PyVisit};
 
 use crate::gil_cell::GilCell;
 use crate::pyrefs;
 
-/// The parts of a handle that `cancel()` releases.
-struct Callback {
+/// What a handle holds. `cancel()` takes the callback and its arguments; a handle the loop
+/// reuses ([`take_for_reuse`]) gives up everything and is filled again by [`Handle::refill`].
+pub(crate) struct Parts {
     /// The callable; `None` once cancelled.
     func: Option<Py<PyAny>>,
     /// Positional arguments for `func`; `None` once cancelled.
     args: Option<Py<PyTuple>>,
-}
-
-#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
-pub struct Handle {
-    /// Counts the object in leak-check builds (`live`).
-    _live: crate::live::Token,
-    /// Callback and arguments, released by `cancel()`.
-    callback: GilCell<Callback>,
     /// The `contextvars.Context` the callback runs in.
-    context: Py<PyAny>,
-    /// Set by `cancel()`; never cleared.
-    cancelled: AtomicBool,
+    context: Option<Py<PyAny>>,
     /// In debug mode, where the handle was created (`asyncio.format_helpers.extract_stack`).
     source_traceback: Option<Py<PyAny>>,
 }
 
-impl Handle {
+impl Parts {
     pub(crate) fn new(
         func: Py<PyAny>,
         args: Py<PyTuple>,
         context: Py<PyAny>,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
+        Self { func: Some(func), args: Some(args), context: Some(context), source_traceback }
+    }
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
+pub struct Handle {
+    /// Counts the object in leak-check builds (`live`).
+    _live: crate::live::Token,
+    /// Callback, arguments, context and creation traceback.
+    parts: GilCell<Parts>,
+    /// Set by `cancel()`; cleared only when the loop reuses the handle.
+    cancelled: AtomicBool,
+}
+
+impl Handle {
+    pub(crate) fn new(parts: Parts) -> Self {
         Self {
             _live: crate::live::Token::new(crate::live::Kind::Handle),
-            callback: GilCell::new(Callback { func: Some(func), args: Some(args) }),
-            context,
+            parts: GilCell::new(parts),
             cancelled: AtomicBool::new(false),
-            source_traceback,
         }
+    }
+
+    /// Fills a handle emptied by [`take_for_reuse`], as [`Handle::new`] would have made it.
+    pub(crate) fn refill(&self, py: Python<'_>, parts: Parts) {
+        let mut mine = self.parts.borrow_mut(py);
+        debug_assert!(mine.func.is_none() && mine.args.is_none() && mine.context.is_none());
+        *mine = parts;
+        self.cancelled.store(false, Relaxed);
     }
 
     #[inline]
@@ -75,46 +98,49 @@ impl Handle {
 
     /// Marks the handle cancelled; returns the callback and arguments for the caller to drop
     /// outside any borrow (dropping them may run Python code), or `None` if already cancelled.
-    fn cancel_inner(&self, py: Python<'_>) -> Option<Callback> {
+    fn cancel_inner(&self, py: Python<'_>) -> Option<Parts> {
         if self.cancelled.swap(true, Relaxed) {
             return None;
         }
-        let mut cb = self.callback.borrow_mut(py);
-        Some(Callback { func: cb.func.take(), args: cb.args.take() })
+        let mut parts = self.parts.borrow_mut(py);
+        Some(Parts { func: parts.func.take(), args: parts.args.take(), context: None, source_traceback: None })
     }
 
     /// Runs the callback in the handle's context. An error is the callback's exception, for the
     /// loop to report or propagate.
     #[inline]
     pub(crate) fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let (func, args) = {
-            let cb = self.callback.borrow(py);
-            match (&cb.func, &cb.args) {
-                (Some(f), Some(a)) => (f.clone_ref(py), a.clone_ref(py)),
+        let (func, args, ctx) = {
+            let parts = self.parts.borrow(py);
+            match (&parts.func, &parts.args, &parts.context) {
+                (Some(f), Some(a), Some(c)) => (f.clone_ref(py), a.clone_ref(py), c.clone_ref(py)),
                 _ => return Ok(()),
             }
         };
-        let ctx = self.context.as_ptr();
         // SAFETY: `ctx` is a live `contextvars.Context` (checked when the handle was made) and we
         // are attached to the interpreter.
-        if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+        if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
             return Err(PyErr::fetch(py));
         }
         let result = func.bind(py).call1(args.bind(py)).map(drop);
         // SAFETY: same context, entered just above on this thread.
-        if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+        if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
             return Err(PyErr::fetch(py));
         }
         result
     }
 
     pub(crate) fn callback_parts(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>) {
-        let cb = self.callback.borrow(py);
-        (cb.func.as_ref().map(|f| f.clone_ref(py)), cb.args.as_ref().map(|a| a.clone_ref(py)))
+        let parts = self.parts.borrow(py);
+        (parts.func.as_ref().map(|f| f.clone_ref(py)), parts.args.as_ref().map(|a| a.clone_ref(py)))
     }
 
     pub(crate) fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+        self.parts.borrow(py).source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.parts.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
     }
 }
 
@@ -128,8 +154,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     /// Runs the callback now, reporting its exception like the loop would not: raises it.
@@ -153,8 +179,8 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context(py)
     }
 
     #[getter]
@@ -180,11 +206,11 @@ impl Handle {
 
 impl Handle {
     fn traverse_contents(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
-        visit.call(&self.source_traceback)?;
-        if let Some(cb) = self.callback.try_borrow() {
-            visit.call(&cb.func)?;
-            visit.call(&cb.args)?;
+        if let Some(parts) = self.parts.try_borrow() {
+            visit.call(&parts.func)?;
+            visit.call(&parts.args)?;
+            visit.call(&parts.context)?;
+            visit.call(&parts.source_traceback)?;
         }
         Ok(())
     }
@@ -294,6 +320,31 @@ pub(crate) fn track_if_shared<T>(handle: &Py<T>) {
 pub(crate) fn release<T>(handle: Py<T>) {
     track_if_shared(&handle);
     drop(handle);
+}
+
+/// Empties a plain `Handle` the loop is done with so that the loop can fill it again for the
+/// next `call_soon`, if nobody else can see it: nothing else holds it, no weak reference to it
+/// exists, and it is untracked (a queued handle; see the module documentation). Returns what it
+/// held, for the caller to drop once no borrow is held (dropping a callback or a context may run
+/// Python code); `None` leaves the handle as it was.
+pub(crate) fn take_for_reuse(py: Python<'_>, handle: &Py<Handle>) -> Option<Parts> {
+    let ptr = handle.as_ptr();
+    // SAFETY: `ptr` is a live object we hold a reference to; reading its type, reference count,
+    // tracking state and weak-reference list head has no side effect. A type's
+    // `tp_weaklistoffset`, when positive, is the offset of that list head in its instances.
+    let reusable = unsafe {
+        let tp = ffi::Py_TYPE(ptr);
+        std::ptr::eq(tp, Handle::type_object_raw(py))
+            && ffi::Py_REFCNT(ptr) == 1
+            && ffi::PyObject_GC_IsTracked(ptr) == 0
+            && (*tp).tp_weaklistoffset > 0
+            && (*ptr.cast::<u8>().offset((*tp).tp_weaklistoffset).cast::<*mut ffi::PyObject>()).is_null()
+    };
+    if !reusable {
+        return None;
+    }
+    let mut parts = handle.get().parts.borrow_mut(py);
+    Some(std::mem::replace(&mut *parts, Parts { func: None, args: None, context: None, source_traceback: None }))
 }
 
 /// A copy of the calling thread's current context (`contextvars.copy_context()`).
