@@ -124,19 +124,19 @@ impl<T> TimerQueue<T> {
             if first >= len {
                 break;
             }
-            let children = &self.heap[first..(first + ARITY).min(len)];
+            let (upper, lower) = self.heap.split_at_mut(first);
+            let children = &mut lower[..ARITY.min(len - first)];
             let mut min = 0;
-            for (c, child) in children.iter().enumerate().skip(1) {
-                if child.before(&children[min]) {
+            for c in 1..children.len() {
+                if children[c].before(&children[min]) {
                     min = c;
                 }
             }
-            let min = first + min;
-            if !self.heap[min].before(&self.heap[i]) {
+            if !children[min].before(&upper[i]) {
                 break;
             }
-            self.heap.swap(i, min);
-            i = min;
+            std::mem::swap(&mut upper[i], &mut children[min]);
+            i = first + min;
         }
     }
 
