@@ -933,8 +933,13 @@ impl EventLoop {
         let context = context.filter(|c| !c.is_none());
         let Some(factory) = factory else {
             kw.set_item(pyo3::intern!(py, "loop"), slf)?;
-            kw.set_item(pyo3::intern!(py, "name"), name)?;
-            kw.set_item(pyo3::intern!(py, "context"), context)?;
+            // None is the constructor's default for both: fewer keywords to build and parse.
+            if let Some(name) = name.filter(|n| !n.is_none()) {
+                kw.set_item(pyo3::intern!(py, "name"), name)?;
+            }
+            if let Some(ctx) = context {
+                kw.set_item(pyo3::intern!(py, "context"), ctx)?;
+            }
             let task = pyrefs::task_type(py)?.call((coro,), Some(&kw))?;
             if this.debug.load(Relaxed) {
                 // The traceback ends here, not in asyncio's Task constructor.
