@@ -269,34 +269,41 @@ def versions():
     return found
 
 
-def fmt_cell(cell, key, digits=1):
+def fmt_cell(cell, key, digits=1, unit=""):
     if "unsupported" in cell:
         return "unsupported"
-    return f"{cell[key]:.{digits}f}" if key in cell else "–"
+    return f"{cell[key]:.{digits}f}{unit}" if key in cell else "–"
 
 
 def markdown(rows, memory, micro, info, seconds, rounds):
     lines = [
         (
-            f"Measured {time.strftime('%Y-%m-%d')} on {info['machine']}; Python {info['python']}, "
+            f"Measured {info.get('date') or time.strftime('%Y-%m-%d')} on {info['machine']}; Python {info['python']}, "
             f"uvloop {info['uvloop']}, rloop {info['rloop']}, ferroloop {info['ferroloop']}. "
             f"{rounds} rounds of {seconds} s per workload, {CONNS} connections, server on CPU 0, client on CPU 1."
         ),
         "",
         (
             "**Server CPU time per request** (µs, median; lower is better) and speed relative to uvloop "
-            "(uvloop's CPU per request ÷ this loop's, median of per-round ratios; higher is better):"
+            "(uvloop's CPU per request ÷ this loop's, median of per-round ratios; higher is better), and "
+            "ferroloop's overhead above the reference server as a fraction of uvloop's (median of per-round "
+            "ratios; lower is better; noisy where all loops are within a few percent of the reference):"
         ),
         "",
-        "| workload | reference | asyncio | uvloop | rloop | ferroloop | ferroloop vs uvloop | rloop vs uvloop |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        (
+            "| workload | reference | asyncio | uvloop | rloop | ferroloop | ferroloop vs uvloop | rloop vs uvloop "
+            "| ferroloop overhead ÷ uvloop's |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in rows.items():
         cells = [fmt_cell(row[loop], "cpu_us_per_req", 2) for loop in LOOPS]
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {fmt_cell(row['ferroloop'], 'vs_uvloop', 2)}× | "
-            f"{fmt_cell(row['rloop'], 'vs_uvloop', 2)}× |"
-        )
+        ratios = [
+            fmt_cell(row["ferroloop"], "vs_uvloop", 2, "×"),
+            fmt_cell(row["rloop"], "vs_uvloop", 2, "×"),
+            fmt_cell(row["ferroloop"], "overhead_vs_uvloop", 2),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
     lines += [
         "",
         "**Requests per second and latency** (median; p50 / p99 in µs):",
@@ -404,7 +411,17 @@ def main():
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--only", nargs="*", default=[], help="substrings of workload names (or 'memory', 'micro')")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only rewrite the tables from latest.json")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads((RESULTS / "latest.json").read_text())
+        rows = summarize(saved["network"])
+        info = saved["info"]
+        seconds, rounds = info.get("seconds", args.seconds), info.get("rounds", args.rounds)
+        md = markdown(rows, saved["network"].get("memory"), saved["micro"], info, seconds, rounds)
+        (RESULTS / "latest.md").write_text(md)
+        update_readme(md)
+        return
     for tool in ("loadgen", "refserver"):
         if not (BIN / tool).exists():
             sys.exit(f"{BIN / tool} is missing: run `cargo build --release -p ferroloop-bench`")
@@ -412,7 +429,7 @@ def main():
     network = run_network(args.rounds, args.seconds, args.only)
     rows = summarize(network)
     micro = run_micro(args.rounds + 2) if not args.only or "micro" in args.only else None
-    info = versions()
+    info = versions() | {"date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "seconds": args.seconds}
     md = markdown(rows, network.get("memory"), micro, info, args.seconds, args.rounds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.md").write_text(md)
