@@ -42,6 +42,7 @@ use crate::pyrefs;
 
 /// What a handle holds. `cancel()` takes the callback and its arguments; a handle the loop
 /// reuses ([`take_for_reuse`]) gives up everything and is filled again by [`Handle::refill`].
+#[derive(Default)]
 pub(crate) struct Parts {
     /// The callable; `None` once cancelled.
     func: Option<Py<PyAny>>,
@@ -103,7 +104,7 @@ impl Handle {
             return None;
         }
         let mut parts = self.parts.borrow_mut(py);
-        Some(Parts { func: parts.func.take(), args: parts.args.take(), context: None, source_traceback: None })
+        Some(Parts { func: parts.func.take(), args: parts.args.take(), ..Parts::default() })
     }
 
     /// Runs the callback in the handle's context. An error is the callback's exception, for the
@@ -344,7 +345,7 @@ pub(crate) fn take_for_reuse(py: Python<'_>, handle: &Py<Handle>) -> Option<Part
         return None;
     }
     let mut parts = handle.get().parts.borrow_mut(py);
-    Some(std::mem::replace(&mut *parts, Parts { func: None, args: None, context: None, source_traceback: None }))
+    Some(std::mem::take(&mut *parts))
 }
 
 /// A copy of the calling thread's current context (`contextvars.copy_context()`).
