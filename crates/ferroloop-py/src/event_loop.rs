@@ -607,7 +607,7 @@ impl EventLoop {
                     continue;
                 }
             };
-            // Every way out of running the handle goes through its release (see `handles`).
+            // Every way out of running the handle goes through `retire` (see `handles`).
             let outcome = Self::run_handle(slf, py, &handle, debug);
             this.retire(py, handle);
             outcome?;
