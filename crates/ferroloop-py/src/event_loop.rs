@@ -215,26 +215,8 @@ impl EventLoop {
         Ok(Parts::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
     }
 
-    /// Builds a handle; in debug mode it records where it was created.
-    fn make_handle(
-        &self,
-        py: Python<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Handle> {
-        Ok(Handle::new(self.handle_parts(py, callback, args, context)?))
-    }
-
     /// A handle for the ready queue: a spare one refilled, or a new one, untracked.
-    fn queued_handle(
-        &self,
-        py: Python<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let parts = self.handle_parts(py, callback, args, context)?;
+    fn queued_handle(&self, py: Python<'_>, parts: Parts) -> PyResult<Py<Handle>> {
         let spare = self.spare_handles.borrow_mut(py).pop();
         match spare {
             Some(handle) => {
@@ -270,7 +252,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_at", true)?;
         }
-        let base = self.make_handle(py, callback, args, context)?;
+        let base = Handle::new(self.handle_parts(py, callback, args, context)?);
         let init =
             PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
         let timer = self.new_queued(py, init)?;
@@ -289,7 +271,7 @@ impl EventLoop {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
         self.check_not_native(py, fd)?;
-        let handle = Py::new(py, self.make_handle(py, callback, args, None)?)?;
+        let handle = Py::new(py, Handle::new(self.handle_parts(py, callback, args, None)?))?;
         self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
         Ok(handle)
     }
@@ -468,7 +450,7 @@ impl EventLoop {
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         self.check_closed()?;
-        let handle = self.queued_handle(py, callback, args, None)?;
+        let handle = self.queued_handle(py, self.handle_parts(py, callback, args, None)?)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         Ok(())
     }
@@ -729,7 +711,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon", true)?;
         }
-        let handle = self.queued_handle(py, callback, args, context)?;
+        let handle = self.queued_handle(py, self.handle_parts(py, callback, args, context)?)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -746,7 +728,7 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
         }
-        let handle = self.queued_handle(py, callback, args, context)?;
+        let handle = self.queued_handle(py, self.handle_parts(py, callback, args, context)?)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         if self.polling.load(Relaxed) {
             self.wake(py);
@@ -1092,7 +1074,7 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Py::new(py, self.make_handle(py, callback, args, None)?)
+        Py::new(py, Handle::new(self.handle_parts(py, callback, args, None)?))
     }
 
     /// Queues an existing handle, from any thread (signal delivery).
