@@ -230,13 +230,17 @@ impl EventLoop {
     /// The loop is done with a handle it ran or skipped: kept for reuse if nobody else can see
     /// it and there is room, else released (see `handles`).
     fn retire(&self, py: Python<'_>, handle: Py<Handle>) {
-        if self.spare_handles.borrow(py).len() < SPARE_HANDLES && !self.closed.load(Relaxed) {
+        let mut spare = self.spare_handles.borrow_mut(py);
+        if spare.len() < SPARE_HANDLES && !self.closed.load(Relaxed) {
+            // No Python runs here: what the handle held is dropped after the borrow ends.
             if let Some(emptied) = handles::take_for_reuse(py, &handle) {
-                self.spare_handles.borrow_mut(py).push(handle);
+                spare.push(handle);
+                drop(spare);
                 drop(emptied);
                 return;
             }
         }
+        drop(spare);
         handles::release(handle);
     }
 
