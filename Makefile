@@ -65,6 +65,13 @@ wheel: $(VPY) ## Build a wheel and an sdist into dist/, install each in a clean 
 cargo-test: ## Rust unit tests of the core crate
 	cargo test -p ferroloop-core
 
+# Differential fuzzing (tests/test_fuzz.py): `make test` runs a bounded, derandomized pass with the suite.
+FUZZ_EXAMPLES ?= 3000
+
+.PHONY: fuzz
+fuzz: build ## Differential fuzzing against asyncio, long: FUZZ_EXAMPLES random programs per test
+	FERROLOOP_FUZZ=1 FERROLOOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VPY) -m pytest -q tests/test_fuzz.py
+
 .PHONY: pytest
 pytest: build services ## The behaviour and integration suites, on stock asyncio and on ferroloop
 	$(VPY) -m pytest -q
