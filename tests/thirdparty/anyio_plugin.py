@@ -1,0 +1,129 @@
+"""pytest plugin for running anyio's own test suite on stock asyncio or on ferroloop (see run.py).
+
+Loaded with `-p anyio_plugin` into a pytest run of the tests/ folder of anyio's sdist. It reads:
+
+FERROLOOP_THIRDPARTY_LOOP
+    `asyncio` or `ferroloop`. With `ferroloop`, every asyncio backend parametrisation of anyio's
+    `anyio_backend` fixture gets ferroloop as its `loop_factory` (its eager-task variant gets
+    ferroloop with `asyncio.eager_task_factory`), and ferroloop's policy is installed, so the tests
+    that make a loop themselves (`anyio.run()` without options, `asyncio.new_event_loop()`) get
+    ferroloop too. With `asyncio`, nothing is changed.
+FERROLOOP_THIRDPARTY_EXCLUSIONS
+    exclusions-anyio.txt: the tests listed there are deselected.
+
+Deselected as well, on both loops: the trio backend's parametrisations (they never touch an
+asyncio loop, so they would run the same code twice and compare nothing) and anyio's
+`asyncio+uvloop` / `asyncio+winloop` ones (a third loop, not the one under test).
+
+It reports each test's outcome to run.py (thirdparty_common.Reporter).
+"""
+
+import asyncio
+import os
+
+import pytest
+from thirdparty_common import Reporter, TestList
+
+LOOP = os.environ.get("FERROLOOP_THIRDPARTY_LOOP", "asyncio")
+# The ids anyio gives its parametrisations on other loops than stock asyncio's.
+OTHER_LOOP_IDS = ("asyncio+uvloop", "asyncio+winloop")
+# Enough of a failure's report to recognise it; the whole is in the log.
+DETAIL_CHARS = 3000
+
+
+def ferroloop_eager_loop():
+    import ferroloop
+
+    loop = ferroloop.new_event_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    return loop
+
+
+def on_ferroloop(backend):
+    """The `anyio_backend` value that runs `backend` (anyio's own value) on ferroloop."""
+    import ferroloop
+
+    name, options = (backend, {}) if isinstance(backend, str) else backend
+    if name != "asyncio":
+        return backend
+    factory = options.get("loop_factory")
+    if factory is None:
+        factory = ferroloop.new_event_loop
+    elif getattr(factory, "__name__", "") == "eager_task_loop_factory":
+        factory = ferroloop_eager_loop
+    else:
+        raise pytest.UsageError(f"anyio_plugin: unknown asyncio loop_factory {factory!r} in anyio's tests")
+    return name, dict(options, loop_factory=factory)
+
+
+def backend_of(item):
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("anyio_backend") if callspec is not None else None
+
+
+def deselected_backend(item):
+    backend = backend_of(item)
+    if backend is None:
+        return False
+    if (backend if isinstance(backend, str) else backend[0]) != "asyncio":
+        return True
+    return any(part in OTHER_LOOP_IDS for part in item.callspec.id.split("-"))
+
+
+class ThirdPartyPlugin:
+    def __init__(self):
+        self.reporter = Reporter()
+        path = os.environ.get("FERROLOOP_THIRDPARTY_EXCLUSIONS")
+        self.exclusions = TestList(path) if path else None
+        self.phases = {}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        kept, dropped = [], []
+        for item in items:
+            excluded = self.exclusions is not None and self.exclusions.reason(item.nodeid) is not None
+            (dropped if excluded or deselected_backend(item) else kept).append(item)
+        self.reporter.send(plan=[item.nodeid for item in kept])
+        dropped += kept[: self.reporter.start]
+        kept = kept[self.reporter.start :]
+        if LOOP == "ferroloop":
+            for item in kept:
+                backend = backend_of(item)
+                if backend is not None:
+                    item.callspec.params["anyio_backend"] = on_ferroloop(backend)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+    def pytest_runtest_logstart(self, nodeid):
+        self.phases[nodeid] = []
+        self.reporter.send(start=nodeid)
+
+    def pytest_runtest_logreport(self, report):
+        self.phases.setdefault(report.nodeid, []).append(report)
+
+    def pytest_runtest_logfinish(self, nodeid):
+        outcome, detail = "passed", ""
+        for report in self.phases.pop(nodeid, []):
+            if hasattr(report, "wasxfail"):
+                outcome = "xfailed" if report.skipped else "failed"
+                detail = detail or f"xfail: {report.wasxfail}"
+            elif report.failed:
+                outcome = "failed"
+                detail = f"{report.when}: {report.longreprtext}"
+                break
+            elif report.skipped and outcome == "passed":
+                outcome = "skipped"
+                detail = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else report.longreprtext
+        self.reporter.send(result=nodeid, outcome=outcome, detail=detail[-DETAIL_CHARS:])
+
+    def pytest_sessionfinish(self):
+        self.reporter.send(done=True)
+
+
+def pytest_configure(config):
+    if LOOP == "ferroloop":
+        import ferroloop
+
+        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+    config.pluginmanager.register(ThirdPartyPlugin(), "ferroloop-thirdparty")
