@@ -76,15 +76,14 @@ PROFILE = settings.get_profile("fuzz" if FUZZ else "ci")
 # ferroloop bugs the fuzzer found that are not fixed yet: name -> reproduction (a regression
 # test below). Their inputs are left out of the generated programs while listed.
 KNOWN_BUGS = {
-    "call_at_nan": "call_at(nan) panics in run_forever and leaves the loop running (issue 12, 1)",
-    "strided_get_buffer": "a strided get_buffer() view is received into as if contiguous (issue 12, 2)",
-    "remove_closed_sock": "remove_reader/remove_writer(closed socket) raises ValueError (issue 12, 4)",
     "huge_int_when": "call_at(10**400) raises OverflowError; asyncio keeps the int and never fires it",
     "fd_out_of_range": "add_reader(2**31) raises ValueError (asyncio: OverflowError); remove_reader(2**31) raises "
     "ValueError (asyncio: returns False)",
     "write_limits_float": "set_write_buffer_limits(None, 1.5) raises TypeError; asyncio takes float limits",
     "writelines_buffers": "writelines([array.array(...)]) raises TypeError (asyncio sends it); writelines([strided "
     "view]) raises BufferError (asyncio 3.11: TypeError)",
+    "exception_handler_context": "call_exception_handler(None) never calls the custom handler (ferroloop reads the "
+    "context first and fails); asyncio calls it with the object given",
     "context_str": "call_soon(cb, context='ctx'): the handler gets TypeError; asyncio's gets AttributeError",
 }
 SKIP = set(filter(None, os.environ.get("FERROLOOP_FUZZ_SKIP", ",".join(KNOWN_BUGS)).split(",")))
@@ -338,6 +337,7 @@ if "huge_int_when" not in SKIP:
     DELAYS += [10**400, -(10**400)]
     WHENS += [10**400, -(10**400)]
 
+BAD_CONTEXT_DICT = [] if "exception_handler_context" in SKIP else ["call_exception_handler"]
 BAD_CONTEXT = [] if "context_str" in SKIP else ["ctx_str"]
 CALLBACK_KINDS = ["log", "log", "log", "raise", "chain", "cancel", "stop", "baseexc"]
 
@@ -369,9 +369,10 @@ def sched_ops():
                     "create_task",
                     "run_until_complete",
                     "set_debug",
-                    "call_exception_handler",
                     "set_default_executor",
+                    "call_exception_handler_dict",
                 ]
+                + BAD_CONTEXT_DICT
             ),
             st.sampled_from([None, 5, "x", b"", 1.5]),
         ),
@@ -477,6 +478,8 @@ class Scheduler:
             fn = lambda: loop.run_until_complete(value)
         elif method == "call_exception_handler":
             fn = lambda: loop.call_exception_handler(value)
+        elif method == "call_exception_handler_dict":
+            fn = lambda: loop.call_exception_handler({"message": value, "exception": ValueError()})
         else:
             fn = lambda: getattr(loop, method)(value)
         self.run.do("bad_" + method, fn)
@@ -654,24 +657,8 @@ def interpret_rw(run, program):
             s.close()
 
 
-def remove_closed_ok(program):
-    """Whether program avoids removing a watcher by a closed socket object (a known bug)."""
-    if "remove_closed_sock" not in SKIP:
-        return True
-    closed = set()
-    for op in program:
-        if op[0] == "close":
-            closed.add(op[1])
-        elif op[0] in ("remove_reader", "remove_writer", "add_reader", "add_writer"):
-            if op[1][0] == "sock" and op[1][1] in closed:
-                return False
-            if op[0].startswith("add") and op[2] == "remove" and op[1][0] == "sock":
-                return False
-    return True
-
-
 @PROFILE
-@given(st.lists(rw_ops(), max_size=25).filter(remove_closed_ok))
+@given(st.lists(rw_ops(), max_size=25))
 def test_fuzz_readers_writers(program):
     run_both(interpret_rw, program)
 
@@ -1124,3 +1111,8 @@ def test_fuzz_found_writelines_buffers():
     run_both(
         interpret_stream, [setup, ("writelines", [("bytes", 3), ("array_b", 5)]), ("writelines", [("strided", 8, 2)])]
     )
+
+
+@known("exception_handler_context")
+def test_fuzz_found_call_exception_handler_not_a_dict():
+    run_both(interpret_sched, [("bad_api", "call_exception_handler", None), None])
