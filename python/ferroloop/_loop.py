@@ -93,6 +93,20 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.set_debug(coroutines._is_debug_mode())
+        if type(self).time is not Loop.time:
+            self._set_time_source(self.time)
+
+    # asyncio's loop reads every deadline from ``self.time()``: a ``time`` patched onto the
+    # instance (tests and libraries do) is used by the Rust engine too.
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "time":
+            self._set_time_source(value)
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
+        if name == "time":
+            self._set_time_source(self.time if type(self).time is not Loop.time else None)
 
     def __repr__(self):
         return f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} debug={self.get_debug()}>"

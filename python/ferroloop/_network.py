@@ -10,14 +10,23 @@ path are ferroloop's.
 
 import errno
 import os
+import socket
 import ssl
-from asyncio import base_events, constants, exceptions, trsock, unix_events
+from asyncio import base_events, constants, exceptions, selector_events, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
 
 _Base = base_events.BaseEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
+# The socket methods asyncio's socket transport calls for I/O.
+_SOCKET_IO = ("recv", "recv_into", "send", "sendmsg", "shutdown")
+
+
+def _overrides_io(sock):
+    """Whether ``sock`` is of a socket class whose own I/O methods must be called."""
+    cls = type(sock)
+    return cls is not socket.socket and any(getattr(cls, m, None) is not getattr(socket.socket, m) for m in _SOCKET_IO)
 
 
 class NetworkMixin:
@@ -42,6 +51,10 @@ class NetworkMixin:
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         base_events._set_nodelay(sock)
+        if _overrides_io(sock):
+            # asyncio's transports call the socket object's methods, so a subclass's own
+            # recv/send see every byte: asyncio's own transport keeps that true here.
+            return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
         return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server)
 
     def _make_ssl_transport(

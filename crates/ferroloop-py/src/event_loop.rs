@@ -7,9 +7,8 @@
 //!    it is cancelled);
 //! 2. poll file descriptors: without waiting when callbacks are ready or the loop is stopping,
 //!    otherwise until the earliest timer (or forever); the GIL is released only while blocked.
-//!    When callbacks are ready and the last poll is less than `POLL_INTERVAL` old, the poll
-//!    is skipped: it could only add work, and a chain of callbacks should not pay a system call
-//!    per link;
+//!    Every iteration polls, as asyncio's does, so what a peer sent before an iteration began is
+//!    seen in it;
 //! 3. queue the callbacks of ready descriptors, then the timers due by now;
 //! 4. run the callbacks that were ready when the iteration began, in order. Callbacks scheduled
 //!    by these wait for the next iteration. When one iteration's batch runs longer than
@@ -49,9 +48,8 @@ use crate::watch::{IoWatcher, Ready, Watcher};
 /// The promise: while callbacks keep the loop busy, file descriptors are still polled at least
 /// this often (seconds).
 pub const FAIRNESS_BUDGET: f64 = 250e-6;
-/// How the promise is kept, with margin for the callback running when the time is up: at most
-/// this long between polls while callbacks are queued, and a batch of callbacks yields to a poll
-/// after running this long (seconds).
+/// How the promise is kept, with margin for the callback running when the time is up: a batch
+/// of callbacks yields to a poll after running this long (seconds).
 const POLL_INTERVAL: f64 = 100e-6;
 /// asyncio's cap on one wait in the poller: a day.
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -69,6 +67,11 @@ struct Queues {
     readers: FdMap<Watcher>,
     /// `add_writer` callbacks by file descriptor.
     writers: FdMap<Watcher>,
+    /// The object (not an int) `add_reader` or `add_writer` was given for a descriptor that
+    /// has a callback: once closed, it has no `fileno()`, and `remove_reader(obj)` finds its
+    /// registration by the object, as asyncio's selector does. The first one given is kept
+    /// while either direction is watched.
+    fileobjs: FdMap<Py<PyAny>>,
     /// For each descriptor a socket operation waited on: a weak reference to the socket object
     /// that last registered it with a verified system call. The same object asking again, still
     /// open under the same number, never closed it meanwhile: the poller may trust its kept
@@ -80,6 +83,16 @@ struct Queues {
 }
 
 impl Queues {
+    /// Takes the file object kept for `fd` once no `add_reader`/`add_writer` callback watches
+    /// it any more, for the caller to drop after its borrow.
+    fn forget_fileobj(&mut self, fd: RawFd) -> Option<Py<PyAny>> {
+        let callback = |m: &FdMap<Watcher>| matches!(m.get(&fd), Some(Watcher::Handle(_)));
+        if callback(&self.readers) || callback(&self.writers) {
+            return None;
+        }
+        self.fileobjs.remove(&fd)
+    }
+
     /// Puts the queued handles somebody else holds too under the cycle collector: the loop is
     /// about to drop its references (see `handles`).
     fn track_shared_handles(&self) {
@@ -118,13 +131,17 @@ pub struct EventLoop {
     slow_callback_duration: GilCell<f64>,
     /// The clock's resolution: timers due within it are run in this iteration.
     clock_resolution: f64,
-    /// When file descriptors were last polled.
-    last_poll: GilCell<f64>,
     /// `set_task_factory`'s factory, or None for stdlib's `asyncio.Task`.
     task_factory: GilCell<Option<Py<PyAny>>>,
     /// In debug mode, the handle whose callback is running (`_current_handle`: the exception
     /// handler shows where it was created).
     current_handle: GilCell<Option<Py<Handle>>>,
+    /// `time()` when it is not the loop's own clock: a callable set on the instance
+    /// (`loop.time = f`, as tests and libraries patch it) or a subclass's `time` method, which
+    /// asyncio's loop calls for every deadline and every iteration. `custom_time` says whether
+    /// it is set, so the common case costs one load.
+    time_source: GilCell<Option<Py<PyAny>>>,
+    custom_time: AtomicBool,
     /// Emptied `call_soon` handles nobody else can see, for the next `call_soon` to refill:
     /// a handle's allocation, initialisation and deallocation were a good part of what the loop
     /// spends on a task step (callgrind).
@@ -248,6 +265,7 @@ impl EventLoop {
         &self,
         py: Python<'_>,
         when: f64,
+        when_int: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
@@ -257,10 +275,17 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_at", true)?;
         }
         let base = Handle::new(self.handle_parts(py, callback, args, context)?);
-        let init =
-            PyClassInitializer::from(base).add_subclass(TimerHandle::new(when, Arc::clone(&self.timers_cancelled)));
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(
+            when,
+            when_int,
+            Arc::clone(&self.timers_cancelled),
+        ));
         let timer = self.new_queued(py, init)?;
-        self.queues.borrow_mut(py).timers.push(when, timer.clone_ref(py));
+        // A NaN deadline is due at once (asyncio 3.11 and 3.12 run it in the next iteration;
+        // 3.13 raises from its selector instead). In the heap it sorts first, not after every
+        // other deadline, so it cannot wait behind an infinite one.
+        let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        self.queues.borrow_mut(py).timers.push(key, timer.clone_ref(py));
         Ok(timer)
     }
 
@@ -273,17 +298,31 @@ impl EventLoop {
         write: bool,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        let fd = fileobj_to_fd(fd)?;
+        let fileobj = fd;
+        let fd = fileobj_to_fd(fileobj)?;
         self.check_not_native(py, fd)?;
         let handle = Py::new(py, Handle::new(self.handle_parts(py, callback, args, None)?))?;
         self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
+        if !fileobj.is_instance_of::<pyo3::types::PyInt>() {
+            let mut q = self.queues.borrow_mut(py);
+            q.fileobjs.entry(fd).or_insert_with(|| fileobj.clone().unbind());
+        }
         Ok(handle)
+    }
+
+    /// The descriptor `fileobj` stands for: its `fileno()`, or, once it has none (a closed
+    /// socket), the descriptor it was registered for by `add_reader`/`add_writer`.
+    fn registered_fd(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        fileobj_to_fd(fileobj).or_else(|err| {
+            let q = self.queues.borrow(py);
+            q.fileobjs.iter().find(|(_, obj)| obj.is(fileobj)).map(|(fd, _)| *fd).ok_or(err)
+        })
     }
 
     /// `RuntimeError` when a native transport owns `fd`, as asyncio's `_ensure_fd_no_transport`.
     fn check_not_native(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
         let q = self.queues.borrow(py);
-        let native = |m: &FdMap<Watcher>| matches!(m.get(&fd), Some(Watcher::Native(_)));
+        let native = |m: &FdMap<Watcher>| matches!(m.get(&fd), Some(Watcher::Native(..)));
         if native(&q.readers) || native(&q.writers) {
             return Err(PyRuntimeError::new_err(format!("File descriptor {fd} is used by transport")));
         }
@@ -300,18 +339,15 @@ impl EventLoop {
             .ok_or_else(closed_error)?
             .watch(fd, write, Some(mode), trusted)
             .map_err(|e| os_error(&e))?;
-        let old = {
+        let (old, fileobj) = {
             let mut q = self.queues.borrow_mut(py);
-            if write {
-                q.writers.insert(fd, watcher)
-            } else {
-                q.readers.insert(fd, watcher)
-            }
+            let old = if write { q.writers.insert(fd, watcher) } else { q.readers.insert(fd, watcher) };
+            (old, q.forget_fileobj(fd))
         };
         if let Some(Watcher::Handle(old)) = &old {
             Handle::cancel(old.get(), py);
         }
-        drop(old);
+        drop((old, fileobj));
         Ok(())
     }
 
@@ -319,21 +355,19 @@ impl EventLoop {
         if self.closed.load(Relaxed) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
+        let fd = self.registered_fd(py, fd)?;
         self.check_not_native(py, fd)?;
         self.unwatch(py, fd, write)
     }
 
     /// Stops watching `fd` in one direction; returns whether it was watched.
     fn unwatch(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<bool> {
-        let old = {
+        let (old, fileobj) = {
             let mut q = self.queues.borrow_mut(py);
-            if write {
-                q.writers.remove(&fd)
-            } else {
-                q.readers.remove(&fd)
-            }
+            let old = if write { q.writers.remove(&fd) } else { q.readers.remove(&fd) };
+            (old, q.forget_fileobj(fd))
         };
+        drop(fileobj);
         let Some(old) = old else { return Ok(false) };
         if let Some(poller) = self.poller.borrow_mut(py).as_mut() {
             // Never fails because the descriptor was closed behind the loop's back.
@@ -363,7 +397,7 @@ impl EventLoop {
         write: bool,
     ) -> PyResult<()> {
         self.check_closed()?;
-        self.watch(py, fd, Watcher::Native(watcher), write, false)
+        self.watch(py, fd, Watcher::Native(watcher, copy_current_context(py)?), write, false)
     }
 
     /// For native transports: stop watching `fd`; false if it was not watched.
@@ -459,6 +493,19 @@ impl EventLoop {
         Ok(())
     }
 
+    /// The loop's time: `time.monotonic()`, or what the patched or overridden `time()` says.
+    #[inline]
+    fn now(&self, py: Python<'_>) -> PyResult<f64> {
+        if !self.custom_time.load(Relaxed) {
+            return Ok(clock::monotonic());
+        }
+        let source = self.time_source.borrow(py).as_ref().map(|f| f.clone_ref(py));
+        match source {
+            Some(f) => f.bind(py).call0()?.extract(),
+            None => Ok(clock::monotonic()),
+        }
+    }
+
     /// Interrupts the poller's wait (from any thread).
     fn wake(&self, py: Python<'_>) {
         if let Some(waker) = self.waker.borrow(py).as_ref() {
@@ -493,7 +540,12 @@ impl EventLoop {
             } else {
                 q.timers
                     .peek()
-                    .map(|(when, _)| Duration::from_secs_f64((when - now).clamp(0.0, MAXIMUM_SELECT_TIMEOUT)))
+                    // Deadlines are never NaN in the heap (see `schedule_timer`); an infinite
+                    // one waits the longest select timeout, as asyncio's does.
+                    .map(|(when, _)| {
+                        Duration::try_from_secs_f64((when - now).clamp(0.0, MAXIMUM_SELECT_TIMEOUT))
+                            .unwrap_or(Duration::ZERO)
+                    })
             }
         };
         if !dropped.is_empty() {
@@ -505,8 +557,9 @@ impl EventLoop {
         timeout
     }
 
-    /// Step 2: polls, and queues the callbacks of ready file descriptors.
-    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+    /// Step 2: polls, and queues the callbacks of ready file descriptors. Returns whether it
+    /// waited (the clock has moved).
+    fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
         let blocking = timeout != Some(Duration::ZERO);
         {
             let mut guard = self.poller.borrow_mut(py);
@@ -520,7 +573,6 @@ impl EventLoop {
                 poller.poll(timeout).map_err(|e| os_error(&e))?;
             }
         }
-        *self.last_poll.borrow_mut(py) = clock::monotonic();
         if blocking {
             // A signal may have cut the wait short: run Python's handlers now (they may raise
             // KeyboardInterrupt), not whenever the next callback happens to run.
@@ -543,7 +595,10 @@ impl EventLoop {
                         None => {}
                         Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
                         Some(Watcher::Handle(h)) => ready.push_back(Ready::Handle(h.clone_ref(py))),
-                        Some(Watcher::Native(w) | Watcher::Op(w)) => ready.push_back(Ready::Io(Arc::clone(w), write)),
+                        Some(Watcher::Native(w, context)) => {
+                            ready.push_back(Ready::Io(Arc::clone(w), write, Some(context.clone_ref(py))));
+                        }
+                        Some(Watcher::Op(w)) => ready.push_back(Ready::Io(Arc::clone(w), write, None)),
                     }
                 }
             }
@@ -551,7 +606,7 @@ impl EventLoop {
         for (fd, write) in stale {
             self.unwatch(py, fd, write)?;
         }
-        Ok(())
+        Ok(blocking)
     }
 
     /// Step 3: moves the timers due by now to the ready queue.
@@ -583,8 +638,13 @@ impl EventLoop {
             };
             let handle = match item {
                 Ready::Handle(handle) => handle,
-                Ready::Io(watcher, write) => {
-                    if let Err(err) = watcher.io_ready(py, write) {
+                Ready::Io(watcher, write, context) => {
+                    let outcome = match &context {
+                        Some(c) => handles::run_in_context(py, c, || watcher.io_ready(py, write)),
+                        None => watcher.io_ready(py, write),
+                    };
+                    drop(context);
+                    if let Err(err) = outcome {
                         if is_exit(py, &err) {
                             return Err(err);
                         }
@@ -635,6 +695,16 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+}
+
+/// Marks the loop stopped when dropped: the end of `run_forever`, however it ends.
+struct StopOnExit<'a>(&'a EventLoop);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.stopping.store(false, Relaxed);
+        self.0.thread_id.store(0, Relaxed);
     }
 }
 
@@ -691,10 +761,11 @@ impl EventLoop {
             thread_id: AtomicU64::new(0),
             slow_callback_duration: GilCell::new(0.1),
             clock_resolution: clock::resolution(),
-            last_poll: GilCell::new(0.0),
             task_factory: GilCell::new(None),
             current_handle: GilCell::new(None),
             spare_handles: GilCell::new(Vec::new()),
+            time_source: GilCell::new(None),
+            custom_time: AtomicBool::new(false),
         })
     }
 
@@ -753,7 +824,7 @@ impl EventLoop {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        self.schedule_timer(py, clock::monotonic() + delay, callback, args, context)
+        self.schedule_timer(py, self.now(py)? + delay, None, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -768,8 +839,11 @@ impl EventLoop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
-        self.schedule_timer(py, when, callback, args, context)
+        let when_int =
+            when.is_exact_instance_of::<pyo3::types::PyInt>() || when.is_exact_instance_of::<pyo3::types::PyBool>();
+        let when_int = when_int.then(|| when.clone().unbind());
+        let when_f: f64 = when.extract()?;
+        self.schedule_timer(py, when_f, when_int, callback, args, context)
     }
 
     fn stop(&self) {
@@ -1023,37 +1097,37 @@ impl EventLoop {
     fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.thread_id.store(current_thread_id(), Relaxed);
-        // Every run polls at least once, however busy: what arrived since the last run is seen.
-        *this.last_poll.borrow_mut(slf.py()) = f64::NEG_INFINITY;
-        let result = loop {
-            if let Err(e) = Self::_run_once(slf) {
-                break Err(e);
-            }
+        // However the run ends, a panic included, the loop is left stopped: not running, and
+        // closable or runnable again.
+        let _stopped = StopOnExit(this);
+        loop {
+            Self::_run_once(slf)?;
             if this.stopping.load(Relaxed) {
-                break Ok(());
+                return Ok(());
             }
-        };
-        this.stopping.store(false, Relaxed);
-        this.thread_id.store(0, Relaxed);
-        result
+        }
     }
 
     /// One iteration (see the module documentation).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // One clock reading per iteration (two when it polls): they are a good part of its cost.
-        let mut now = clock::monotonic();
+        // One clock reading per iteration, two when it waited in the poll: they are a good part
+        // of its cost.
+        let now = this.now(py)?;
         let timeout = this.prune_timers_and_timeout(py, now);
-        // With callbacks waiting, a poll could only add to them: skip it while the last one is
-        // recent, so a chain of callbacks does not pay a system call per link.
-        let busy = !this.queues.borrow(py).ready.is_empty();
-        if !(busy && now - *this.last_poll.borrow(py) < POLL_INTERVAL) {
-            this.poll(py, timeout)?;
-            now = *this.last_poll.borrow(py);
-        }
+        // Every iteration polls, as asyncio's does: what a peer sent before the iteration began
+        // is seen in it (code that yields with `await asyncio.sleep(0)` relies on this).
+        let now = if this.poll(py, timeout)? { this.now(py)? } else { now };
         this.queue_due_timers(py, now);
         Self::run_ready(slf, py, now)
+    }
+
+    /// Sets the callable `time()` stands for (None: the loop's own clock); see `time_source`.
+    fn _set_time_source(&self, py: Python<'_>, source: Option<Py<PyAny>>) {
+        self.custom_time.store(source.is_some(), Relaxed);
+        let old = std::mem::replace(&mut *self.time_source.borrow_mut(py), source);
+        drop(old);
     }
 
     /// Closes the loop's own resources; `close()` (in Python) checks and does the rest.
@@ -1110,6 +1184,9 @@ impl EventLoop {
         if let Some(h) = self.current_handle.try_borrow() {
             visit.call(&*h)?;
         }
+        if let Some(t) = self.time_source.try_borrow() {
+            visit.call(&*t)?;
+        }
         if let Some(q) = self.queues.try_borrow() {
             for r in &q.ready {
                 match r {
@@ -1122,6 +1199,9 @@ impl EventLoop {
             }
             for w in q.owners.values() {
                 visit.call(w)?;
+            }
+            for obj in q.fileobjs.values() {
+                visit.call(obj)?;
             }
             visit.call(&q.future_kwargs)?;
             // The heap's order is irrelevant here; only membership matters.
@@ -1139,6 +1219,7 @@ impl EventLoop {
     fn __clear__(&self) {
         drop(self.task_factory.try_take());
         drop(self.current_handle.try_take());
+        drop(self.time_source.try_take());
         if let Some(queues) = self.queues.try_take() {
             queues.track_shared_handles();
             drop(queues);

@@ -44,6 +44,13 @@ impl<T> GilCell<T> {
     pub fn try_borrow(&self) -> Option<Ref<'_, T>> {
         self.0.try_borrow().ok()
     }
+
+    /// For the garbage collector's `__clear__`, which may also run at any allocation: `None`
+    /// when the state is borrowed at that moment (the cycle is then broken elsewhere, or at
+    /// the next collection).
+    pub fn try_borrow_mut(&self) -> Option<std::cell::RefMut<'_, T>> {
+        self.0.try_borrow_mut().ok()
+    }
 }
 
 impl<T: Default> GilCell<T> {

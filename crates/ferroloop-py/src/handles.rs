@@ -118,17 +118,7 @@ impl Handle {
                 _ => return Ok(()),
             }
         };
-        // SAFETY: `ctx` is a live `contextvars.Context` (checked when the handle was made) and we
-        // are attached to the interpreter.
-        if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let result = func.bind(py).call1(args.bind(py)).map(drop);
-        // SAFETY: same context, entered just above on this thread.
-        if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        result
+        run_in_context(py, &ctx, || func.bind(py).call1(args.bind(py)).map(drop))
     }
 
     pub(crate) fn callback_parts(&self, py: Python<'_>) -> (Option<Py<PyAny>>, Option<Py<PyTuple>>) {
@@ -221,6 +211,10 @@ impl Handle {
 pub struct TimerHandle {
     /// The deadline on the loop's clock.
     when: f64,
+    /// The deadline as `call_at` was given it, when that was an `int` (or `bool`), which
+    /// `when()` returns as asyncio does; `None` for a float. (Exact ints only: they hold no
+    /// references, so the handle's traversal need not visit it.)
+    when_int: Option<Py<PyAny>>,
     /// True while the handle is in the loop's timer heap.
     scheduled: AtomicBool,
     /// The loop's count of cancelled timers still in its heap.
@@ -228,8 +222,16 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub(crate) fn new(when: f64, loop_cancelled: Arc<AtomicUsize>) -> Self {
-        Self { when, scheduled: AtomicBool::new(true), loop_cancelled }
+    pub(crate) fn new(when: f64, when_int: Option<Py<PyAny>>, loop_cancelled: Arc<AtomicUsize>) -> Self {
+        Self { when, when_int, scheduled: AtomicBool::new(true), loop_cancelled }
+    }
+
+    /// The deadline, as asyncio's `when()` gives it.
+    fn when_object(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.when_int {
+            Some(w) => w.clone_ref(py),
+            None => pyo3::types::PyFloat::new(py, self.when).into_any().unbind(),
+        }
     }
 
     /// The loop took the handle out of its heap.
@@ -240,8 +242,8 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     fn cancel(slf: &Bound<'_, Self>) {
@@ -260,8 +262,8 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
@@ -346,6 +348,22 @@ pub(crate) fn take_for_reuse(py: Python<'_>, handle: &Py<Handle>) -> Option<Part
     }
     let mut parts = handle.get().parts.borrow_mut(py);
     Some(std::mem::take(&mut *parts))
+}
+
+/// Runs `f` with `ctx` (a `contextvars.Context`) entered, as `ctx.run(f)` would.
+#[inline]
+pub(crate) fn run_in_context<R>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    // SAFETY: `ctx` is a live `contextvars.Context` (handles check what they are given; the
+    // loop's own come from `copy_current_context`) and we are attached to the interpreter.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: same context, entered just above on this thread.
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result
 }
 
 /// A copy of the calling thread's current context (`contextvars.copy_context()`).

@@ -4,6 +4,7 @@
 //! only on those below it): `event_loop` → `handles` → `gil_cell`, `pyrefs` → `ferroloop_core`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod buffers;
 mod errors;
 mod event_loop;
 mod fastcall;

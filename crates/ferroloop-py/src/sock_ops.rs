@@ -65,6 +65,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
+use crate::buffers::Export;
 use crate::errors::os_error;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
@@ -144,47 +145,6 @@ fn send_until_blocked(fd: RawFd, export: &Export, mut pos: usize) -> io::Result<
         }
     }
     Ok(pos)
-}
-
-/// A buffer exported by a Python object with `PyBUF_SIMPLE` (contiguous bytes), or
-/// `PyBUF_WRITABLE`: what the socket module's `y*` and `w*` arguments take. Released on drop.
-struct Export(Box<ffi::Py_buffer>);
-
-// SAFETY: the view's pointers are only used while the GIL is held (every use takes a `Python`
-// token), and `Drop` attaches to the interpreter before releasing the export.
-unsafe impl Send for Export {}
-// SAFETY: as for `Send`; shared access never writes to the view itself.
-unsafe impl Sync for Export {}
-
-impl Export {
-    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
-        let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
-        // SAFETY: an all-zero Py_buffer is a valid "not yet filled" view.
-        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
-        // SAFETY: `obj` is a live object (GIL held); `view` is valid for writes and boxed, so the
-        // address the exporter sees never changes.
-        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &raw mut *view, flags) } != 0 {
-            return Err(PyErr::fetch(obj.py()));
-        }
-        Ok(Self(view))
-    }
-
-    fn ptr(&self) -> *mut u8 {
-        self.0.buf.cast()
-    }
-
-    fn len(&self) -> usize {
-        usize::try_from(self.0.len).unwrap_or(0)
-    }
-}
-
-impl Drop for Export {
-    fn drop(&mut self) {
-        Python::attach(|_| {
-            // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released once.
-            unsafe { ffi::PyBuffer_Release(&raw mut *self.0) }
-        });
-    }
 }
 
 /// What a pending operation does at each readiness report.
@@ -327,7 +287,7 @@ fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
 /// One `recv_into(buf)`: the byte count, `None` if it would block.
 fn try_recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> Attempt {
     let py = sock.py();
-    let Ok(export) = Export::get(buf, true) else {
+    let Ok(export) = Export::writable(buf) else {
         // Not a writable contiguous buffer: the socket's own method raises the exact error.
         return python_attempt(py, retry_interrupted(py, || sock.call_method1(intern!(py, "recv_into"), (buf,))));
     };
@@ -444,7 +404,7 @@ pub(crate) fn sendall(
 ) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
     let Some(fd) = fast_fd(event_loop, sock)? else { return Ok(not_implemented(py)) };
-    let export = match Export::get(data, false) {
+    let export = match Export::readable(data) {
         Ok(e) => e,
         Err(err) => {
             // Not a contiguous buffer: the socket's own method raises the exact error.

@@ -38,8 +38,11 @@ pub trait IoWatcher: Send + Sync {
 pub enum Watcher {
     /// `add_reader`/`add_writer` from Python.
     Handle(Py<Handle>),
-    /// A transport or listener written in Rust.
-    Native(Arc<dyn IoWatcher>),
+    /// A transport or listener written in Rust, and the `contextvars.Context` it runs in: a
+    /// copy of the one current when it started watching, as asyncio's `add_reader` handle
+    /// copies it. Every readiness report runs in that same context, so a transport's protocol
+    /// sees the context its connection was made in (and what it sets there itself).
+    Native(Arc<dyn IoWatcher>, Py<PyAny>),
     /// A pending socket operation, waiting for one readiness report.
     Op(Arc<dyn IoWatcher>),
 }
@@ -47,15 +50,20 @@ pub enum Watcher {
 /// An entry of the ready queue.
 pub enum Ready {
     Handle(Py<Handle>),
-    /// A native watcher and the direction it is ready for (`true`: writable).
-    Io(Arc<dyn IoWatcher>, bool),
+    /// A native watcher, the direction it is ready for (`true`: writable), and the context to
+    /// run it in (none for a socket operation: it runs no user code but the socket's own).
+    Io(Arc<dyn IoWatcher>, bool, Option<Py<PyAny>>),
 }
 
 impl Watcher {
     pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Self::Handle(h) => visit.call(h),
-            Self::Native(w) | Self::Op(w) => w.traverse(visit),
+            Self::Native(w, context) => {
+                visit.call(context)?;
+                w.traverse(visit)
+            }
+            Self::Op(w) => w.traverse(visit),
         }
     }
 }
@@ -64,7 +72,10 @@ impl Ready {
     pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
             Self::Handle(h) => visit.call(h),
-            Self::Io(w, _) => w.traverse(visit),
+            Self::Io(w, _, context) => {
+                visit.call(context)?;
+                w.traverse(visit)
+            }
         }
     }
 }

@@ -49,7 +49,7 @@ struct State {
     low: usize,
 }
 
-#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
 pub struct DatagramTransport {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
@@ -227,13 +227,18 @@ impl DatagramTransport {
             let (data, addr) = head;
             let len = data.bind(py).as_bytes().len() + header;
             match this.try_send(py, sock.bind(py), data.bind(py).as_any(), addr.bind(py)) {
-                SendOutcome::Sent => this.state.borrow_mut(py).queued_bytes -= len,
+                SendOutcome::Sent => {
+                    let mut st = this.state.borrow_mut(py);
+                    st.queued_bytes = st.queued_bytes.saturating_sub(len);
+                }
                 SendOutcome::WouldBlock => {
                     this.state.borrow_mut(py).queue.push_front((data, addr));
                     break;
                 }
                 SendOutcome::Failed(e) => {
-                    this.state.borrow_mut(py).queued_bytes -= len;
+                    let mut st = this.state.borrow_mut(py);
+                    st.queued_bytes = st.queued_bytes.saturating_sub(len);
+                    drop(st);
                     return Self::socket_error(slf, e, "Fatal write error on datagram transport");
                 }
             }
@@ -340,11 +345,15 @@ impl DatagramTransport {
                 SendOutcome::Failed(e) => return Self::socket_error(slf, e, "Fatal write error on datagram transport"),
             }
         }
-        let owned = PyBytes::new(py, &pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?).unbind();
+        // `bytes(data)`, as asyncio queues it: any shape and format, contiguous or not. The
+        // count is of those bytes, which the queue's draining subtracts (not `len(data)`, the
+        // items of a view's first dimension).
+        let owned = py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
         {
+            let nbytes = owned.as_bytes().len();
             let mut st = this.state.borrow_mut(py);
-            st.queue.push_back((owned, addr.unbind()));
-            st.queued_bytes += len + if modern_accounting(py) { 8 } else { 0 };
+            st.queue.push_back((owned.unbind(), addr.unbind()));
+            st.queued_bytes += nbytes + if modern_accounting(py) { 8 } else { 0 };
         }
         Self::maybe_pause_protocol(slf)
     }

@@ -49,14 +49,14 @@ use std::sync::Arc;
 
 use ferroloop_core::net::{self, FileType};
 use ferroloop_core::write_buffer::WriteBuffer;
-use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::{call_flow_control, is_exit, os_error};
+use crate::buffers::{Data, DataError};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::pyrefs;
@@ -621,36 +621,6 @@ enum WriteOutcome {
     Failed(io::Error),
 }
 
-/// Applies `f` to the bytes of a `bytes`, `bytearray` or `memoryview`, without a copy when they
-/// are contiguous. `f` must not call into Python.
-fn with_data<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    let py = data.py();
-    if let Ok(b) = data.cast::<PyBytes>() {
-        return Ok(f(b.as_bytes()));
-    }
-    if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
-        return Err(PyTypeError::new_err(format!(
-            "data argument must be a bytes-like object, not {:?}",
-            data.get_type().name()?.to_string()
-        )));
-    }
-    match PyBuffer::<u8>::get(data) {
-        Ok(buf) if buf.len_bytes() == 0 => Ok(f(&[])),
-        Ok(buf) if buf.is_c_contiguous() => {
-            // SAFETY: the buffer is contiguous, `len_bytes` long, and held (so kept alive, and a
-            // bytearray cannot be resized) by `buf` until `f` returns; `f` runs no Python code.
-            let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
-            Ok(f(bytes))
-        }
-        Ok(buf) => Ok(f(&buf.to_vec(py)?)),
-        // A memoryview whose items are not bytes (e.g. of an array of ints): its raw bytes.
-        Err(_) => {
-            let bytes = data.call_method0(intern!(py, "tobytes"))?;
-            Ok(f(bytes.cast::<PyBytes>()?.as_bytes()))
-        }
-    }
-}
-
 impl WritePipeTransport {
     fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
         self.event_loop.bind(py)
@@ -886,7 +856,13 @@ impl WritePipeTransport {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        match with_data(data, |bytes| this.write_now(py, bytes))? {
+        let data = match Data::of(data) {
+            Ok(d) => d,
+            Err(DataError::Type(e)) => return Err(e),
+            // As asyncio's `os.write(fd, data)` failing: a fatal write error.
+            Err(DataError::Export(e)) => return Self::fatal_error(slf, e, "Fatal write error on pipe transport"),
+        };
+        match this.write_now(py, data.as_bytes()) {
             WriteOutcome::Done => Ok(()),
             WriteOutcome::Dropped(before) => {
                 if before >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {

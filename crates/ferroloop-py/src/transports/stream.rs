@@ -25,14 +25,14 @@ use std::sync::Arc;
 
 use ferroloop_core::net;
 use ferroloop_core::write_buffer::WriteBuffer;
-use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::{call_flow_control, is_exit, report_fatal, ExtraSnapshot, SocketExtra};
+use crate::buffers::{Data, DataError, Export};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -84,7 +84,7 @@ struct State {
     empty_waiter: Option<Py<PyAny>>,
 }
 
-#[pyclass(module = "ferroloop._ferroloop", frozen, weakref)]
+#[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
 pub struct StreamTransport {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
@@ -279,22 +279,22 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
-            let pb = PyBuffer::<u8>::get(&b)?;
-            if pb.readonly() {
-                return Err(PyTypeError::new_err("get_buffer() returned a read-only buffer"));
-            }
-            if pb.len_bytes() == 0 {
+            if b.len()? == 0 {
                 return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
             }
-            Ok(pb)
+            Ok(b)
         }) {
             Ok(b) => b,
             Err(err) => return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed."),
         };
-        // SAFETY: the buffer is writable, `len_bytes` long, and held (so kept alive and unmoved)
-        // by `buf` for the duration of the call; nothing else runs meanwhile (GIL held).
-        let target = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
-        let res = net::recv(this.fd, target);
+        // As asyncio's `sock.recv_into(buf)`: a buffer that is not writable and contiguous is a
+        // read error.
+        let mut buf = match Export::writable(&buf) {
+            Ok(b) => b,
+            Err(err) => return Self::fatal_error(slf, err, "Fatal read error on socket transport"),
+        };
+        // SAFETY: a writable export of its own; nothing else borrows it.
+        let res = net::recv(this.fd, unsafe { buf.as_mut_bytes() });
         drop(buf);
         match res {
             Err(e) if would_block(&e) => Ok(()),
@@ -502,22 +502,6 @@ impl StreamTransport {
     }
 }
 
-/// Applies `f` to the bytes of a `bytes`, `bytearray` or `memoryview`.
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
-    if let Ok(b) = data.cast::<PyBytes>() {
-        return f(b.as_bytes());
-    }
-    if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
-        return Err(PyTypeError::new_err(format!(
-            "data argument must be a bytes-like object, not {:?}",
-            data.get_type().name()?.to_string()
-        )));
-    }
-    let buf = PyBuffer::<u8>::get(data)?;
-    let bytes = buf.to_vec(data.py())?;
-    f(&bytes)
-}
-
 #[pymethods]
 impl StreamTransport {
     #[pyo3(signature = (name, default=None))]
@@ -626,13 +610,19 @@ impl StreamTransport {
     pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        with_bytes(data, |bytes| {
-            this.check_writable(py, "write")?;
-            if bytes.is_empty() || this.drop_lost_write(py)? {
-                return Ok(());
-            }
-            Self::write_bytes(slf, bytes)
-        })
+        let data = match Data::of(data) {
+            Ok(d) => Ok(d),
+            Err(DataError::Type(e)) => return Err(e),
+            Err(DataError::Export(e)) => Err(e),
+        };
+        this.check_writable(py, "write")?;
+        match data {
+            Ok(d) if d.as_bytes().is_empty() => Ok(()),
+            _ if this.drop_lost_write(py)? => Ok(()),
+            Ok(d) => Self::write_bytes(slf, d.as_bytes()),
+            // asyncio's `sock.send(data)` fails the same way: a fatal write error.
+            Err(e) => Self::fatal_error(slf, e, "Fatal write error on socket transport"),
+        }
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -647,10 +637,7 @@ impl StreamTransport {
         }
         let mut joined = Vec::new();
         for item in list_of_data.try_iter()? {
-            with_bytes(&item?, |b| {
-                joined.extend_from_slice(b);
-                Ok(())
-            })?;
+            joined.extend_from_slice(Data::of(&item?)?.as_bytes());
         }
         if joined.is_empty() || this.drop_lost_write(py)? {
             return Ok(());
@@ -841,6 +828,14 @@ impl StreamTransport {
             visit.call(&st.empty_waiter)?;
         }
         Ok(())
+    }
+
+    /// Breaks the cycles through the transport (with its protocol, say a TLS protocol). The
+    /// socket is kept: dropping an open transport warns, and the socket object closes itself.
+    fn __clear__(&self) {
+        let taken =
+            self.state.try_borrow_mut().map(|mut st| (st.protocol.take(), st.server.take(), st.empty_waiter.take()));
+        drop(taken);
     }
 }
 

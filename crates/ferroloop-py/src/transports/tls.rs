@@ -226,7 +226,7 @@ impl RecordCalls {
     }
 }
 
-#[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref)]
+#[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref, dict)]
 pub struct TlsProtocol {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
@@ -244,7 +244,7 @@ pub struct TlsProtocol {
 }
 
 /// The application-facing transport (named like asyncio's, which code may look for).
-#[pyclass(module = "ferroloop._ferroloop", name = "SSLTransport", frozen, weakref)]
+#[pyclass(module = "ferroloop._ferroloop", name = "SSLTransport", frozen, weakref, dict)]
 pub struct TlsTransport {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
@@ -1042,6 +1042,23 @@ impl TlsProtocol {
         }
         Ok(())
     }
+
+    /// Breaks the cycles through the protocol: with its application transport, its raw
+    /// transport and the application protocol (a connection whose setup failed leaves them).
+    fn __clear__(&self) {
+        let taken = self.state.try_borrow_mut().map(|mut st| {
+            (
+                st.app_protocol.take(),
+                st.transport.take(),
+                st.app_transport.take(),
+                st.waiter.take(),
+                st.handshake_timer.take(),
+                st.shutdown_timer.take(),
+                std::mem::take(&mut st.backlog),
+            )
+        });
+        drop(taken);
+    }
 }
 
 impl TlsTransport {
@@ -1265,6 +1282,10 @@ impl TlsTransport {
             visit.call(&*p)?;
         }
         Ok(())
+    }
+
+    fn __clear__(&self) {
+        drop(self.protocol.try_take());
     }
 }
 
