@@ -42,9 +42,46 @@ fmt: $(VPY) ## Format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests bench examples
 
+# Build variants never overwrite one another. Only the release build is installed editable: `maturin
+# develop` writes it into python/ferroloop, which .venv and the per-version .venv-3.X import (one
+# file per ABI tag). The debug build is a wheel built in its own cargo target directory (so it does
+# not evict the release build's artifacts) and installed, not editable, into the venvs that test it,
+# which then import their own copy. `make check-builds` checks that every venv imports its build.
+DEBUG_WHEELS := target/variants/debug/wheels
+
+.PHONY: build-debug
+build-debug: $(VPY) ## The debug build (leak-check feature) as a wheel, in target/variants/debug
+	rm -rf $(DEBUG_WHEELS)
+	$(VENV)/bin/maturin build --quiet --interpreter $(PYTHON) --features leak-check --compatibility linux \
+	  --target-dir target/variants/debug --out $(DEBUG_WHEELS)
+
+.PHONY: check-builds
+check-builds: ## Check that each venv imports its own build: release in .venv and .venv-3.X, debug elsewhere
+	$(PYTHON) tests/variants/check.py
+
 .PHONY: test-debug
-test-debug: $(VPY) ## Debug build counting live handles and transports; the suite asserts none outlives its loop
-	$(MAKE) --no-print-directory VENV=.venv-debug MATURIN_FLAGS="--features leak-check" pytest
+test-debug: build-debug services ## Debug build counting live handles and transports; the suite asserts none outlives its loop
+	$(MAKE) --no-print-directory VENV=.venv-debug venv
+	.venv-debug/bin/python -m pip install --quiet --no-deps --force-reinstall $(DEBUG_WHEELS)/*.whl
+	.venv-debug/bin/python -m pytest -q
+	$(PYTHON) tests/variants/check.py
+
+# Every transport (TCP, Unix, datagram, TLS, pipes) and every sock_* operation, ferroloop's half.
+# Of the TLS tests (OpenSSL's work is most of their time under valgrind), those of the TLS
+# transport's own paths: data both ways, flow control, close_notify, abort, a peer that closes at
+# each stage; not the ones of argument checking, certificate verification or ALPN, nor those that
+# assert a timeout fires within 3 s (valgrind's slowdown breaks them).
+MEMCHECK_TESTS ?= tests/test_net_tcp.py tests/test_net_unix.py tests/test_net_datagram.py tests/test_sock.py \
+  tests/test_tls.py tests/test_pipes.py
+MEMCHECK_SELECT ?= ferroloop and not (test_tls and (argument_errors or verification or certificate or alpn \
+  or timeout or hostname or https_exchange or start_tls_over_tls or start_tls_failures or not_reported))
+
+.PHONY: test-memcheck
+test-memcheck: build-debug ## The transport, socket and TLS tests under valgrind memcheck, on the debug build (~4 min)
+	$(MAKE) --no-print-directory VENV=.venv-memcheck venv
+	.venv-memcheck/bin/python -m pip install --quiet --no-deps --force-reinstall $(DEBUG_WHEELS)/*.whl
+	bash tests/memcheck/run.sh .venv-memcheck -k '$(MEMCHECK_SELECT)' $(MEMCHECK_TESTS)
+	$(PYTHON) tests/variants/check.py
 
 .PHONY: stubtest
 stubtest: build ## Check python/ferroloop/_ferroloop.pyi against the built module (mypy.stubtest)
@@ -85,18 +122,21 @@ conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fa
 	$(VPY) tests/cpython/run.py --expected tests/cpython/expected/$$($(VPY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').json
 
 # The other CPython versions installed with pyenv: each gets its own venv, build, behaviour suite
-# and conformance run. A version that is not installed is reported and fails the run.
+# and conformance run. A version that is not installed is reported and fails the run. Each builds in
+# its own cargo target directory: a build for another interpreter rebuilds pyo3 and the extension,
+# which in the shared target/ would be undone by the next `make build` for .venv's Python.
 OTHER_PYTHONS ?= 3.12 3.13
 
 .PHONY: test-pythons
 test-pythons: ## The behaviour suite and conformance on $(OTHER_PYTHONS) too
 	@set -e; for v in $(OTHER_PYTHONS); do \
 	  prefix=$$(pyenv prefix $$v 2>/dev/null) || { echo "Python $$v is not installed (pyenv prefix $$v)"; exit 1; }; \
-	  $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance; \
+	  CARGO_TARGET_DIR=$(CURDIR)/target/variants/$$v \
+	    $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance; \
 	done
 
 .PHONY: test
-test: lint cargo-test stubtest pytest conformance test-pythons test-debug wheel ## Everything CI runs
+test: lint cargo-test stubtest pytest conformance test-pythons test-debug test-memcheck wheel ## Everything CI runs
 
 .PHONY: bench-setup
 bench-setup: build
