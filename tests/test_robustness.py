@@ -45,6 +45,23 @@ def test_odd_deadline_never_breaks_the_loop(loop, when):
     assert loop.is_closed()
 
 
+@pytest.mark.parametrize("when", [float("nan"), float("-inf"), -(10**400)], ids=["nan", "-inf", "-huge-int"])
+def test_a_timer_due_at_once_on_an_idle_loop(loop, when):
+    """The timer is all the loop has: its deadline alone decides how long the poll waits."""
+    try:
+        loop.call_at(when, loop.stop)
+        loop.run_forever()
+    except (ValueError, OverflowError) as exc:
+        # asyncio 3.13+ raises from its selector for a NaN timeout; an int beyond a float
+        # fails asyncio's arithmetic with the clock.
+        assert (isinstance(when, float) and math.isnan(when) and sys.version_info >= (3, 13)) or isinstance(
+            exc, OverflowError
+        )
+        assert loop.__class__.__module__ == "asyncio.unix_events"
+    assert not loop.is_running()
+    loop.close()
+
+
 def test_a_timer_keeps_the_deadline_it_was_given(loop):
     assert loop.call_at(5, lambda: None).when() == 5
     assert type(loop.call_at(5, lambda: None).when()) is int

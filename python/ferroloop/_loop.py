@@ -343,6 +343,11 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
+            if sys.version_info < (3, 12):
+                # 3.11 calls the handler as it is, with whatever it was given.
+                self._exception_handler(self, context)
+                return
+            # 3.12+ runs it in the context of the task, future or handle it is about.
             owner = context.get("task") or context.get("future") or context.get("handle")
             ctx = owner.get_context() if owner is not None and hasattr(owner, "get_context") else None
             if ctx is not None and hasattr(ctx, "run"):

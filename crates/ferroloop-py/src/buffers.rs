@@ -44,6 +44,15 @@ impl Export {
         })
     }
 
+    /// An item of `writelines`: any contiguous buffer, as `b"".join` takes it (asyncio 3.11
+    /// joins; later versions take `memoryview(item)` and send it), else `TypeError`.
+    pub(crate) fn joinable(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        Self::readable(obj).map_err(|_| {
+            let name = obj.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string());
+            PyTypeError::new_err(format!("expected a bytes-like object, {name} found"))
+        })
+    }
+
     fn get(obj: &Bound<'_, PyAny>, flags: std::ffi::c_int) -> PyResult<Self> {
         // SAFETY: an all-zero Py_buffer is a valid "not yet filled" view.
         let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
@@ -108,8 +117,8 @@ pub(crate) enum Data<'a, 'py> {
 }
 
 impl<'a, 'py> Data<'a, 'py> {
-    /// `data` if it is `bytes`, `bytearray` or `memoryview` (`TypeError` otherwise, with
-    /// asyncio's message); `Err(Ok(err))`... see [`DataError`].
+    /// `data` if it is `bytes`, `bytearray` or `memoryview` that can be sent as it is; else
+    /// why not (see [`DataError`]).
     pub(crate) fn of(data: &'a Bound<'py, PyAny>) -> Result<Self, DataError> {
         if let Ok(b) = data.cast::<PyBytes>() {
             return Ok(Self::Bytes(b));

@@ -34,9 +34,9 @@ use ferroloop_core::clock;
 use ferroloop_core::fd_map::FdMap;
 use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOverflowError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -154,22 +154,24 @@ fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
 
-/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+/// asyncio's `selectors._fileobj_to_fd`: an int, or an object with `fileno()`. A number too
+/// large for a descriptor is an `OverflowError`, as the selector's own system call raises it.
 pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
-        fd
+    let py = obj.py();
+    let number = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
-        obj.call_method0("fileno").and_then(|f| f.extract::<i64>()).map_err(|_| {
+        obj.call_method0("fileno").and_then(|f| py.get_type::<PyInt>().call1((f,))).map_err(|_| {
             PyValueError::new_err(format!(
                 "Invalid file object: {}",
                 obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
             ))
         })?
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    if number.lt(0)? {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")));
     }
-    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+    number.extract::<RawFd>().map_err(|_| PyOverflowError::new_err("file descriptor is greater than maximum"))
 }
 
 // `c_ulong` is only 32 bits wide on some targets.
@@ -355,7 +357,12 @@ impl EventLoop {
         if self.closed.load(Relaxed) {
             return Ok(false);
         }
-        let fd = self.registered_fd(py, fd)?;
+        let fd = match self.registered_fd(py, fd) {
+            Ok(fd) => fd,
+            // No descriptor has that number, so none is watched (asyncio: not registered).
+            Err(e) if e.is_instance_of::<PyOverflowError>(py) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         self.check_not_native(py, fd)?;
         self.unwatch(py, fd, write)
     }
@@ -842,7 +849,18 @@ impl EventLoop {
         let when_int =
             when.is_exact_instance_of::<pyo3::types::PyInt>() || when.is_exact_instance_of::<pyo3::types::PyBool>();
         let when_int = when_int.then(|| when.clone().unbind());
-        let when_f: f64 = when.extract()?;
+        let when_f: f64 = match (when.extract(), &when_int) {
+            (Ok(w), _) => w,
+            // An int beyond any float: after (or before) every other deadline; `when()` keeps it.
+            (Err(_), Some(w)) => {
+                if w.bind(py).lt(0)? {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                }
+            }
+            (Err(e), None) => return Err(e),
+        };
         self.schedule_timer(py, when_f, when_int, callback, args, context)
     }
 

@@ -118,6 +118,10 @@ impl Handle {
                 _ => return Ok(()),
             }
         };
+        // SAFETY: a type check of a live object.
+        if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
+            return call_in_foreign_context(ctx.bind(py), func.bind(py), args.bind(py));
+        }
         run_in_context(py, &ctx, || func.bind(py).call1(args.bind(py)).map(drop))
     }
 
@@ -350,11 +354,26 @@ pub(crate) fn take_for_reuse(py: Python<'_>, handle: &Py<Handle>) -> Option<Part
     Some(std::mem::take(&mut *parts))
 }
 
+/// `context.run(callback, *args)` for a `context=` that is not a `contextvars.Context`, as
+/// asyncio's `Handle._run` calls it (an object without `run` fails with `AttributeError`).
+#[cold]
+fn call_in_foreign_context(
+    context: &Bound<'_, PyAny>,
+    func: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+) -> PyResult<()> {
+    let mut all = vec![func.clone()];
+    all.extend(args.iter());
+    context.call_method1(pyo3::intern!(context.py(), "run"), PyTuple::new(context.py(), all)?)?;
+    Ok(())
+}
+
 /// Runs `f` with `ctx` (a `contextvars.Context`) entered, as `ctx.run(f)` would.
 #[inline]
 pub(crate) fn run_in_context<R>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
     // SAFETY: `ctx` is a live `contextvars.Context` (handles check what they are given; the
-    // loop's own come from `copy_current_context`) and we are attached to the interpreter.
+    // loop's own come from `copy_current_context`) and we are attached to the interpreter. (A
+    // non-context is refused with `TypeError`, not entered.)
     if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
         return Err(PyErr::fetch(py));
     }

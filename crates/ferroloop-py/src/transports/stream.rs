@@ -637,7 +637,7 @@ impl StreamTransport {
         }
         let mut joined = Vec::new();
         for item in list_of_data.try_iter()? {
-            joined.extend_from_slice(Data::of(&item?)?.as_bytes());
+            joined.extend_from_slice(Export::joinable(&item?)?.as_bytes());
         }
         if joined.is_empty() || this.drop_lost_write(py)? {
             return Ok(());
