@@ -562,3 +562,55 @@ def test_a_transport_method_can_be_patched(loop, run):
         return written
 
     assert run(main()) == [b"x"]
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes
+
+
+@pytest.mark.parametrize(
+    "high, low",
+    [(2**70, None), (None, 2**64), (1.5, None), (None, 2.5), (10, 10), (0, 0)],
+    ids=["huge-high", "huge-low", "float-high", "float-low", "equal", "zero"],
+)
+def test_write_buffer_limits_take_any_real_number(loop, run, high, low):
+    async def main():
+        a, b = socket.socketpair()
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        try:
+            tr.set_write_buffer_limits(high, low)
+            got_low, got_high = tr.get_write_buffer_limits()
+            for bad in [(-1, None), (1, 2), (float("nan"), None)]:
+                with pytest.raises(ValueError):
+                    tr.set_write_buffer_limits(*bad)
+            return got_low, got_high
+        finally:
+            tr.close()
+            b.close()
+
+    got_low, got_high = run(main())
+    assert got_high >= got_low >= 0
+    if isinstance(high, int) and high < 2**63:
+        assert got_high == high
+
+
+@pytest.mark.parametrize(
+    "n, error",
+    [(2**62, MemoryError), (sys.maxsize, OverflowError), (-1, ValueError), (2**70, OverflowError)],
+    ids=["2**62", "maxsize", "-1", "2**70"],
+)
+def test_sock_recv_of_an_impossible_size_raises_as_the_socket_does(loop, run, n, error):
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.send(b"x")
+        try:
+            with pytest.raises(error):
+                await loop.sock_recv(a, n)
+            # Nothing was lost: the byte is still there for the next call.
+            return await loop.sock_recv(a, 10)
+        finally:
+            a.close()
+            b.close()
+
+    assert run(main()) == b"x"

@@ -185,7 +185,7 @@ impl SockOp {
     fn attempt(&self, py: Python<'_>) -> Attempt {
         let sock = self.sock.bind(py);
         match &self.kind {
-            Kind::Recv(n) => try_recv(py, self.fd, *n),
+            Kind::Recv(n) => try_recv(sock, self.fd, *n),
             Kind::RecvInto(buf) => try_recv_into(sock, self.fd, buf.bind(py)),
             Kind::SendAll { export, sent, .. } => {
                 let start = *sent.borrow(py);
@@ -252,7 +252,14 @@ impl IoWatcher for SockOp {
 }
 
 /// One `recv(fd, n)`: the bytes received, `None` if it would block.
-fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
+fn try_recv(sock: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> Attempt {
+    let py = sock.py();
+    let mut big: Vec<u8> = Vec::new();
+    if n > RECV_BUF && big.try_reserve_exact(n).is_err() {
+        // More than can be allocated: the socket's own method raises the socket module's error
+        // (`MemoryError`, or `OverflowError` past the largest `bytes`).
+        return python_attempt(py, retry_interrupted(py, || sock.call_method1(intern!(py, "recv"), (n,))));
+    }
     let res = if n <= RECV_BUF {
         RECV_SCRATCH.with(|cell| {
             // Re-entered (a finalizer run by an allocation below called sock_recv): use a
@@ -269,8 +276,8 @@ fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt {
             retry_eintr(|| net::recv(fd, &mut buf[..n])).map(|got| PyBytes::new(py, &buf[..got]))
         })
     } else {
-        let mut buf: Vec<u8> = Vec::with_capacity(n);
-        // SAFETY: the vector's spare capacity is `n` writable bytes.
+        let mut buf = big;
+        // SAFETY: the vector's spare capacity is `n` writable bytes (reserved above).
         retry_eintr(|| unsafe { net::recv_raw(fd, buf.as_mut_ptr(), n) }).map(|got| {
             // SAFETY: recv initialised the first `got <= n` bytes.
             unsafe { buf.set_len(got) };
@@ -376,7 +383,7 @@ pub(crate) fn recv(
         // Negative, or not an integer: the socket's method raises asyncio's error.
         None => return Ok(sock.call_method1(intern!(py, "recv"), (n,))?.unbind()),
     };
-    match try_recv(py, fd, n)? {
+    match try_recv(sock, fd, n)? {
         Some(data) => Ok(data),
         None => start(event_loop, sock, fd, false, Kind::Recv(n)),
     }

@@ -28,6 +28,7 @@ pub mod pipe;
 pub mod stream;
 pub mod tls;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -78,6 +79,46 @@ pub(crate) fn call_flow_control(
         event_loop.call_method1("call_exception_handler", (context,))?;
     }
     Ok(())
+}
+
+/// asyncio's default high watermark for writes (stream, pipe and datagram transports); the low
+/// one defaults to a quarter of it.
+pub(crate) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// asyncio's watermarks from `set_write_buffer_limits(high, low)` (and the TLS read limits):
+/// `high` defaults to `4 * low`, or `default_high`; `low` to `high // 4`; `ValueError` unless
+/// `high >= low >= 0`. Any real number is taken, as asyncio takes it; the limits are kept as
+/// byte counts (a fraction floored, a number beyond any size capped).
+pub(crate) fn water_marks<'py>(
+    py: Python<'py>,
+    high: Option<&Bound<'py, PyAny>>,
+    low: Option<&Bound<'py, PyAny>>,
+    default_high: usize,
+) -> PyResult<(usize, usize)> {
+    let given = |v: Option<&Bound<'py, PyAny>>| v.filter(|v| !v.is_none()).cloned();
+    let (high, low) = (given(high), given(low));
+    let high = match (high, &low) {
+        (Some(h), _) => h,
+        (None, Some(l)) => l.mul(4)?,
+        (None, None) => default_high.into_pyobject(py)?.into_any(),
+    };
+    let low = match low {
+        Some(l) => l,
+        None => high.floor_div(4)?,
+    };
+    if !(high.ge(&low)? && low.ge(0)?) {
+        return Err(PyValueError::new_err(format!(
+            "high ({}) must be >= low ({}) must be >= 0",
+            high.repr()?,
+            low.repr()?
+        )));
+    }
+    // Both are >= 0 here.
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+    let count = |v: &Bound<'_, PyAny>| {
+        v.extract::<usize>().unwrap_or_else(|_| v.extract::<f64>().unwrap_or(f64::INFINITY) as usize)
+    };
+    Ok((count(&high), count(&low)))
 }
 
 /// `KeyboardInterrupt` and `SystemExit` are never reported: they leave the loop.

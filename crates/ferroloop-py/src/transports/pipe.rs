@@ -64,8 +64,6 @@ use crate::watch::IoWatcher;
 
 /// The most one read event takes from the pipe (asyncio's `max_size`).
 pub const MAX_READ: usize = 256 * 1024;
-/// asyncio's default high watermark; the low one defaults to a quarter of the high one.
-const DEFAULT_HIGH: usize = 64 * 1024;
 /// After this many writes to a closed pipe, each further write logs a warning.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -939,20 +937,16 @@ impl WritePipeTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        #[allow(clippy::cast_possible_wrap)]
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH as i64, |l| 4 * l));
-        let low = low.unwrap_or(high.div_euclid(4));
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
-        }
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
         {
             let mut st = slf.get().state.borrow_mut(slf.py());
-            #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
-            {
-                st.high = high as usize;
-                st.low = low as usize;
-            }
+            st.high = high;
+            st.low = low;
         }
         Self::maybe_pause_protocol(slf)
     }
@@ -1102,8 +1096,8 @@ pub fn make_write_pipe_transport<'py>(
         reading: false,
         lost_scheduled: false,
         protocol_paused: false,
-        high: DEFAULT_HIGH,
-        low: DEFAULT_HIGH / 4,
+        high: super::DEFAULT_HIGH_WATER,
+        low: super::DEFAULT_HIGH_WATER / 4,
     };
     let transport = Bound::new(
         py,

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use ferroloop_core::net;
 use ferroloop_core::write_buffer::WriteBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
@@ -39,8 +39,6 @@ use crate::watch::IoWatcher;
 
 /// The most one read event takes from the socket (asyncio's `max_size`).
 pub const MAX_READ: usize = 256 * 1024;
-/// asyncio's default high watermark; the low one defaults to a quarter of the high one.
-const DEFAULT_HIGH: usize = 64 * 1024;
 /// After this many writes to a lost connection, each further write logs a warning.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
@@ -674,19 +672,16 @@ impl StreamTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = high.unwrap_or_else(|| low.map_or(DEFAULT_HIGH as i64, |l| 4 * l));
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
-        }
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
         {
             let mut st = slf.get().state.borrow_mut(slf.py());
-            #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
-            {
-                st.high = high as usize;
-                st.low = low as usize;
-            }
+            st.high = high;
+            st.low = low;
         }
         Self::maybe_pause_protocol(slf)
     }
@@ -877,8 +872,8 @@ pub fn make_stream_transport<'py>(
         paused: false,
         writing: false,
         protocol_paused: false,
-        high: DEFAULT_HIGH,
-        low: DEFAULT_HIGH / 4,
+        high: super::DEFAULT_HIGH_WATER,
+        low: super::DEFAULT_HIGH_WATER / 4,
         empty_waiter: None,
     };
     let transport = Bound::new(

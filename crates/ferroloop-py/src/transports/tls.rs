@@ -43,8 +43,8 @@ use crate::gil_cell::GilCell;
 /// Most plaintext one `SSLObject.read` call returns (asyncio's `max_size`).
 const MAX_READ: usize = 256 * 1024;
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ` and `..._WRITE`, in KiB.
-const HIGH_WATER_READ_KIB: i64 = 256;
-const HIGH_WATER_WRITE_KIB: i64 = 512;
+const HIGH_WATER_READ_KIB: usize = 256;
+const HIGH_WATER_WRITE_KIB: usize = 512;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -117,21 +117,6 @@ fn read_buffer(py: Python<'_>) -> PyResult<Bound<'_, PyByteArray>> {
 fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     CELL.import(py, "ferroloop._transports", "SSLTransport")
-}
-
-/// asyncio's `add_flowcontrol_defaults`.
-fn flow_limits(high: Option<i64>, low: Option<i64>, kib: i64) -> PyResult<(usize, usize)> {
-    let hi = match (high, low) {
-        (Some(h), _) => h,
-        (None, Some(l)) => 4 * l,
-        (None, None) => kib * 1024,
-    };
-    let lo = low.unwrap_or(hi / 4);
-    if !(hi >= lo && lo >= 0) {
-        return Err(PyValueError::new_err(format!("high ({hi}) must be >= low ({lo}) must be >= 0")));
-    }
-    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
-    Ok((hi as usize, lo as usize))
 }
 
 struct State {
@@ -1166,8 +1151,13 @@ impl TlsTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(&self, py: Python<'_>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let (hi, lo) = flow_limits(high, low, HIGH_WATER_WRITE_KIB)?;
+    fn set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (hi, lo) = super::water_marks(py, high.as_ref(), low.as_ref(), HIGH_WATER_WRITE_KIB * 1024)?;
         let p = self.proto(py)?;
         {
             let mut st = p.get().state.borrow_mut(py);
@@ -1188,8 +1178,13 @@ impl TlsTransport {
     }
 
     #[pyo3(signature = (high=None, low=None))]
-    fn set_read_buffer_limits(&self, py: Python<'_>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let (hi, lo) = flow_limits(high, low, HIGH_WATER_READ_KIB)?;
+    fn set_read_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let (hi, lo) = super::water_marks(py, high.as_ref(), low.as_ref(), HIGH_WATER_READ_KIB * 1024)?;
         let p = self.proto(py)?;
         {
             let mut st = p.get().state.borrow_mut(py);
@@ -1337,8 +1332,8 @@ pub fn make_tls_protocol<'py>(
     let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
     let extra = PyDict::new(py);
     extra.set_item("sslcontext", &sslcontext)?;
-    let (in_hi, in_lo) = flow_limits(None, None, HIGH_WATER_READ_KIB)?;
-    let (out_hi, out_lo) = flow_limits(None, None, HIGH_WATER_WRITE_KIB)?;
+    let (in_hi, in_lo) = super::water_marks(py, None, None, HIGH_WATER_READ_KIB * 1024)?;
+    let (out_hi, out_lo) = super::water_marks(py, None, None, HIGH_WATER_WRITE_KIB * 1024)?;
     let state = State {
         tls: Tls::Unwrapped,
         app: if call_connection_made { App::Init } else { App::Made },
