@@ -8,7 +8,8 @@
 //! 2. poll file descriptors: without waiting when callbacks are ready or the loop is stopping,
 //!    otherwise until the earliest timer (or forever); the GIL is released only while blocked.
 //!    Every iteration polls, as asyncio's does, so what a peer sent before an iteration began is
-//!    seen in it;
+//!    seen in it (unless no descriptor is watched and the poll would not wait: it could report
+//!    nothing);
 //! 3. queue the callbacks of ready descriptors, then the timers due by now;
 //! 4. run the callbacks that were ready when the iteration began, in order. Callbacks scheduled
 //!    by these wait for the next iteration. When one iteration's batch runs longer than
@@ -1135,8 +1136,19 @@ impl EventLoop {
         let now = this.now(py)?;
         let timeout = this.prune_timers_and_timeout(py, now);
         // Every iteration polls, as asyncio's does: what a peer sent before the iteration began
-        // is seen in it (code that yields with `await asyncio.sleep(0)` relies on this).
-        let now = if this.poll(py, timeout)? { this.now(py)? } else { now };
+        // is seen in it (code that yields with `await asyncio.sleep(0)` relies on this). A poll
+        // that would not wait and has no descriptor to report is skipped: it could find nothing.
+        let nothing_watched = {
+            let q = this.queues.borrow(py);
+            q.readers.is_empty() && q.writers.is_empty()
+        };
+        let now = if timeout == Some(Duration::ZERO) && nothing_watched {
+            now
+        } else if this.poll(py, timeout)? {
+            this.now(py)?
+        } else {
+            now
+        };
         this.queue_due_timers(py, now);
         Self::run_ready(slf, py, now)
     }
