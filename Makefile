@@ -121,6 +121,17 @@ services: ## PostgreSQL and redis-server for the integration suite (Debian packa
 conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fails on a regression
 	$(VPY) tests/cpython/run.py --expected tests/cpython/expected/$$($(VPY) -c 'import sys; print("%d.%d" % sys.version_info[:2])').json
 
+# uvloop's and anyio's own test suites (tests/thirdparty), from their pinned sdists (downloaded once
+# into .thirdparty/), each on stock asyncio and on ferroloop; fails on a test that passes on asyncio
+# only. Their test dependencies go into the venv once (the stamp file).
+$(VENV)/.thirdparty-deps: requirements-thirdparty.txt $(VPY)
+	$(VPY) -m pip install --quiet -r requirements-thirdparty.txt
+	touch $@
+
+.PHONY: test-thirdparty
+test-thirdparty: build $(VENV)/.thirdparty-deps ## uvloop's and anyio's own suites on asyncio and on ferroloop; fails on a test lost
+	$(VPY) tests/thirdparty/run.py
+
 # The other CPython versions installed with pyenv: each gets its own venv, build, behaviour suite
 # and conformance run. A version that is not installed is reported and fails the run. Each builds in
 # its own cargo target directory: a build for another interpreter rebuilds pyo3 and the extension,
@@ -128,15 +139,15 @@ conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fa
 OTHER_PYTHONS ?= 3.12 3.13
 
 .PHONY: test-pythons
-test-pythons: ## The behaviour suite and conformance on $(OTHER_PYTHONS) too
+test-pythons: ## The behaviour suite, conformance and the third-party suites on $(OTHER_PYTHONS) too
 	@set -e; for v in $(OTHER_PYTHONS); do \
 	  prefix=$$(pyenv prefix $$v 2>/dev/null) || { echo "Python $$v is not installed (pyenv prefix $$v)"; exit 1; }; \
 	  CARGO_TARGET_DIR=$(CURDIR)/target/variants/$$v \
-	    $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance; \
+	    $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance test-thirdparty; \
 	done
 
 .PHONY: test
-test: lint cargo-test stubtest pytest conformance test-pythons test-debug test-memcheck wheel ## Everything CI runs
+test: lint cargo-test stubtest pytest conformance test-thirdparty test-pythons test-debug test-memcheck wheel ## Everything CI runs
 
 .PHONY: bench-setup
 bench-setup: build

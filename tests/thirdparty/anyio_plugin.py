@@ -5,9 +5,8 @@ Loaded with `-p anyio_plugin` into a pytest run of the tests/ folder of anyio's 
 FERROLOOP_THIRDPARTY_LOOP
     `asyncio` or `ferroloop`. With `ferroloop`, every asyncio backend parametrisation of anyio's
     `anyio_backend` fixture gets ferroloop as its `loop_factory` (its eager-task variant gets
-    ferroloop with `asyncio.eager_task_factory`), and ferroloop's policy is installed, so the tests
-    that make a loop themselves (`anyio.run()` without options, `asyncio.new_event_loop()`) get
-    ferroloop too. With `asyncio`, nothing is changed.
+    ferroloop with `asyncio.eager_task_factory`); anyio_policy.py, loaded beside it, gives ferroloop
+    to the tests that make a loop themselves. With `asyncio`, nothing is changed.
 FERROLOOP_THIRDPARTY_EXCLUSIONS
     exclusions-anyio.txt: the tests listed there are deselected.
 
@@ -15,45 +14,54 @@ Deselected as well, on both loops: the trio backend's parametrisations (they nev
 asyncio loop, so they would run the same code twice and compare nothing) and anyio's
 `asyncio+uvloop` / `asyncio+winloop` ones (a third loop, not the one under test).
 
+On a machine whose "localhost" has no IPv6 address, anyio's IPv6 tests are skipped on both loops
+(see NO_IPV6_LOCALHOST).
+
 It reports each test's outcome to run.py (thirdparty_common.Reporter).
 """
 
-import asyncio
 import os
+import socket
+import time
 
+import anyio_policy
 import pytest
 from thirdparty_common import Reporter, TestList
 
 LOOP = os.environ.get("FERROLOOP_THIRDPARTY_LOOP", "asyncio")
 # The ids anyio gives its parametrisations on other loops than stock asyncio's.
 OTHER_LOOP_IDS = ("asyncio+uvloop", "asyncio+winloop")
+# anyio marks its IPv6 tests with a skipif of this reason, and runs them when "::1" can be bound.
+IPV6_MARK_REASON = "IPv6 is not available"
+NO_IPV6_LOCALHOST = (
+    "'localhost' has no IPv6 address here, and anyio's IPv6 tests bind to it: they fail on both loops and leave"
+    " sockets unclosed, whose ResourceWarnings then fail later tests at random"
+)
 # Enough of a failure's report to recognise it; the whole is in the log.
 DETAIL_CHARS = 3000
 
 
-def ferroloop_eager_loop():
-    import ferroloop
-
-    loop = ferroloop.new_event_loop()
-    loop.set_task_factory(asyncio.eager_task_factory)
-    return loop
-
-
 def on_ferroloop(backend):
     """The `anyio_backend` value that runs `backend` (anyio's own value) on ferroloop."""
-    import ferroloop
-
     name, options = (backend, {}) if isinstance(backend, str) else backend
     if name != "asyncio":
         return backend
     factory = options.get("loop_factory")
     if factory is None:
-        factory = ferroloop.new_event_loop
+        factory = anyio_policy.new_ferroloop
     elif getattr(factory, "__name__", "") == "eager_task_loop_factory":
-        factory = ferroloop_eager_loop
+        factory = anyio_policy.ferroloop_eager_loop
     else:
         raise pytest.UsageError(f"anyio_plugin: unknown asyncio loop_factory {factory!r} in anyio's tests")
     return name, dict(options, loop_factory=factory)
+
+
+def localhost_has_ipv6():
+    try:
+        socket.getaddrinfo("localhost", 0, socket.AF_INET6)
+    except OSError:
+        return False
+    return True
 
 
 def backend_of(item):
@@ -83,6 +91,9 @@ class ThirdPartyPlugin:
         for item in items:
             excluded = self.exclusions is not None and self.exclusions.reason(item.nodeid) is not None
             (dropped if excluded or deselected_backend(item) else kept).append(item)
+        mine = {id(item) for _, item in self.reporter.mine([(item.nodeid, item) for item in kept])}
+        dropped += [item for item in kept if id(item) not in mine]
+        kept = [item for item in kept if id(item) in mine]
         self.reporter.send(plan=[item.nodeid for item in kept])
         dropped += kept[: self.reporter.start]
         kept = kept[self.reporter.start :]
@@ -91,12 +102,18 @@ class ThirdPartyPlugin:
                 backend = backend_of(item)
                 if backend is not None:
                     item.callspec.params["anyio_backend"] = on_ferroloop(backend)
+        if not localhost_has_ipv6():
+            for item in kept:
+                if any(mark.kwargs.get("reason") == IPV6_MARK_REASON for mark in item.iter_markers("skipif")):
+                    item.add_marker(pytest.mark.skip(reason=NO_IPV6_LOCALHOST))
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = kept
 
     def pytest_runtest_logstart(self, nodeid):
         self.phases[nodeid] = []
+        self.loops_before = anyio_policy.loops_made
+        self.began = time.monotonic()
         self.reporter.send(start=nodeid)
 
     def pytest_runtest_logreport(self, report):
@@ -115,15 +132,17 @@ class ThirdPartyPlugin:
             elif report.skipped and outcome == "passed":
                 outcome = "skipped"
                 detail = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else report.longreprtext
-        self.reporter.send(result=nodeid, outcome=outcome, detail=detail[-DETAIL_CHARS:])
+        self.reporter.send(
+            result=nodeid,
+            outcome=outcome,
+            detail=detail[-DETAIL_CHARS:],
+            ferroloop=anyio_policy.loops_made > self.loops_before,
+            seconds=round(time.monotonic() - self.began, 3),
+        )
 
     def pytest_sessionfinish(self):
         self.reporter.send(done=True)
 
 
 def pytest_configure(config):
-    if LOOP == "ferroloop":
-        import ferroloop
-
-        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
     config.pluginmanager.register(ThirdPartyPlugin(), "ferroloop-thirdparty")

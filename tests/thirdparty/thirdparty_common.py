@@ -8,7 +8,10 @@ A child reports to run.py as JSON lines on the file descriptor named by FERROLOO
     {"done": true}                    after the last test
 
 and runs only the tests of its plan from index FERROLOOP_THIRDPARTY_START on (run.py restarts a
-child after the test that hung or crashed it). Outcomes: passed, failed, skipped, xfailed (an
+child after the test that hung or crashed it). With FERROLOOP_THIRDPARTY_SHARD=I/N, its plan is
+every Nth test of the suite from the Ith (0-based): the tests mostly wait (on sleeps, threads,
+subprocesses), so several shards at a time share the cores well. With FERROLOOP_THIRDPARTY_ONLY
+naming a file of test ids, its plan is those tests. Outcomes: passed, failed, skipped, xfailed (an
 expected failure that failed); run.py adds hung and crashed.
 
 Lists of tests (exclusions-*.txt, known-failures-*.txt) hold one `pattern  # reason` a line. A
@@ -18,6 +21,7 @@ a test without its parameters), with `*` matching anything.
 
 import json
 import os
+import pathlib
 import re
 
 LOOPS = ("asyncio", "ferroloop")
@@ -69,6 +73,15 @@ class Reporter:
     def __init__(self):
         self.fd = int(os.environ["FERROLOOP_THIRDPARTY_REPORT_FD"])
         self.start = int(os.environ.get("FERROLOOP_THIRDPARTY_START", "0"))
+        self.shard, self.shards = map(int, os.environ.get("FERROLOOP_THIRDPARTY_SHARD", "0/1").split("/"))
+        only = os.environ.get("FERROLOOP_THIRDPARTY_ONLY")
+        self.only = set(pathlib.Path(only).read_text().splitlines()) if only else None
+
+    def mine(self, tests):
+        """This child's part of the suite's [(test id, test)]: its shard, or the tests run.py re-runs."""
+        if self.only is not None:
+            return [(test_id, test) for test_id, test in tests if test_id in self.only]
+        return tests[self.shard :: self.shards]
 
     def send(self, **message):
         data = (json.dumps(message) + "\n").encode()

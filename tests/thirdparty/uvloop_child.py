@@ -111,19 +111,21 @@ class Result(unittest.TestResult):
 
 
 def main():
+    faulthandler.enable()  # a crash's Python traceback, in the log
     source = os.path.abspath(sys.argv[1])
     loop = os.environ["FERROLOOP_THIRDPARTY_LOOP"]
     exclusions = TestList(os.environ["FERROLOOP_THIRDPARTY_EXCLUSIONS"])
     reporter = Reporter()
     timeout = float(os.environ.get("FERROLOOP_THIRDPARTY_TIMEOUT", "60"))
 
+    import uvloop
     import uvloop._testbase as tb
 
     tb.UVTestCase.implementation = "asyncio"
     tb.UVTestCase.is_asyncio_loop = lambda self: True
     sys.path.insert(0, source)
     tests = list(flatten(unittest.TestLoader().discover(os.path.join(source, "tests"), top_level_dir=source)))
-    planned = plan(loop, tests, tb, exclusions, sys.argv[2] if len(sys.argv) > 2 else None)
+    planned = reporter.mine(plan(loop, tests, tb, exclusions, sys.argv[2] if len(sys.argv) > 2 else None))
     reporter.send(plan=[test_id for test_id, _ in planned])
     for test_id, test in planned[reporter.start :]:
         reporter.send(start=test_id)
@@ -132,10 +134,14 @@ def main():
         faulthandler.dump_traceback_later(timeout, exit=False)
         began = time.monotonic()
         result = Result()
+        loops_before = uvloop.loops_made
         test.run(result)
         faulthandler.cancel_dump_traceback_later()
-        print(f"--- {result.outcome} in {time.monotonic() - began:.2f}s\n{result.detail}", flush=True)
-        reporter.send(result=test_id, outcome=result.outcome, detail=result.detail[-DETAIL_CHARS:])
+        seconds = round(time.monotonic() - began, 3)
+        print(f"--- {result.outcome} in {seconds}s\n{result.detail}", flush=True)
+        on_ferroloop = loop == "ferroloop" and uvloop.loops_made > loops_before
+        detail = result.detail[-DETAIL_CHARS:]
+        reporter.send(result=test_id, outcome=result.outcome, detail=detail, ferroloop=on_ferroloop, seconds=seconds)
     reporter.send(done=True)
     # Threads a test left running must not hold the process (and the suite) up.
     sys.stdout.flush()

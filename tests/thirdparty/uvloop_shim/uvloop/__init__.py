@@ -26,12 +26,25 @@ if os.environ.get("FERROLOOP_UVLOOP_LOOP", "ferroloop") == "ferroloop":
     import ferroloop
 
     Loop = ferroloop.Loop
-    EventLoopPolicy = ferroloop.EventLoopPolicy
-    new_event_loop = ferroloop.new_event_loop
+    _Policy = ferroloop.EventLoopPolicy
 else:
     Loop = asyncio.SelectorEventLoop
-    EventLoopPolicy = asyncio.DefaultEventLoopPolicy
-    new_event_loop = asyncio.SelectorEventLoop
+    _Policy = asyncio.DefaultEventLoopPolicy
+
+# Loops made through new_event_loop() and the policy, so that uvloop_child.py can tell which tests ran on one.
+loops_made = 0
+
+
+def new_event_loop():
+    global loops_made
+    loops_made += 1
+    return Loop()
+
+
+class EventLoopPolicy(_Policy):
+    def new_event_loop(self):
+        return new_event_loop()
+
 
 __all__ = ("EventLoopPolicy", "Loop", "new_event_loop", "run")
 
