@@ -81,8 +81,6 @@ PROFILE = settings.get_profile("fuzz" if FUZZ else "ci")
 KNOWN_BUGS = {
     "write_limits_float": "set_write_buffer_limits(None, 1.5): get_write_buffer_limits() gives (1, 6), asyncio "
     "(1.5, 6.0)",
-    "writelines_after_eof": "after write_eof(), writelines(['str']) raises RuntimeError; asyncio 3.11 raises "
-    "TypeError (3.12+ checks EOF first, as ferroloop does)",
 }
 SKIP = set(filter(None, os.environ.get("FERROLOOP_FUZZ_SKIP", ",".join(KNOWN_BUGS)).split(",")))
 

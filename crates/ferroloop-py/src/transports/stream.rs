@@ -626,6 +626,11 @@ impl StreamTransport {
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if py.version_info() < (3, 12) {
+            // 3.11's is `write(b"".join(list_of_data))`: the items are checked first.
+            let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+            return Self::write(slf, &joined);
+        }
         let st_eof = this.state.borrow(py).eof;
         if st_eof {
             return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
