@@ -12,7 +12,10 @@ FERROLOOP_THIRDPARTY_EXCLUSIONS
 
 Deselected as well, on both loops: the trio backend's parametrisations (they never touch an
 asyncio loop, so they would run the same code twice and compare nothing) and anyio's
-`asyncio+uvloop` / `asyncio+winloop` ones (a third loop, not the one under test).
+`asyncio+uvloop` / `asyncio+winloop` ones (a third loop, not the one under test). So is the
+`asyncio+eager` one (Python 3.12+), unless FERROLOOP_THIRDPARTY_EAGER=1: it runs every test a
+second time on the same loop with stdlib's eager task factory, which is stdlib's code, not the
+loop's; it doubles the suite's time.
 
 On a machine whose "localhost" has no IPv6 address, anyio's IPv6 tests are skipped on both loops
 (see NO_IPV6_LOCALHOST).
@@ -31,6 +34,8 @@ from thirdparty_common import Reporter, TestList
 LOOP = os.environ.get("FERROLOOP_THIRDPARTY_LOOP", "asyncio")
 # The ids anyio gives its parametrisations on other loops than stock asyncio's.
 OTHER_LOOP_IDS = ("asyncio+uvloop", "asyncio+winloop")
+# anyio's parametrisation with asyncio.eager_task_factory (3.12+), run only with FERROLOOP_THIRDPARTY_EAGER=1.
+EAGER_ID = "asyncio+eager"
 # anyio marks its IPv6 tests with a skipif of this reason, and runs them when "::1" can be bound.
 IPV6_MARK_REASON = "IPv6 is not available"
 NO_IPV6_LOCALHOST = (
@@ -75,7 +80,8 @@ def deselected_backend(item):
         return False
     if (backend if isinstance(backend, str) else backend[0]) != "asyncio":
         return True
-    return any(part in OTHER_LOOP_IDS for part in item.callspec.id.split("-"))
+    skipped = OTHER_LOOP_IDS if os.environ.get("FERROLOOP_THIRDPARTY_EAGER") else (*OTHER_LOOP_IDS, EAGER_ID)
+    return any(part in skipped for part in item.callspec.id.split("-"))
 
 
 class ThirdPartyPlugin:

@@ -142,6 +142,8 @@ def job_spec(suite, loop, shard, source, opts):
     command += ["-q", "tests"]
     if opts.k:
         command += ["-k", opts.k]
+    if opts.eager:
+        env["FERROLOOP_THIRDPARTY_EAGER"] = "1"
     return command, env, source
 
 
@@ -329,6 +331,7 @@ def main():
     parser.add_argument(
         "-k", help="run a part of the suites: pytest's -k expression for anyio, a substring of test ids for uvloop"
     )
+    parser.add_argument("--eager", action="store_true", help="anyio: also its asyncio+eager parametrisation (3.12+)")
     parser.add_argument("--json", help="write every test's result on both loops to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list what fails on both loops")
     opts = parser.parse_args()
