@@ -12,17 +12,21 @@ MATURIN_FLAGS ?= --release
 help: ## List the tasks
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VPY): requirements-dev.txt requirements-integration.txt
+# A stamp file, not the interpreter: $(VPY) is a symlink, and touching it would touch the
+# interpreter every venv shares, so a venv made earlier would never see new requirements.
+VSTAMP := $(VENV)/.installed
+
+$(VSTAMP): requirements-dev.txt requirements-integration.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -r requirements-dev.txt -r requirements-integration.txt
-	touch $(VPY)
+	touch $(VSTAMP)
 
 .PHONY: venv
-venv: $(VPY) ## Create .venv with the pinned build and test dependencies
+venv: $(VSTAMP) ## Create .venv with the pinned build and test dependencies
 
 .PHONY: build
-build: $(VPY) ## Build the extension (release) and install it into .venv
+build: $(VSTAMP) ## Build the extension (release) and install it into .venv
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop $(MATURIN_FLAGS) --quiet
 
 .PHONY: demo
@@ -31,14 +35,14 @@ demo: build ## Build, run the asyncio Hello World on ferroloop, compare loops on
 	$(VPY) bench/micro.py --quick call_soon create_task
 
 .PHONY: lint
-lint: $(VPY) ## cargo fmt --check, cargo clippy -D warnings, ruff
+lint: $(VSTAMP) ## cargo fmt --check, cargo clippy -D warnings, ruff
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests bench examples
 	$(VENV)/bin/ruff format --check python tests bench examples
 
 .PHONY: fmt
-fmt: $(VPY) ## Format Rust and Python sources
+fmt: $(VSTAMP) ## Format Rust and Python sources
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests bench examples
 
@@ -50,7 +54,7 @@ fmt: $(VPY) ## Format Rust and Python sources
 DEBUG_WHEELS := target/variants/debug/wheels
 
 .PHONY: build-debug
-build-debug: $(VPY) ## The debug build (leak-check feature) as a wheel, in target/variants/debug
+build-debug: $(VSTAMP) ## The debug build (leak-check feature) as a wheel, in target/variants/debug
 	rm -rf $(DEBUG_WHEELS)
 	$(VENV)/bin/maturin build --quiet --interpreter $(PYTHON) --features leak-check --compatibility linux \
 	  --target-dir target/variants/debug --out $(DEBUG_WHEELS)
@@ -72,7 +76,7 @@ test-debug: build-debug services ## Debug build counting live handles and transp
 # each stage; not the ones of argument checking, certificate verification or ALPN, nor those that
 # assert a timeout fires within 3 s (valgrind's slowdown breaks them).
 MEMCHECK_TESTS ?= tests/test_net_tcp.py tests/test_net_unix.py tests/test_net_datagram.py tests/test_sock.py \
-  tests/test_tls.py tests/test_pipes.py
+  tests/test_tls.py tests/test_pipes.py tests/test_robustness.py
 MEMCHECK_SELECT ?= ferroloop and not (test_tls and (argument_errors or verification or certificate or alpn \
   or timeout or hostname or https_exchange or start_tls_over_tls or start_tls_failures or not_reported))
 
@@ -88,7 +92,7 @@ stubtest: build ## Check python/ferroloop/_ferroloop.pyi against the built modul
 	$(VPY) -m mypy.stubtest ferroloop._ferroloop
 
 .PHONY: wheel
-wheel: $(VPY) ## Build a wheel and an sdist into dist/, install each in a clean venv, smoke-test them
+wheel: $(VSTAMP) ## Build a wheel and an sdist into dist/, install each in a clean venv, smoke-test them
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --quiet --out dist
 	$(VENV)/bin/maturin sdist --out dist >/dev/null
@@ -124,7 +128,7 @@ conformance: build ## CPython's test.test_asyncio with ferroloop as the loop; fa
 # uvloop's and anyio's own test suites (tests/thirdparty), from their pinned sdists (downloaded once
 # into .thirdparty/), each on stock asyncio and on ferroloop; fails on a test that passes on asyncio
 # only. Their test dependencies go into the venv once (the stamp file).
-$(VENV)/.thirdparty-deps: requirements-thirdparty.txt $(VPY)
+$(VENV)/.thirdparty-deps: requirements-thirdparty.txt $(VSTAMP)
 	$(VPY) -m pip install --quiet -r requirements-thirdparty.txt
 	touch $@
 
@@ -176,4 +180,4 @@ soak: build ## The full soak: 100,000 connections and 10 million callbacks on bo
 # The integration suite (tests/integration): uvicorn, aiohttp, websockets, asyncpg, redis-py, anyio
 # and pytest-asyncio on stock asyncio and on ferroloop, with PostgreSQL and redis-server it starts.
 .PHONY: integration-setup
-integration-setup: $(VPY) services ## The integration suite's libraries (in every venv) and servers
+integration-setup: $(VSTAMP) services ## The integration suite's libraries (in every venv) and servers

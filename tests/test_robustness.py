@@ -95,12 +95,19 @@ class IntoView(asyncio.BufferedProtocol):
         self.lost.set_result(exc)
 
 
-def test_a_strided_buffer_is_refused_and_nothing_outside_it_is_written(loop, run):
+@pytest.mark.parametrize(
+    "view",
+    [lambda b: memoryview(b)[16:48:2], lambda b: memoryview(b)[::-1]],
+    ids=["step-2", "reversed"],
+)
+def test_a_strided_buffer_is_refused_and_nothing_outside_it_is_written(loop, run, view):
+    # A reversed view's pointer is its last byte: received into as if contiguous, the bytes went
+    # past the end of the allocation (valgrind's memcheck sees that one; `make test-memcheck`).
     backing = bytearray(64)
 
     async def main():
         a, b = socket.socketpair()
-        proto = IntoView(loop, lambda: memoryview(backing)[16:48:2])
+        proto = IntoView(loop, lambda: view(backing))
         errors = []
         loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
         tr, _ = await loop.create_connection(lambda: proto, sock=a)
@@ -614,3 +621,69 @@ def test_sock_recv_of_an_impossible_size_raises_as_the_socket_does(loop, run, n,
             b.close()
 
     assert run(main()) == b"x"
+
+
+# ---------------------------------------------------------------------------------------------
+# the collector at every allocation
+
+_COLLECT_ALWAYS = r"""
+import asyncio, gc, os, socket, ssl, sys
+import trustme
+import ferroloop
+
+ca = trustme.CA()
+server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ca.issue_cert("localhost").configure_cert(server_ctx)
+client_ctx = ssl.create_default_context()
+ca.configure_trust(client_ctx)
+
+
+async def handler(reader, writer):
+    writer.write(await reader.read(100))
+    writer.close()
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+        writer.write(b"hello")
+        assert await reader.read(100) == b"hello"
+        writer.close()
+        await writer.wait_closed()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        tr, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=a)
+        tr.close()
+        b.close()
+        r, w = os.pipe()
+        rt, _ = await loop.connect_read_pipe(asyncio.Protocol, os.fdopen(r, "rb", 0))
+        wt, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb", 0))
+        rt.close()
+        wt.close()
+        await asyncio.sleep(0)
+    server.close()
+    await server.wait_closed()
+
+
+gc.set_threshold(1, 1, 1)
+factory = {"asyncio": asyncio.SelectorEventLoop, "ferroloop": ferroloop.new_event_loop}[sys.argv[1]]
+with asyncio.Runner(loop_factory=factory) as runner:
+    runner.run(main())
+print("ok")
+"""
+
+
+def test_transports_survive_a_collection_at_every_allocation(loop_factory, tmp_path):
+    """A collection may run inside any allocation, including a transport's own construction
+    (on 3.11 the instance dictionary is made before the Rust fields: that crashed)."""
+    import subprocess
+
+    script = tmp_path / "collect_always.py"
+    script.write_text(_COLLECT_ALWAYS)
+    proc = subprocess.run(
+        [sys.executable, str(script), loop_factory.name], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"

@@ -63,9 +63,19 @@ impl Selector {
         };
         events.len = 0;
         let cap = libc::c_int::try_from(events.buf.len()).unwrap_or(libc::c_int::MAX);
-        // epoll_pwait without a signal mask is epoll_wait, and exists on every architecture.
+        // epoll_pwait without a signal mask is epoll_wait, and exists on every architecture. The
+        // kernel's signal set is 8 bytes (not glibc's `sigset_t`), its size a full `size_t`: a
+        // bare `8` would leave the register's upper half undefined through the variadic call.
         let no_mask = std::ptr::null::<libc::sigset_t>();
-        match raw_syscall!(SYS_epoll_pwait(self.epfd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms, no_mask, 8)) {
+        let sigsetsize: libc::size_t = 8;
+        match raw_syscall!(SYS_epoll_pwait(
+            self.epfd.as_raw_fd(),
+            events.buf.as_mut_ptr(),
+            cap,
+            ms,
+            no_mask,
+            sigsetsize
+        )) {
             Ok(n) => {
                 #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
                 let n = n as usize;

@@ -548,7 +548,7 @@ pub fn make_datagram_transport<'py>(
         high: super::DEFAULT_HIGH_WATER,
         low: super::DEFAULT_HIGH_WATER / 4,
     };
-    let transport = Bound::new(
+    let transport = super::new_transport(
         py,
         DatagramTransport {
             _live: crate::live::Token::new(crate::live::Kind::DatagramTransport),

@@ -81,6 +81,26 @@ pub(crate) fn call_flow_control(
     Ok(())
 }
 
+/// A new transport object. Transports have an instance `__dict__` (`#[pyclass(dict)]`), so code
+/// can patch them as asyncio's (`transport.write = ...`); on Python 3.11 the base object's
+/// constructor makes that dictionary before PyO3 has written the Rust fields, and a collection
+/// triggered by that allocation would traverse the zeroed fields (a crash: seen in uvloop's TLS
+/// tests). The collector is held off for the allocation; no Python code runs meanwhile.
+pub(crate) fn new_transport<'py, T: pyo3::PyClass>(
+    py: Python<'py>,
+    init: impl Into<pyo3::PyClassInitializer<T>>,
+) -> PyResult<Bound<'py, T>> {
+    // SAFETY: attached to the interpreter; disabling and re-enabling the collector has no other
+    // effect, and it is re-enabled only if it was enabled before.
+    let was_enabled = unsafe { pyo3::ffi::PyGC_Disable() } != 0;
+    let made = Bound::new(py, init);
+    if was_enabled {
+        // SAFETY: as above.
+        unsafe { pyo3::ffi::PyGC_Enable() };
+    }
+    made
+}
+
 /// asyncio's default high watermark for writes (stream, pipe and datagram transports); the low
 /// one defaults to a quarter of it.
 pub(crate) const DEFAULT_HIGH_WATER: usize = 64 * 1024;

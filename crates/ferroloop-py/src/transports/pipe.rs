@@ -532,7 +532,7 @@ pub fn make_read_pipe_transport<'py>(
         watching: false,
         lost_scheduled: false,
     };
-    let transport = Bound::new(
+    let transport = super::new_transport(
         py,
         ReadPipeTransport {
             _live: crate::live::Token::new(crate::live::Kind::ReadPipeTransport),
@@ -1099,7 +1099,7 @@ pub fn make_write_pipe_transport<'py>(
         high: super::DEFAULT_HIGH_WATER,
         low: super::DEFAULT_HIGH_WATER / 4,
     };
-    let transport = Bound::new(
+    let transport = super::new_transport(
         py,
         WritePipeTransport {
             _live: crate::live::Token::new(crate::live::Kind::WritePipeTransport),

@@ -881,7 +881,7 @@ pub fn make_stream_transport<'py>(
         low: super::DEFAULT_HIGH_WATER / 4,
         empty_waiter: None,
     };
-    let transport = Bound::new(
+    let transport = super::new_transport(
         py,
         StreamTransport {
             _live: crate::live::Token::new(crate::live::Kind::StreamTransport),

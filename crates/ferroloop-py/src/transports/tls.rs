@@ -211,7 +211,7 @@ impl RecordCalls {
     }
 }
 
-#[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref, dict)]
+#[pyclass(module = "ferroloop._ferroloop", name = "SSLProtocol", frozen, weakref)]
 pub struct TlsProtocol {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
@@ -1376,13 +1376,14 @@ pub fn make_tls_protocol<'py>(
             state: GilCell::new(state),
         },
     )?;
-    let app_transport = Py::new(
+    let app_transport = super::new_transport(
         py,
         TlsTransport {
             _live: crate::live::Token::new(crate::live::Kind::SslTransport),
             protocol: GilCell::new(Some(protocol.clone().unbind())),
         },
-    )?;
+    )?
+    .unbind();
     protocol.get().state.borrow_mut(py).app_transport = Some(app_transport);
     Ok(protocol)
 }
