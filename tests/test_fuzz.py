@@ -25,6 +25,11 @@ version dependent, the comparison is by outcome class, each case named where it 
   compared; ferroloop's must be 0 once everything is sent.
 - a datagram ``sendto()`` after ``connection_lost``: asyncio may raise AttributeError (its
   transport has dropped the loop); returning None is accepted.
+- a stream's ``writelines()`` on 3.12+: asyncio buffers ``memoryview(item)`` of each item and
+  counts what ``sendmsg()`` sent by ``len(item)``: it never drains a buffer whose last item is
+  empty (``close()`` then never closes the socket), and after sending a view whose ``len()`` is
+  not its byte count it fails with IndexError; it never calls ``pause_writing()`` (big items are
+  left out). Such lists are not generated there.
 - ``sock_sendall()`` of a view whose ``len()`` is not its byte count (multi-dimensional,
   0-dimensional, items of more than a byte): asyncio sends it all at once, then compares the byte
   count with ``len()`` and raises NotImplementedError or TypeError, or waits forever (re-sending an
@@ -37,7 +42,9 @@ version dependent, the comparison is by outcome class, each case named where it 
 - a write pipe's ``write()`` of something that is not bytes, bytearray or memoryview: asyncio
   asserts the type (AssertionError); ferroloop's TypeError is accepted. Views whose ``len()`` is
   not their byte count are not written to pipes: asyncio buffers the rest by items, then its writer
-  callback fails an assertion at every iteration.
+  callback fails an assertion at every iteration. After ``write_eof()`` then ``abort()`` (or
+  ``close()``), asyncio's second scheduled ``_call_connection_lost`` gives the exception handler an
+  AttributeError once the write transport's ``connection_lost`` has run: not compared.
 
 Profiles: ``ci`` (the default: bounded and derandomized, part of ``make test``) and ``fuzz``
 (``make fuzz``: FERROLOOP_FUZZ=1, FERROLOOP_FUZZ_EXAMPLES examples per test, random seeds).
@@ -56,6 +63,7 @@ import math
 import os
 import select
 import socket
+import sys
 import termios
 import warnings
 
@@ -109,6 +117,15 @@ KNOWN_BUGS = {
     "sock_timeout": "sock_recv on a socket with a timeout (settimeout(0.01)) and nothing to read waits; asyncio "
     "calls sock.recv, which raises TimeoutError once the timeout passes",
 }
+if sys.version_info >= (3, 12):
+    KNOWN_BUGS["writelines_buffers"] = (
+        "on 3.12+, writelines([memoryview(b'abcdefgh')[::2]]) raises TypeError; asyncio takes memoryview(item), "
+        "then its sendmsg() fails: a fatal BufferError (exception handler, connection_lost(BufferError))"
+    )
+    KNOWN_BUGS["write_0d_view"] = (
+        "on 3.12+, transport.write(memoryview(bytearray(4)).cast('i', shape=[])) sends 4 bytes; asyncio raises "
+        "TypeError at once (bool() of a 0-dim view raises there) and sends nothing"
+    )
 SKIP = set(filter(None, os.environ.get("FERROLOOP_FUZZ_SKIP", ",".join(KNOWN_BUGS)).split(",")))
 
 pytestmark = pytest.mark.timeout(0 if FUZZ else 120)
@@ -803,10 +820,29 @@ def writelines_ok(spec):
     return "writelines_buffers" not in SKIP or spec[0] not in ("array_b", "strided")
 
 
+def writelines_list_ok(specs):
+    """asyncio 3.12's writelines() counts what it sent by len(item): lists with a view whose len()
+    is not its byte count, or whose last item is empty, are left out there (see the module doc)."""
+    if sys.version_info < (3, 12) or not specs:
+        return True
+    if any(spec[0].startswith("cast") or spec[0] == "big" for spec in specs):
+        return False
+    if specs[-1][0] in ("bad", "big"):
+        return True
+    try:
+        return memoryview(make_data(specs[-1], 0)).nbytes > 0
+    except TypeError:
+        return True
+
+
 def stream_ops():
     return st.one_of(
-        st.tuples(st.just("write"), data_specs()),
-        st.tuples(st.just("writelines"), st.lists(data_specs().filter(writelines_ok), max_size=4)),
+        st.tuples(
+            st.just("write"), data_specs().filter(lambda spec: spec[0] != "cast0d" or "write_0d_view" not in SKIP)
+        ),
+        st.tuples(
+            st.just("writelines"), st.lists(data_specs().filter(writelines_ok), max_size=4).filter(writelines_list_ok)
+        ),
         st.tuples(st.just("peer_send"), st.integers(1, 300)),
         st.tuples(st.just("peer_recv")),
         st.tuples(st.sampled_from(["peer_shutdown", "peer_close"])),
@@ -1720,6 +1756,12 @@ def interpret_pipes(run, program):
         pipes.finish()
     finally:
         pipes.cleanup()
+    if run.name == "asyncio":
+        # write_eof() then abort(): asyncio schedules _call_connection_lost twice; the second
+        # finds its loop gone (AttributeError). ferroloop's single connection_lost is the same.
+        lost = [i for i, e in enumerate(run.trace) if e[:2] == ("write proto", "connection_lost")]
+        if lost:
+            run.trace[lost[0] :] = [e for e in run.trace[lost[0] :] if e != ("exception_handler", "AttributeError")]
 
 
 @PROFILE
@@ -1816,3 +1858,9 @@ def test_fuzz_found_sock_recv_on_a_socket_with_a_timeout():
 def test_fuzz_found_pipe_strided_write_while_buffered():
     setup = {"read": "os_pipe", "write": "os_pipe"}
     run_both(interpret_pipes, [setup, ("write", ("big", 1 << 20)), ("write", ("strided", 3, 2))])
+
+
+@known("write_0d_view")
+def test_fuzz_found_write_0d_view():
+    setup = {"how": "create_connection", "buffered": None, "eof_keep_open": False}
+    run_both(interpret_stream, [setup, ("write", ("cast0d",))])
