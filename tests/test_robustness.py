@@ -687,3 +687,76 @@ def test_transports_survive_a_collection_at_every_allocation(loop_factory, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# transport interfaces third-party suites use
+
+
+def test_a_datagram_transport_pauses_and_resumes_reading(loop, run):
+    class Dgrams(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = []
+
+        def datagram_received(self, data, addr):
+            self.got.append(data)
+
+    async def main():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        proto = Dgrams()
+        tr, _ = await loop.create_datagram_endpoint(lambda: proto, sock=a)
+        await asyncio.sleep(0)
+        assert tr.is_reading() and not tr._paused
+        tr.pause_reading()
+        assert not tr.is_reading() and tr._paused
+        b.send(b"one")
+        await asyncio.sleep(0.05)
+        held = list(proto.got)
+        tr.resume_reading()
+        for _ in range(100):
+            if proto.got:
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        b.close()
+        await asyncio.sleep(0)
+        return held, proto.got, tr.is_reading()
+
+    held, got, reading_after_close = run(main())
+    assert held == []
+    assert got == [b"one"]
+    assert reading_after_close is False
+
+
+def test_a_subprocess_stdin_transport_has_no_read_side(loop, run):
+    import subprocess
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdin.read()", stdin=subprocess.PIPE
+        )
+        stdin = proc._transport.get_pipe_transport(0)
+        try:
+            for method in ("pause_reading", "resume_reading", "is_reading"):
+                with pytest.raises(NotImplementedError):
+                    getattr(stdin, method)()
+        finally:
+            proc.stdin.close()
+            await proc.wait()
+
+    run(main())
+
+
+def test_a_stream_transport_shows_whether_it_is_paused_or_closing(loop, run):
+    async def main():
+        a, b = socket.socketpair()
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        seen = [tr._paused, tr._closing]
+        tr.pause_reading()
+        seen += [tr._paused]
+        tr.abort()
+        seen += [tr._closing]
+        b.close()
+        return seen
+
+    assert run(main()) == [False, False, True, True]

@@ -43,6 +43,8 @@ struct State {
     queued_bytes: usize,
     conn_lost: u32,
     closing: bool,
+    /// `pause_reading()` is in effect.
+    paused: bool,
     protocol_paused: bool,
     high: usize,
     low: usize,
@@ -167,7 +169,7 @@ impl DatagramTransport {
         let this = slf.get();
         let (sock, protocol) = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.closing {
+            if st.conn_lost > 0 || st.closing || st.paused {
                 return Ok(());
             }
             match (&st.sock, &st.protocol) {
@@ -435,10 +437,61 @@ impl DatagramTransport {
     }
 
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().state.borrow(slf.py()).closing {
+        let st = slf.get().state.borrow(slf.py());
+        if st.closing || st.paused {
             return Ok(());
         }
+        drop(st);
         Self::set_watch(slf, false, true)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.closing && !st.paused
+    }
+
+    /// asyncio's selector transports (datagram ones too) stop and restart reading.
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.closing || st.paused {
+                return Ok(());
+            }
+            st.paused = true;
+        }
+        Self::set_watch(slf, false, false)?;
+        if slf.get().event_loop.bind(py).get().debug() {
+            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r pauses reading", slf))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::set_watch(slf, false, true)?;
+        if slf.get().event_loop.bind(py).get().debug() {
+            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r resumes reading", slf))?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's private flags, which tests and libraries read.
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).paused
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
     }
 
     #[pyo3(signature = (exc))]
@@ -544,6 +597,7 @@ pub fn make_datagram_transport<'py>(
         queued_bytes: 0,
         conn_lost: 0,
         closing: false,
+        paused: false,
         protocol_paused: false,
         high: super::DEFAULT_HIGH_WATER,
         low: super::DEFAULT_HIGH_WATER / 4,

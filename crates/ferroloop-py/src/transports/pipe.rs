@@ -49,7 +49,7 @@ use std::sync::Arc;
 
 use ferroloop_core::net::{self, FileType};
 use ferroloop_core::write_buffer::WriteBuffer;
-use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyBrokenPipeError, PyNotImplementedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
@@ -825,6 +825,20 @@ impl WritePipeTransport {
 
 #[pymethods]
 impl WritePipeTransport {
+    /// asyncio's write pipe transport is an `asyncio.Transport` (through its flow-control base),
+    /// whose read side raises `NotImplementedError`.
+    fn is_reading(&self) -> PyResult<bool> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    fn pause_reading(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    fn resume_reading(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
     #[pyo3(signature = (name, default=None))]
     fn get_extra_info<'py>(
         &self,

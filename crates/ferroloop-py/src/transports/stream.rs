@@ -521,6 +521,17 @@ impl StreamTransport {
         !st.closing && !st.paused
     }
 
+    /// asyncio's private flags, which tests and libraries read.
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).paused
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
