@@ -122,6 +122,8 @@ KNOWN_BUGS = {
     "must be 0-65535)",
     "pipe_strided_write_buffered": "a write pipe with data buffered (the reader is slow) takes write(memoryview("
     "b'abc')[::2]), then fails: connection_lost(BufferError); asyncio raises TypeError from write() and stays open",
+    "add_reader_after_eof": "once a stream transport got EOF and eof_received() returned True (still open), "
+    "loop.add_reader(its fd, cb) succeeds; asyncio raises RuntimeError (the fd is used by a transport)",
     "sock_timeout": "sock_recv on a socket with a timeout (settimeout(0.01)) and nothing to read waits; asyncio "
     "calls sock.recv, which raises TimeoutError once the timeout passes",
 }
@@ -888,7 +890,19 @@ def stream_programs(draw):
         "buffered": draw(st.one_of(st.none(), st.lists(buffer_specs(), min_size=1, max_size=3))),
         "eof_keep_open": draw(st.booleans()),
     }
-    return [setup] + draw(st.lists(stream_ops(), max_size=20).filter(writelines_after_eof_ok))
+    ops = st.lists(stream_ops(), max_size=20).filter(writelines_after_eof_ok).filter(add_reader_after_eof_ok)
+    return [setup] + draw(ops)
+
+
+def add_reader_after_eof_ok(ops):
+    if "add_reader_after_eof" not in SKIP:
+        return True
+    eof = False
+    for op in ops:
+        eof = eof or op[0] in ("peer_shutdown", "peer_close")
+        if eof and op[0] == "add_reader_on_transport_fd":
+            return False
+    return True
 
 
 def writelines_after_eof_ok(ops):
@@ -1878,3 +1892,9 @@ def test_fuzz_found_pipe_strided_write_while_buffered():
 def test_fuzz_found_write_0d_view():
     setup = {"how": "create_connection", "buffered": None, "eof_keep_open": False}
     run_both(interpret_stream, [setup, ("write", ("cast0d",))])
+
+
+@known("add_reader_after_eof")
+def test_fuzz_found_add_reader_on_a_transport_fd_after_eof():
+    setup = {"how": "create_connection", "buffered": None, "eof_keep_open": True}
+    run_both(interpret_stream, [setup, ("peer_shutdown",), ("step",), ("add_reader_on_transport_fd",)])
