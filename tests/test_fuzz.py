@@ -113,13 +113,6 @@ PROFILE = settings.get_profile("fuzz" if FUZZ else "ci")
 KNOWN_BUGS = {
     "write_limits_float": "set_write_buffer_limits(None, 1.5): get_write_buffer_limits() gives (1, 6), asyncio "
     "(1.5, 6.0)",
-    "sock_recv_zero": "sock_recv(sock, 0) and sock_recv_into(sock, bytearray()) with nothing to read wait for data; "
-    "asyncio returns b'' and 0 at once (the socket's recv(0))",
-    "sock_connect_short_address": "sock_connect(tcp_sock, ('127.0.0.1',)) (or 'x') raises TypeError; asyncio "
-    "ValueError (it unpacks host, port = address[:2])",
-    "sock_connect_port_range": "sock_connect(tcp_sock, ('127.0.0.1', 65536)) connects to port 0 (65536 + 80 to "
-    "port 80), with port -1 it resolves the name in the executor; asyncio raises OverflowError (connect(): port "
-    "must be 0-65535)",
     "pipe_strided_write_buffered": "a write pipe with data buffered (the reader is slow) takes write(memoryview("
     "b'abc')[::2]), then fails: connection_lost(BufferError); asyncio raises TypeError from write() and stays open",
     "add_reader_after_eof": "once a stream transport got EOF and eof_received() returned True (still open), "

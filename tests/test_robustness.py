@@ -760,3 +760,42 @@ def test_a_stream_transport_shows_whether_it_is_paused_or_closing(loop, run):
         return seen
 
     assert run(main()) == [False, False, True, True]
+
+
+def test_sock_recv_of_nothing_returns_at_once(loop, run):
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        try:
+            return (
+                await asyncio.wait_for(loop.sock_recv(a, 0), 5),
+                await asyncio.wait_for(loop.sock_recv_into(a, bytearray()), 5),
+            )
+        finally:
+            a.close()
+            b.close()
+
+    assert run(main()) == (b"", 0)
+
+
+@pytest.mark.parametrize("address", ["port+65536", "port-1", "short"])
+def test_sock_connect_refuses_an_address_as_connect_does(loop, run, address):
+    """A port out of range must not wrap around to another port (getaddrinfo would)."""
+
+    async def main():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        addr = {"port+65536": ("127.0.0.1", port + 65536), "port-1": ("127.0.0.1", -1), "short": ("127.0.0.1",)}
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            with pytest.raises((OverflowError, ValueError)) as info:
+                await asyncio.wait_for(loop.sock_connect(sock, addr[address]), 5)
+            return type(info.value)
+        finally:
+            sock.close()
+            listener.close()
+
+    assert run(main()) is (ValueError if address == "short" else OverflowError)

@@ -434,7 +434,11 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         _check_not_ssl(sock)
         _check_nonblocking(self, sock)
         if sock.family == socket.AF_INET or (_HAS_IPV6 and sock.family == socket.AF_INET6):
-            infos = await self.getaddrinfo(*address[:2], family=sock.family, type=sock.type, proto=sock.proto)
+            # asyncio's resolution: an IP literal is taken as it is (so a port out of range
+            # reaches connect(), which refuses it; getaddrinfo would wrap it).
+            infos = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
             address = infos[0][4]
         r = self._sock_connect(sock, address)
         if r is NotImplemented:

@@ -254,6 +254,10 @@ impl IoWatcher for SockOp {
 /// One `recv(fd, n)`: the bytes received, `None` if it would block.
 fn try_recv(sock: &Bound<'_, PyAny>, fd: RawFd, n: usize) -> Attempt {
     let py = sock.py();
+    if n == 0 {
+        // As `socket.recv(0)`: empty at once, without asking the kernel (which would wait).
+        return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
+    }
     let mut big: Vec<u8> = Vec::new();
     if n > RECV_BUF && big.try_reserve_exact(n).is_err() {
         // More than can be allocated: the socket's own method raises the socket module's error
@@ -298,6 +302,10 @@ fn try_recv_into(sock: &Bound<'_, PyAny>, fd: RawFd, buf: &Bound<'_, PyAny>) -> 
         // Not a writable contiguous buffer: the socket's own method raises the exact error.
         return python_attempt(py, retry_interrupted(py, || sock.call_method1(intern!(py, "recv_into"), (buf,))));
     };
+    if export.len() == 0 {
+        // As `socket.recv_into` of an empty buffer: 0 at once.
+        return Ok(Some(0usize.into_pyobject(py)?.into_any().unbind()));
+    }
     // SAFETY: the writable export is held for the call and is `len` bytes long.
     let res = retry_eintr(|| unsafe { net::recv_raw(fd, export.ptr(), export.len()) });
     drop(export);
