@@ -306,8 +306,9 @@ impl DatagramTransport {
                 data.get_type().name()?.to_string()
             )));
         }
-        let len = data.len()?;
-        if len == 0 && !modern_accounting(py) {
+        // Before 3.13 asyncio returns early on empty data (`if not data`, which raises for a
+        // 0-dim view); 3.13 sends whatever it is given.
+        if !modern_accounting(py) && data.len()? == 0 {
             return Ok(());
         }
         let mut addr = addr.unwrap_or_else(|| py.None().into_bound(py));
