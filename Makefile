@@ -67,7 +67,7 @@ check-builds: ## Check that each venv imports its own build: release in .venv an
 test-debug: build-debug services ## Debug build counting live handles and transports; the suite asserts none outlives its loop
 	$(MAKE) --no-print-directory VENV=.venv-debug venv
 	.venv-debug/bin/python -m pip install --quiet --no-deps --force-reinstall $(DEBUG_WHEELS)/*.whl
-	.venv-debug/bin/python -m pytest -q
+	.venv-debug/bin/python -m pytest -q --ignore=tests/test_fuzz.py  # the fuzzer compares loops; it runs in `pytest`
 	$(PYTHON) tests/variants/check.py
 
 # Every transport (TCP, Unix, datagram, TLS, pipes) and every sock_* operation, ferroloop's half.
@@ -150,8 +150,24 @@ test-pythons: ## The behaviour suite, conformance and the third-party suites on 
 	    $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance test-thirdparty; \
 	done
 
+# `make test` runs its suites in two lanes at once: each suite keeps about one of the machine's two
+# cores busy. What the lanes share is prepared first (lint's build, the services, the third-party
+# sdists); then lane 1 runs the release build's suites on $(PYTHON) and the debug build's (leak
+# check, memcheck), lane 2 the suites on $(OTHER_PYTHONS) and the wheel. Each lane's steps run in
+# order, each in its own venv and cargo target directory; a lane's output is shown when it ends.
 .PHONY: test
-test: lint cargo-test stubtest pytest conformance test-thirdparty test-pythons test-debug test-memcheck wheel ## Everything CI runs
+test: lint cargo-test stubtest services thirdparty-fetch ## Everything CI runs
+	$(MAKE) --no-print-directory -j2 --output-sync=recurse test-lane-main test-lane-others
+
+.PHONY: test-lane-main test-lane-others thirdparty-fetch
+test-lane-main:
+	$(MAKE) --no-print-directory -j1 pytest conformance test-thirdparty test-debug test-memcheck
+
+test-lane-others:
+	$(MAKE) --no-print-directory -j1 test-pythons wheel
+
+thirdparty-fetch: $(VSTAMP)
+	$(VPY) tests/thirdparty/run.py --fetch-only
 
 .PHONY: bench-setup
 bench-setup: build

@@ -334,6 +334,7 @@ def main():
     parser.add_argument("--eager", action="store_true", help="anyio: also its asyncio+eager parametrisation (3.12+)")
     parser.add_argument("--json", help="write every test's result on both loops to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list what fails on both loops")
+    parser.add_argument("--fetch-only", action="store_true", help="download and unpack the sdists, run nothing")
     opts = parser.parse_args()
     suites = opts.suites.split(",")
     if set(suites) - set(SUITES):
@@ -342,6 +343,8 @@ def main():
     pins = read_pins()
     cache = pathlib.Path(opts.cache).resolve()
     sources = {suite: fetch_sdist(suite, pins[suite], cache) for suite in suites}
+    if opts.fetch_only:
+        return 0
     check_versions(pins)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ferroloop-thirdparty-"))
     print(f"Python {platform.python_version()} ({sys.executable}); logs: {workdir}", flush=True)
