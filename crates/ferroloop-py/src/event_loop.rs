@@ -37,7 +37,7 @@ use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOverflowError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use pyo3::types::{PyBool, PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -306,7 +306,7 @@ impl EventLoop {
         self.check_not_native(py, fd)?;
         let handle = Py::new(py, Handle::new(self.handle_parts(py, callback, args, None)?))?;
         self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
-        if !fileobj.is_instance_of::<pyo3::types::PyInt>() {
+        if !fileobj.is_instance_of::<PyInt>() {
             let mut q = self.queues.borrow_mut(py);
             q.fileobjs.entry(fd).or_insert_with(|| fileobj.clone().unbind());
         }
@@ -345,7 +345,10 @@ impl EventLoop {
         let (old, fileobj) = {
             let mut q = self.queues.borrow_mut(py);
             let old = if write { q.writers.insert(fd, watcher) } else { q.readers.insert(fd, watcher) };
-            (old, q.forget_fileobj(fd))
+            // Only a callback's registration keeps a file object; socket operations replace
+            // one another here on every wait and have none to forget.
+            let fileobj = if matches!(old, Some(Watcher::Handle(_))) { q.forget_fileobj(fd) } else { None };
+            (old, fileobj)
         };
         if let Some(Watcher::Handle(old)) = &old {
             Handle::cancel(old.get(), py);
@@ -373,7 +376,8 @@ impl EventLoop {
         let (old, fileobj) = {
             let mut q = self.queues.borrow_mut(py);
             let old = if write { q.writers.remove(&fd) } else { q.readers.remove(&fd) };
-            (old, q.forget_fileobj(fd))
+            let fileobj = if matches!(old, Some(Watcher::Handle(_))) { q.forget_fileobj(fd) } else { None };
+            (old, fileobj)
         };
         drop(fileobj);
         let Some(old) = old else { return Ok(false) };
@@ -847,8 +851,7 @@ impl EventLoop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when_int =
-            when.is_exact_instance_of::<pyo3::types::PyInt>() || when.is_exact_instance_of::<pyo3::types::PyBool>();
+        let when_int = when.is_exact_instance_of::<PyInt>() || when.is_exact_instance_of::<PyBool>();
         let when_int = when_int.then(|| when.clone().unbind());
         let when_f: f64 = match (when.extract(), &when_int) {
             (Ok(w), _) => w,

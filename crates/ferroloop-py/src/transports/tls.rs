@@ -1332,8 +1332,8 @@ pub fn make_tls_protocol<'py>(
     let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
     let extra = PyDict::new(py);
     extra.set_item("sslcontext", &sslcontext)?;
-    let (in_hi, in_lo) = super::water_marks(py, None, None, HIGH_WATER_READ_KIB * 1024)?;
-    let (out_hi, out_lo) = super::water_marks(py, None, None, HIGH_WATER_WRITE_KIB * 1024)?;
+    let (in_hi, in_lo) = (HIGH_WATER_READ_KIB * 1024, HIGH_WATER_READ_KIB * 1024 / 4);
+    let (out_hi, out_lo) = (HIGH_WATER_WRITE_KIB * 1024, HIGH_WATER_WRITE_KIB * 1024 / 4);
     let state = State {
         tls: Tls::Unwrapped,
         app: if call_connection_made { App::Init } else { App::Made },
