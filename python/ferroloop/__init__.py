@@ -8,11 +8,15 @@ Switch with one line::
 """
 
 import asyncio as _asyncio
+import os as _os
 from asyncio import events as _events
 
+from . import _compat
 from ._loop import Loop
 
-__all__ = ("EventLoopPolicy", "Loop", "new_event_loop", "run")
+__all__ = ("Loop", "enable_ps", "new_event_loop", "run")
+if not _compat.POLICIES_DEPRECATED:
+    __all__ += ("EventLoopPolicy",)
 __version__ = "0.1.0"
 
 
@@ -33,8 +37,42 @@ def run(main, *, debug=None):
         return runner.run(main)
 
 
-class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
-    """An event loop policy whose loops are ferroloop loops (for code that sets policies)."""
+def enable_ps():
+    """Let ``python -m ferroloop ps PID`` and ``pstree PID`` list this process's tasks.
 
-    def new_event_loop(self):
-        return Loop()
+    For Python 3.11-3.13, where asyncio has no such tool (3.14's ``python -m asyncio ps`` needs
+    no opt-in). The environment variable ``FERROLOOP_PS=1`` does the same at import. Returns the
+    path of the Unix socket the process answers on; see ``ferroloop._ps``.
+    """
+    from . import _ps
+
+    return _ps.enable()
+
+
+if _os.environ.get("FERROLOOP_PS"):
+    enable_ps()
+
+
+def _policy_class():
+    class EventLoopPolicy(_compat.DEFAULT_POLICY):
+        """An event loop policy whose loops are ferroloop loops (for code that sets policies)."""
+
+        def new_event_loop(self):
+            return Loop()
+
+    EventLoopPolicy.__module__ = __name__
+    EventLoopPolicy.__qualname__ = "EventLoopPolicy"
+    return EventLoopPolicy
+
+
+if not _compat.POLICIES_DEPRECATED:
+    EventLoopPolicy = _policy_class()
+else:
+    # As asyncio's policy names from 3.14 on: there while asyncio has policies, with its warning.
+    def __getattr__(name):
+        if name == "EventLoopPolicy" and _compat.DEFAULT_POLICY is not None:
+            _compat.deprecated_policy_name(name)
+            cls = globals().get("_EventLoopPolicy") or _policy_class()
+            globals()["_EventLoopPolicy"] = cls
+            return cls
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,25 +3,28 @@
     python -m ferroloop                       asyncio REPL on a ferroloop loop
     python -m ferroloop script.py [args...]   run a script with ferroloop as asyncio's loop
     python -m ferroloop -m module [args...]   run a library module likewise
+    python -m ferroloop ps PID                the tasks of a process, as a table
+    python -m ferroloop pstree PID            the tasks of a process, as a tree of awaits
 
 A program runs as ``python script.py`` or ``python -m module`` would run it (``sys.argv``,
-``sys.path[0]``, ``__name__ == "__main__"``), with ``ferroloop.EventLoopPolicy`` installed, so the
-loops of ``asyncio.run``, ``asyncio.Runner`` and ``asyncio.new_event_loop`` are ferroloop loops.
+``sys.path[0]``, ``__name__ == "__main__"``), with ferroloop installed as asyncio's default loop
+(``_compat.install_default_loop``: ``ferroloop.EventLoopPolicy`` where asyncio's policies are not
+deprecated), so the loops of ``asyncio.run``, ``asyncio.Runner`` and ``asyncio.new_event_loop``
+are ferroloop loops.
 """
 
-import asyncio
 import importlib.util
 import os
 import pkgutil
 import runpy
 import sys
-import warnings
 
 import ferroloop
+from ferroloop import _compat
 
 PROG = "python -m ferroloop"
 
-USAGE = f"usage: {PROG} [-h] [-V] [script [args ...] | -m module [args ...]]\n"
+USAGE = f"usage: {PROG} [-h] [-V] [script [args ...] | -m module [args ...] | ps PID | pstree PID]\n"
 
 HELP = (
     USAGE
@@ -35,6 +38,12 @@ Ctrl-C cancels the statement being awaited.
                         "python script [args ...]" would, with ferroloop as the event loop of
                         asyncio.run(), asyncio.Runner and asyncio.new_event_loop()
   -m module [args ...]  run a library module as a script, likewise
+  ps PID                list the pending tasks of process PID: each with its coroutine stack
+                        and the task awaiting it (Python 3.14+: asyncio's own tool, for any
+                        asyncio process; before, for ferroloop processes run with
+                        FERROLOOP_PS=1 or that called ferroloop.enable_ps())
+  pstree PID            the same tasks as a tree: each under the coroutines awaiting it
+  --                    what follows is a script, even one named ps or pstree
   -h, --help            print this help and exit
   -V, --version         print ferroloop's version and exit
 """
@@ -53,9 +62,7 @@ def _usage_error(message):
 
 def install_policy():
     """Make ferroloop the loop asyncio creates by default (``asyncio.run``, ``Runner``, ...)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Policies are deprecated in 3.14.
-        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+    _compat.install_default_loop(ferroloop.new_event_loop, lambda: ferroloop.EventLoopPolicy())
 
 
 def _user_traceback(exc):
@@ -156,6 +163,22 @@ def run_module(name, args):
     return _run_program(run)
 
 
+def tasks_tool(command, args):
+    """``ps PID`` / ``pstree PID``."""
+    if len(args) != 1 or not args[0].isdigit():
+        return _usage_error(f"{command} takes one argument: a process ID")
+    pid = int(args[0])
+    if _compat.HAS_ASYNCIO_PS:
+        import asyncio.tools
+
+        show = asyncio.tools.display_awaited_by_tasks_table if command == "ps" else asyncio.tools.display_awaited_by_tasks_tree
+        show(pid)
+        return 0
+    from . import _ps
+
+    return _ps.main(command, pid)
+
+
 def main(argv=None):
     """Parse the command line and run what it asks for; return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -171,6 +194,8 @@ def main(argv=None):
     if first in ("-V", "--version"):
         sys.stdout.write(f"ferroloop {ferroloop.__version__}\n")
         return 0
+    if first in ("ps", "pstree"):
+        return tasks_tool(first, rest)
     if first == "-m":
         if not rest:
             return _usage_error("argument expected for the -m option")

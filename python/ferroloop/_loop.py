@@ -95,6 +95,9 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         self.set_debug(coroutines._is_debug_mode())
         if type(self).time is not Loop.time:
             self._set_time_source(self.time)
+        ps = sys.modules.get("ferroloop._ps")  # python -m ferroloop ps: imported once enabled
+        if ps is not None and ps.enabled:
+            ps.track(self)
 
     # asyncio's loop reads every deadline from ``self.time()``: a ``time`` patched onto the
     # instance (tests and libraries do) is used by the Rust engine too.

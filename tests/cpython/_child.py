@@ -6,12 +6,15 @@ run.py starts one child per ``test.test_asyncio`` module, as::
         --timeout 30 --report-fd 5 --start 0
 
 Substitution (``--loop ferroloop`` only)
-    * ``ferroloop.EventLoopPolicy`` (a counting subclass of it) is installed
-      before the test module is imported, so ``asyncio.new_event_loop()``,
-      ``asyncio.run()`` and ``IsolatedAsyncioTestCase`` get ferroloop loops.
-    * ``asyncio.set_event_loop_policy`` is wrapped so that ``None`` (which
-      every test module passes in ``tearDownModule``) reinstalls ferroloop's
-      policy instead of asyncio's default one.
+    * Before the test module is imported, ferroloop becomes asyncio's default
+      loop, so ``asyncio.new_event_loop()``, ``asyncio.run()`` and
+      ``IsolatedAsyncioTestCase`` get ferroloop loops: where asyncio's policies
+      are deprecated (3.14+), asyncio's ``new_event_loop`` is replaced by a
+      counting factory, as ``python -m ferroloop`` does; before, a counting
+      subclass of ``ferroloop.EventLoopPolicy`` is installed, and
+      ``asyncio.set_event_loop_policy`` is wrapped so that ``None`` (which
+      every test module passes in ``tearDownModule``) reinstalls it instead of
+      asyncio's default policy.
     * Test classes that build their own loop through a ``create_event_loop``
       or ``new_loop`` method (the Epoll/Poll/Select variants of test_events,
       test_sock_lowlevel, test_sendfile, ...) get that method replaced by one
@@ -95,11 +98,17 @@ def test_id(test):
 def install_ferroloop():
     """Make ferroloop the loop of asyncio; return a counting loop factory."""
     import ferroloop
+    from ferroloop import _compat
 
     def new_ferroloop():
         global loops_created
         loops_created += 1
         return ferroloop.new_event_loop()
+
+    if _compat.POLICIES_DEPRECATED:
+        # asyncio's new_event_loop replaced, as `python -m ferroloop` does: no policy involved.
+        _compat.install_default_loop(new_ferroloop, None)
+        return new_ferroloop
 
     class CountingPolicy(ferroloop.EventLoopPolicy):
         def new_event_loop(self):

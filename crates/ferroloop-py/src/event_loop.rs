@@ -37,9 +37,11 @@ use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOverflowError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use pyo3::intern;
+use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
+use crate::compat;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{self, copy_current_context, Handle, Parts, TimerHandle};
@@ -233,6 +235,19 @@ impl EventLoop {
         };
         let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
         Ok(Parts::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
+    }
+
+    /// `asyncio.Task(coro, **kw)`, its debug-mode traceback ending in `create_task`, not in
+    /// `Task`'s constructor.
+    fn new_task<'py>(&self, py: Python<'py>, coro: &Bound<'py, PyAny>, kw: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        let task = pyrefs::task_type(py)?.call((coro,), Some(kw))?;
+        if self.debug.load(Relaxed) {
+            let tb = task.getattr(intern!(py, "_source_traceback"))?;
+            if tb.is_truthy()? {
+                tb.del_item(-1)?;
+            }
+        }
+        Ok(task)
     }
 
     /// A handle for the ready queue: a spare one refilled, or a new one, untracked.
@@ -815,7 +830,11 @@ impl EventLoop {
         if self.debug.load(Relaxed) {
             self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
         }
-        let handle = self.queued_handle(py, self.handle_parts(py, callback, args, context)?)?;
+        let mut parts = self.handle_parts(py, callback, args, context)?;
+        if compat::thread_safe_handles(py)? {
+            parts = parts.thread_safe();
+        }
+        let handle = self.queued_handle(py, parts)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
         if self.polling.load(Relaxed) {
             self.wake(py);
@@ -996,48 +1015,63 @@ impl EventLoop {
     }
 
     /// Schedules a coroutine; returns its task (stdlib's `asyncio.Task`, or the task factory's).
-    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    /// Its keywords are those of asyncio's on this Python (see `compat::create_task_takes_kwargs`).
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
-        name: Option<&Bound<'py, PyAny>>,
-        context: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        let kw = match kwargs {
-            Some(k) => k.copy()?,
-            None => PyDict::new(py),
-        };
         let factory = this.task_factory.borrow(py).as_ref().map(|f| f.clone_ref(py));
-        let context = context.filter(|c| !c.is_none());
-        let Some(factory) = factory else {
-            kw.set_item(pyo3::intern!(py, "loop"), slf)?;
-            // None is the constructor's default for both: fewer keywords to build and parse.
-            if let Some(name) = name.filter(|n| !n.is_none()) {
-                kw.set_item(pyo3::intern!(py, "name"), name)?;
+        if compat::create_task_takes_kwargs(py) {
+            // Every keyword, as given, to the factory or to `Task` (eager_start among them).
+            if let Some(factory) = factory {
+                return factory.bind(py).call((slf, coro), kwargs);
             }
-            if let Some(ctx) = context {
-                kw.set_item(pyo3::intern!(py, "context"), ctx)?;
-            }
-            let task = pyrefs::task_type(py)?.call((coro,), Some(&kw))?;
-            if this.debug.load(Relaxed) {
-                // The traceback ends here, not in asyncio's Task constructor.
-                let tb = task.getattr(pyo3::intern!(py, "_source_traceback"))?;
-                if tb.is_truthy()? {
-                    tb.del_item(-1)?;
+            let kw = match kwargs {
+                Some(k) if k.contains(intern!(py, "loop"))? => {
+                    return Err(PyTypeError::new_err("create_task() got multiple values for keyword argument 'loop'"));
+                }
+                Some(k) => k.copy()?,
+                None => PyDict::new(py),
+            };
+            kw.set_item(intern!(py, "loop"), slf)?;
+            return this.new_task(py, coro, &kw);
+        }
+        let (mut name, mut context) = (None, None);
+        for (key, value) in kwargs.into_iter().flatten() {
+            match key.extract::<&str>()? {
+                "name" => name = Some(value).filter(|v| !v.is_none()),
+                "context" => context = Some(value).filter(|v| !v.is_none()),
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "create_task() got an unexpected keyword argument '{other}'"
+                    )))
                 }
             }
-            return Ok(task);
-        };
-        if let Some(ctx) = context {
-            kw.set_item(pyo3::intern!(py, "context"), ctx)?;
         }
-        let task = factory.bind(py).call((slf, coro), Some(&kw))?;
-        if let Some(name) = name.filter(|n| !n.is_none()) {
-            task.call_method1(pyo3::intern!(py, "set_name"), (name,))?;
+        let Some(factory) = factory else {
+            let kw = PyDict::new(py);
+            kw.set_item(intern!(py, "loop"), slf)?;
+            // None is the constructor's default for both: fewer keywords to build and parse.
+            if let Some(name) = name {
+                kw.set_item(intern!(py, "name"), name)?;
+            }
+            if let Some(ctx) = context {
+                kw.set_item(intern!(py, "context"), ctx)?;
+            }
+            return this.new_task(py, coro, &kw);
+        };
+        // The factory gets `context` only when there is one (its older signature is `(loop, coro)`).
+        let task = match context {
+            Some(ctx) => factory.bind(py).call((slf, coro), Some(&[(intern!(py, "context"), ctx)].into_py_dict(py)?))?,
+            None => factory.bind(py).call1((slf, coro))?,
+        };
+        if let Some(name) = name {
+            task.call_method1(intern!(py, "set_name"), (name,))?;
         }
         Ok(task)
     }

@@ -31,12 +31,14 @@
 //! free lists do.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::ThreadId;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError, PyTypeInfo, PyVisit};
 
+use crate::compat;
 use crate::gil_cell::GilCell;
 use crate::pyrefs;
 
@@ -52,6 +54,8 @@ pub(crate) struct Parts {
     context: Option<Py<PyAny>>,
     /// In debug mode, where the handle was created (`asyncio.format_helpers.extract_stack`).
     source_traceback: Option<Py<PyAny>>,
+    /// Only for `call_soon_threadsafe`'s handles: see [`Gate`].
+    gate: Option<Arc<Gate>>,
 }
 
 impl Parts {
@@ -61,7 +65,65 @@ impl Parts {
         context: Py<PyAny>,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
-        Self { func: Some(func), args: Some(args), context: Some(context), source_traceback }
+        Self { func: Some(func), args: Some(args), context: Some(context), source_traceback, gate: None }
+    }
+
+    /// The parts of a handle that another thread may cancel while the loop runs it.
+    pub(crate) fn thread_safe(self) -> Self {
+        Self { gate: Some(Arc::new(Gate::default())), ..self }
+    }
+}
+
+/// What makes a `call_soon_threadsafe` handle safe to cancel from another thread, as asyncio's
+/// `_ThreadSafeHandle` (3.14) is: running the callback, `cancel()` and `cancelled()` each hold
+/// the gate, so a thread that cancels while the callback runs waits until it has finished (and
+/// then knows it ran), and a handle cancelled before the loop takes the gate does not run. The
+/// gate is reentrant: the callback may cancel its own handle. Whoever waits for it waits with the
+/// GIL released, so the thread holding it can always go on.
+#[derive(Default)]
+pub(crate) struct Gate {
+    /// The holding thread and how many times it entered.
+    holder: Mutex<Option<(ThreadId, u32)>>,
+    free: Condvar,
+}
+
+impl Gate {
+    fn enter(&self, py: Python<'_>) -> GateHeld<'_> {
+        let me = std::thread::current().id();
+        {
+            let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *holder {
+                Some((id, depth)) if *id == me => *depth += 1,
+                Some(_) => {
+                    drop(holder);
+                    py.detach(|| {
+                        let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+                        while holder.is_some() {
+                            holder = self.free.wait(holder).unwrap_or_else(|e| e.into_inner());
+                        }
+                        *holder = Some((me, 1));
+                    });
+                }
+                None => *holder = Some((me, 1)),
+            }
+        }
+        GateHeld(self)
+    }
+}
+
+/// The gate, held until dropped.
+struct GateHeld<'a>(&'a Gate);
+
+impl Drop for GateHeld<'_> {
+    fn drop(&mut self) {
+        let mut holder = self.0.holder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, depth)) = &mut *holder {
+            *depth -= 1;
+            if *depth == 0 {
+                *holder = None;
+                self.0.free.notify_one();
+            }
+        }
     }
 }
 
@@ -113,11 +175,36 @@ impl Handle {
     pub(crate) fn run(&self, py: Python<'_>) -> PyResult<()> {
         let (func, args, ctx) = {
             let parts = self.parts.borrow(py);
+            if let Some(gate) = &parts.gate {
+                let gate = Arc::clone(gate);
+                drop(parts);
+                return self.run_gated(py, &gate);
+            }
             match (&parts.func, &parts.args, &parts.context) {
                 (Some(f), Some(a), Some(c)) => (f.clone_ref(py), a.clone_ref(py), c.clone_ref(py)),
                 _ => return Ok(()),
             }
         };
+        Self::call(py, func, args, ctx)
+    }
+
+    /// [`Handle::run`] for a thread-safe handle: holding its gate, and only if not cancelled
+    /// by the time the gate is taken.
+    #[cold]
+    fn run_gated(&self, py: Python<'_>, gate: &Gate) -> PyResult<()> {
+        let _held = gate.enter(py);
+        let (func, args, ctx) = {
+            let parts = self.parts.borrow(py);
+            match (&parts.func, &parts.args, &parts.context) {
+                (Some(f), Some(a), Some(c)) => (f.clone_ref(py), a.clone_ref(py), c.clone_ref(py)),
+                _ => return Ok(()),
+            }
+        };
+        Self::call(py, func, args, ctx)
+    }
+
+    #[inline]
+    fn call(py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>, ctx: Py<PyAny>) -> PyResult<()> {
         // SAFETY: a type check of a live object.
         if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
             return call_in_foreign_context(ctx.bind(py), func.bind(py), args.bind(py));
@@ -134,6 +221,10 @@ impl Handle {
         self.parts.borrow(py).source_traceback.as_ref().map(|t| t.clone_ref(py))
     }
 
+    fn gate(&self, py: Python<'_>) -> Option<Arc<Gate>> {
+        self.parts.borrow(py).gate.clone()
+    }
+
     fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.parts.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
     }
@@ -142,11 +233,23 @@ impl Handle {
 #[pymethods]
 impl Handle {
     pub(crate) fn cancel(&self, py: Python<'_>) {
-        drop(self.cancel_inner(py));
+        match self.gate(py) {
+            None => drop(self.cancel_inner(py)),
+            Some(gate) => {
+                let _held = gate.enter(py);
+                drop(self.cancel_inner(py));
+            }
+        }
     }
 
-    fn cancelled(&self) -> bool {
-        self.is_cancelled()
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        match self.gate(py) {
+            None => self.is_cancelled(),
+            Some(gate) => {
+                let _held = gate.enter(py);
+                self.is_cancelled()
+            }
+        }
     }
 
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -187,6 +290,9 @@ impl Handle {
     /// (`isinstance` consults `__class__` when the type itself is not a subclass).
     #[getter(__class__)]
     fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
+        if self.parts.borrow(py).gate.is_some() {
+            return compat::thread_safe_handle_type(py).cloned();
+        }
         pyrefs::asyncio_handle_type(py).cloned()
     }
 

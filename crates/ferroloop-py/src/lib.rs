@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod buffers;
+mod compat;
 mod errors;
 mod event_loop;
 mod fastcall;

@@ -2,7 +2,8 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::exceptions::PyAttributeError;
+use pyo3::types::{PyDict, PyString, PyType};
 
 macro_rules! cached_import {
     ($(#[$doc:meta])* $name:ident, $ty:ty, $module:literal, $attr:literal) => {
@@ -14,14 +15,33 @@ macro_rules! cached_import {
     };
 }
 
-cached_import!(
-    /// `asyncio.Future`: futures are stdlib's, so `isinstance` checks hold everywhere.
-    future_type, PyType, "asyncio", "Future"
-);
-cached_import!(
-    /// `asyncio.Task`: tasks are stdlib's too.
-    task_type, PyType, "asyncio", "Task"
-);
+/// The value of `name` in a module's namespace, read at each call (the module is imported once):
+/// what asyncio's own loop does when it calls `futures.Future` or `tasks.Task`, so a test or
+/// library that replaces them (CPython's tests install the pure-Python `_PyTask`) is obeyed.
+fn module_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyDict>>,
+    module: &str,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let namespace = cell.get_or_try_init(py, || Ok::<_, PyErr>(py.import(module)?.dict().unbind()))?;
+    match namespace.bind(py).get_item(name)? {
+        Some(value) => Ok(value),
+        None => Err(PyAttributeError::new_err(format!("module '{module}' has no attribute '{name}'"))),
+    }
+}
+
+/// `asyncio.futures.Future`: futures are stdlib's, so `isinstance` checks hold everywhere.
+pub fn future_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    module_attr(py, &MODULE, "asyncio.futures", pyo3::intern!(py, "Future"))
+}
+
+/// `asyncio.tasks.Task`: tasks are stdlib's too.
+pub fn task_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static MODULE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    module_attr(py, &MODULE, "asyncio.tasks", pyo3::intern!(py, "Task"))
+}
 cached_import!(
     /// `asyncio.Handle`, which ferroloop's handles present as their `__class__`.
     asyncio_handle_type, PyType, "asyncio", "Handle"

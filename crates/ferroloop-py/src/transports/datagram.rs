@@ -81,11 +81,6 @@ fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     CELL.import(py, "ferroloop._transports", "DatagramTransport")
 }
 
-/// Python 3.13 sends empty datagrams and counts 8 header bytes per queued datagram.
-fn modern_accounting(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 13)
-}
-
 enum SendOutcome {
     Sent,
     WouldBlock,
@@ -213,7 +208,7 @@ impl DatagramTransport {
     fn send_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let header = if modern_accounting(py) { 8 } else { 0 };
+        let header = if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 };
         loop {
             let (sock, head) = {
                 let mut st = this.state.borrow_mut(py);
@@ -308,7 +303,7 @@ impl DatagramTransport {
         }
         // Before 3.13 asyncio returns early on empty data (`if not data`, which raises for a
         // 0-dim view); 3.13 sends whatever it is given.
-        if !modern_accounting(py) && data.len()? == 0 {
+        if !crate::compat::datagram_modern_accounting(py) && data.len()? == 0 {
             return Ok(());
         }
         let mut addr = addr.unwrap_or_else(|| py.None().into_bound(py));
@@ -355,7 +350,7 @@ impl DatagramTransport {
             let nbytes = owned.as_bytes().len();
             let mut st = this.state.borrow_mut(py);
             st.queue.push_back((owned.unbind(), addr.unbind()));
-            st.queued_bytes += nbytes + if modern_accounting(py) { 8 } else { 0 };
+            st.queued_bytes += nbytes + if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 };
         }
         Self::maybe_pause_protocol(slf)
     }

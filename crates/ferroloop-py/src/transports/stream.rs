@@ -152,11 +152,6 @@ pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool
     protocol.is_instance(cls)
 }
 
-/// Whether `Server._attach`/`_detach` take the transport (Python 3.13+).
-fn server_takes_transport(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 13)
-}
-
 impl StreamTransport {
     fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
         self.event_loop.bind(py)
@@ -637,8 +632,8 @@ impl StreamTransport {
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if py.version_info() < (3, 12) {
-            // 3.11's is `write(b"".join(list_of_data))`: the items are checked first.
+        if crate::compat::writelines_joins_first(py) {
+            // The items are checked first.
             let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
             return Self::write(slf, &joined);
         }
@@ -740,7 +735,7 @@ impl StreamTransport {
         }
         drop(protocol);
         if let Some(server) = server {
-            if server_takes_transport(py) {
+            if crate::compat::server_attach_takes_transport(py) {
                 server.bind(py).call_method1("_detach", (slf,))?;
             } else {
                 server.bind(py).call_method0("_detach")?;
@@ -902,7 +897,7 @@ pub fn make_stream_transport<'py>(
         },
     )?;
     if let Some(server) = server.filter(|s| !s.is_none()) {
-        if server_takes_transport(py) {
+        if crate::compat::server_attach_takes_transport(py) {
             server.call_method1("_attach", (&transport,))?;
         } else {
             server.call_method0("_attach")?;

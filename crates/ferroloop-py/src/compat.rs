@@ -1,0 +1,52 @@
+//! Where the Rust side depends on the Python version or on a private name of asyncio: the
+//! counterpart of `python/ferroloop/_compat.py`, which holds the Python side's. A new CPython
+//! version that changes one of these is handled here and there, nowhere else.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::pyrefs;
+
+/// The `__class__` of `call_soon_threadsafe`'s handles: asyncio's `_ThreadSafeHandle` where it
+/// exists (3.14, and the 3.12/3.13 bug-fix releases that have it), else `asyncio.Handle`.
+pub(crate) fn thread_safe_handle_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        let found = py.import("ferroloop._compat")?.getattr("THREAD_SAFE_HANDLE")?;
+        match found.is_none() {
+            true => Ok(pyrefs::asyncio_handle_type(py)?.clone().unbind()),
+            false => Ok(found.cast_into::<PyType>()?.unbind()),
+        }
+    })
+    .map(|t| t.bind(py))
+}
+
+/// Whether `call_soon_threadsafe`'s handles are thread-safe ones (see `handles::Gate`): where
+/// asyncio's are.
+pub(crate) fn thread_safe_handles(py: Python<'_>) -> PyResult<bool> {
+    static CELL: PyOnceLock<bool> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || Ok::<_, PyErr>(!py.import("ferroloop._compat")?.getattr("THREAD_SAFE_HANDLE")?.is_none()))
+        .copied()
+}
+
+/// `loop.create_task(coro, **kwargs)` hands every keyword to the task factory and to `Task`
+/// (3.14); before, it takes only `name` and `context`, and calls the factory with `context` alone.
+pub(crate) fn create_task_takes_kwargs(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 14)
+}
+
+/// Python 3.13 sends empty datagrams and counts 8 header bytes per queued datagram.
+pub(crate) fn datagram_modern_accounting(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 13)
+}
+
+/// Whether `Server._attach`/`_detach` take the transport (3.13+).
+pub(crate) fn server_attach_takes_transport(py: Python<'_>) -> bool {
+    py.version_info() >= (3, 13)
+}
+
+/// 3.11's `writelines` is `write(b"".join(list_of_data))`; later ones write the items in turn.
+pub(crate) fn writelines_joins_first(py: Python<'_>) -> bool {
+    py.version_info() < (3, 12)
+}

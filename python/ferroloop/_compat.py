@@ -1,0 +1,53 @@
+"""Where ferroloop depends on the Python version or on a private name of asyncio.
+
+Each difference between the CPython versions ferroloop supports is named here once, by what
+changed, and the rest of the package asks this module; the Rust side's are in
+``crates/ferroloop-py/src/compat.rs`` (which reads what it needs from here). A new CPython
+version is handled by looking here first.
+"""
+
+import sys
+from asyncio import events as _events
+
+#: asyncio's policy system is deprecated (3.14) and goes in 3.16: where deprecated, ferroloop
+#: installs itself without it and offers ``ferroloop.EventLoopPolicy`` with asyncio's warning.
+POLICIES_DEPRECATED = sys.version_info >= (3, 14)
+
+#: The base class of ``ferroloop.EventLoopPolicy``: asyncio's default policy (private from 3.14
+#: on, where its public name warns), or None where asyncio has no policies any more.
+if POLICIES_DEPRECATED:
+    from asyncio import unix_events as _unix_events
+
+    DEFAULT_POLICY = getattr(_unix_events, "_UnixDefaultEventLoopPolicy", None)
+else:
+    from asyncio import DefaultEventLoopPolicy as DEFAULT_POLICY  # noqa: N811 (a class)
+
+#: asyncio's handle of ``call_soon_threadsafe``, which another thread may cancel safely (3.14,
+#: and the 3.12/3.13 bug-fix releases that have it); None where there is none.
+THREAD_SAFE_HANDLE = getattr(_events, "_ThreadSafeHandle", None)
+
+#: ``asyncio.capture_call_graph`` and the per-thread task lists ``python -m asyncio ps`` reads
+#: (3.14): where missing, ``python -m ferroloop ps`` is ferroloop's own (``_ps``).
+HAS_ASYNCIO_PS = sys.version_info >= (3, 14)
+
+
+def deprecated_policy_name(name):
+    """Warn as asyncio 3.14+ does when a name of its policy system is used."""
+    import warnings
+
+    warnings._deprecated(f"ferroloop.{name}", remove=(3, 16))
+
+
+def install_default_loop(new_event_loop, policy_class):
+    """Make asyncio create ferroloop loops where it is not told which loop to make.
+
+    ``asyncio.run``, ``asyncio.Runner`` and ``asyncio.new_event_loop`` then make them. Where
+    policies are deprecated, asyncio's ``new_event_loop`` itself is replaced (what ``Runner``
+    calls); before, ferroloop's policy is installed.
+    """
+    if POLICIES_DEPRECATED:
+        import asyncio
+
+        asyncio.events.new_event_loop = asyncio.new_event_loop = new_event_loop
+    else:
+        _events.set_event_loop_policy(policy_class())

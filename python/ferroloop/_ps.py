@@ -1,0 +1,349 @@
+"""``python -m ferroloop ps PID`` / ``pstree PID``: the tasks of a running ferroloop process.
+
+Python 3.14's ``python -m asyncio ps`` reads another process's tasks from its memory; older
+Pythons have no such tool. For them ferroloop offers its own, for processes that opt in:
+
+* A process opts in with the environment variable ``FERROLOOP_PS=1`` (read when ferroloop is
+  imported) or by calling ``ferroloop.enable_ps()``. A process that does not opt in pays
+  nothing: no thread, no socket, no bookkeeping per loop or task.
+* Opted in, it listens on a Unix socket, ``<tmp>/ferroloop-ps-<uid>/<pid>.sock`` (the directory
+  is the user's alone, mode 0700), in a daemon thread that sleeps in ``accept``. The running
+  loop and each ferroloop loop created from then on are remembered (weakly).
+* ``python -m ferroloop ps PID`` connects; the process answers with a snapshot of its tasks as
+  JSON and closes. The snapshot of a running loop is taken in the loop's own thread
+  (``call_soon_threadsafe``), so it is consistent; a loop that does not answer within a second
+  (a callback blocking it) is read from the listening thread instead, as it stands.
+
+What a snapshot holds per task: its id, name, coroutine stack (function, file, line; innermost
+first, as asyncio's tool shows it) and the tasks awaiting it. "Awaiting" is found as asyncio
+3.14 records it: a task awaiting another task (``await task``, ``wait_for``), the children of a
+``gather`` it awaits, and the tasks created by a ``TaskGroup`` of the task (from their creation
+on: each calls its group back when done, which is how they are found).
+
+On Python 3.14+, ``python -m ferroloop ps``/``pstree`` run asyncio's own tool, which needs no
+opt-in and reads any asyncio process.
+"""
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import weakref
+
+ENV = "FERROLOOP_PS"
+# Seconds a running loop gets to take its own snapshot.
+LOOP_ANSWER_TIMEOUT = 1.0
+# Seconds the CLI waits for the process's answer.
+CLIENT_TIMEOUT = 10.0
+
+_loops = weakref.WeakSet()
+_lock = threading.Lock()
+_listener = None  # (pid, path, socket) once listening in this process
+enabled = False
+
+
+def socket_path(pid, uid=None):
+    uid = os.getuid() if uid is None else uid
+    return os.path.join(tempfile.gettempdir(), f"ferroloop-ps-{uid}", f"{pid}.sock")
+
+
+def track(loop):
+    """Remember a new loop (called by ``Loop.__init__`` when enabled)."""
+    _loops.add(loop)
+
+
+def enable():
+    """Make this process answer ``python -m ferroloop ps``/``pstree`` (idempotent)."""
+    global enabled, _listener
+    with _lock:
+        if _listener is not None and _listener[0] == os.getpid():
+            return _listener[1]
+        path = socket_path(os.getpid())
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise PermissionError(f"{directory} must be a directory of this user's alone (mode 0700)")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(4)
+        _listener = (os.getpid(), path, server)
+        enabled = True
+        thread = threading.Thread(target=_serve, args=(server,), name="ferroloop-ps", daemon=True)
+        thread.start()
+    from asyncio import events
+
+    running = events._get_running_loop()
+    if running is not None and type(running).__module__.startswith("ferroloop"):
+        track(running)
+    import atexit
+
+    atexit.register(_remove, os.getpid(), path)
+    return path
+
+
+def _remove(pid, path):
+    if os.getpid() == pid:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _after_fork_in_child():
+    # The listening thread did not come along: the child listens anew on its own socket.
+    global _listener
+    if _listener is not None:
+        _listener[2].close()
+        _listener = None
+        enable()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _serve(server):
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return  # closed (fork, interpreter exit)
+        with conn:
+            try:
+                conn.sendall(json.dumps(snapshot()).encode())
+            except Exception:  # a client that went away, or a snapshot that failed
+                pass
+
+
+def snapshot():
+    """The tasks of every live ferroloop loop of this process, grouped by the loop's thread."""
+    threads = []
+    for loop in list(_loops):
+        if loop.is_closed():
+            continue
+        threads.append(_loop_snapshot(loop))
+    return {"pid": os.getpid(), "threads": threads}
+
+
+def _loop_snapshot(loop):
+    if loop.is_running():
+        done = threading.Event()
+        answer = []
+
+        def take():
+            answer.append(_tasks_of(loop, threading.get_native_id()))
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(take)
+        except RuntimeError:  # closed meanwhile
+            pass
+        else:
+            if done.wait(LOOP_ANSWER_TIMEOUT):
+                return answer[0]
+    return _tasks_of(loop, 0)
+
+
+def _tasks_of(loop, tid):
+    import asyncio
+
+    for _ in range(100):  # another thread may change the task set while it is copied
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+            break
+        except RuntimeError:
+            continue
+    else:
+        tasks = []
+    if not tid:  # read from another thread: the loop's thread, by its identifier
+        ident = getattr(loop, "_thread_id", None)
+        tid = next((t.native_id for t in threading.enumerate() if ident and t.ident == ident), 0)
+    awaited_by = {}
+    for awaiter, child in _awaits(tasks):
+        entry = {"id": id(awaiter), "stack": _awaiter_stack(awaiter)}
+        awaited_by.setdefault(id(child), []).append(entry)
+    return {
+        "tid": tid,
+        "tasks": [
+            {
+                "id": id(task),
+                "name": task.get_name(),
+                "stack": _coroutine_stack(task.get_coro())[::-1],
+                "awaited_by": awaited_by.get(id(task), []),
+            }
+            for task in tasks
+        ],
+    }
+
+
+def _frames(coro):
+    """The frames of a coroutine chain, outermost first, with the objects they await."""
+    chain = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            break
+        chain.append((frame, coro))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return chain
+
+
+def _entry(frame):
+    code = frame.f_code
+    return [getattr(code, "co_qualname", code.co_name), code.co_filename, frame.f_lineno]
+
+
+def _coroutine_stack(coro):
+    return [_entry(frame) for frame, _ in _frames(coro)]
+
+
+def _is_asyncio_frame(frame):
+    return frame.f_globals.get("__name__", "").startswith("asyncio.")
+
+
+def _awaiter_stack(task):
+    """Where ``task`` awaits, innermost first, without asyncio's own frames."""
+    return [_entry(frame) for frame, _ in _frames(task.get_coro()) if not _is_asyncio_frame(frame)][::-1]
+
+
+def _awaits(tasks):
+    """(awaiter, awaited) pairs of tasks: ``await task``, ``gather``, ``TaskGroup``."""
+    import asyncio
+
+    pairs = {}
+    for task in tasks:
+        waiter = getattr(task, "_fut_waiter", None)
+        if isinstance(waiter, asyncio.Task):
+            pairs[id(task), id(waiter)] = (task, waiter)
+        for child in getattr(waiter, "_children", None) or ():  # a gather's future
+            if isinstance(child, asyncio.Task):
+                pairs[id(task), id(child)] = (task, child)
+        # A TaskGroup's task calls back its group when done: the group's task awaits it.
+        for callback, _ in getattr(task, "_callbacks", None) or ():
+            group = getattr(callback, "__self__", None)
+            if isinstance(group, asyncio.TaskGroup) and group._parent_task is not None:
+                pairs[id(group._parent_task), id(task)] = (group._parent_task, task)
+    return list(pairs.values())
+
+
+# --- the command line side -------------------------------------------------------------------
+
+
+def fetch(pid):
+    """The snapshot of process ``pid``, or raise ``LookupError`` saying why there is none."""
+    path = socket_path(pid)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(CLIENT_TIMEOUT)
+    try:
+        client.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        client.close()
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise LookupError(f"no process with PID {pid}") from None
+        except PermissionError:
+            pass
+        raise LookupError(
+            f"process {pid} does not answer ferroloop's ps: run it with {ENV}=1 in its "
+            "environment, or call ferroloop.enable_ps() in it (Python 3.11-3.13)"
+        ) from None
+    with client:
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+def _label(entry):
+    func, filename, line = entry
+    return f"{func} {filename}:{line}"
+
+
+def table(snap):
+    """Rows of ``ps``: tid, task id, task name, coroutine stack, awaiter chain, awaiter name, id."""
+    names = {t["id"]: t["name"] for th in snap["threads"] for t in th["tasks"]}
+    rows = []
+    for th in snap["threads"]:
+        for t in th["tasks"]:
+            stack = " -> ".join(e[0] for e in t["stack"])
+            if not t["awaited_by"]:
+                rows.append([th["tid"], hex(t["id"]), t["name"], stack, "", "", "0x0"])
+            for a in t["awaited_by"]:
+                chain = " -> ".join(e[0] for e in a["stack"])
+                rows.append([th["tid"], hex(t["id"]), t["name"], stack, chain, names.get(a["id"], "Unknown"), hex(a["id"])])
+    return rows
+
+
+def tree(snap):
+    """Lines of ``pstree``: each task under the coroutines of the task awaiting it."""
+    tasks = {t["id"]: t for th in snap["threads"] for t in th["tasks"]}
+    children = {}  # node -> [child nodes]; a node is ("T", id) or ("C", parent node, label)
+
+    def child(parent, node):
+        kids = children.setdefault(parent, [])
+        if node not in kids:
+            kids.append(node)
+        return node
+
+    awaited = set()
+    awaiting = set()
+    for t in tasks.values():
+        for a in t["awaited_by"]:
+            if a["id"] not in tasks:
+                continue
+            node = ("T", a["id"])
+            for entry in reversed(a["stack"]):
+                node = child(node, ("C", node, _label(entry)))
+            child(node, ("T", t["id"]))
+            awaited.add(t["id"])
+            awaiting.add(a["id"])
+    for t in tasks.values():
+        if t["id"] not in awaiting:
+            node = ("T", t["id"])
+            for entry in reversed(t["stack"]):
+                node = child(node, ("C", node, _label(entry)))
+
+    def label(node):
+        return f"(T) {tasks[node[1]]['name']}" if node[0] == "T" else f" {node[2]}"
+
+    lines = []
+
+    def render(node, prefix, last, seen):
+        lines.append(f"{prefix}{'└── ' if last else '├── '}{label(node)}")
+        if node in seen:  # an await cycle: shown once
+            return
+        kids = children.get(node, [])
+        for i, kid in enumerate(kids):
+            render(kid, prefix + ("    " if last else "│   "), i == len(kids) - 1, seen | {node})
+
+    for tid in tasks:
+        if tid not in awaited:
+            render(("T", tid), "", True, frozenset())
+    return lines
+
+
+def main(command, pid, out=sys.stdout):
+    """Print ``ps``'s table or ``pstree``'s tree of process ``pid``; return the exit status."""
+    try:
+        snap = fetch(pid)
+    except LookupError as exc:
+        sys.stderr.write(f"python -m ferroloop {command}: {exc}\n")
+        return 1
+    if command == "ps":
+        widths = (10, 20, 20, 50, 50, 15, 15)
+        header = ("tid", "task id", "task name", "coroutine stack", "awaiter chain", "awaiter name", "awaiter id")
+        out.write(" ".join(f"{h:<{w}}" for h, w in zip(header, widths)) + "\n")
+        out.write("-" * 180 + "\n")
+        for row in table(snap):
+            out.write(" ".join(f"{str(c):<{w}}" for c, w in zip(row, widths)) + "\n")
+    else:
+        for line in tree(snap):
+            out.write(line + "\n")
+    return 0
