@@ -92,15 +92,32 @@ stubtest: build ## Check python/ferroloop/_ferroloop.pyi against the built modul
 	$(VPY) -m mypy.stubtest ferroloop._ferroloop
 
 .PHONY: wheel
-wheel: $(VSTAMP) ## Build a wheel and an sdist into dist/, install each in a clean venv, smoke-test them
+wheel: $(VSTAMP) ## A wheel for every supported Python (3.11-3.15) and an sdist into dist/, each installed in a clean venv and smoke-tested
 	rm -rf dist
-	$(VENV)/bin/maturin build --release --quiet --out dist
 	$(VENV)/bin/maturin sdist --out dist >/dev/null
-	@set -e; for kind in whl tar.gz; do \
-	  rm -rf dist/venv-$$kind; $(PYTHON) -m venv dist/venv-$$kind; \
-	  dist/venv-$$kind/bin/pip install --quiet dist/*.$$kind; \
-	  (cd dist && venv-$$kind/bin/python ../tests/smoke.py) && echo "$$kind: smoke test passed"; \
+	rm -rf dist/venv-sdist; $(PYTHON) -m venv dist/venv-sdist
+	dist/venv-sdist/bin/pip install --quiet dist/*.tar.gz
+	cd dist && venv-sdist/bin/python ../tests/smoke.py && echo "sdist: smoke test passed"
+	$(MAKE) --no-print-directory wheel-one
+	@set -e; for v in $(OTHER_PYTHONS); do \
+	  prefix=$$(pyenv prefix $$v 2>/dev/null) || { echo "Python $$v is not installed (pyenv prefix $$v)"; exit 1; }; \
+	  CARGO_TARGET_DIR=$(CURDIR)/target/variants/$$v \
+	    $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v wheel-one; \
 	done
+	@set -e; for v in $(SID_PYTHONS); do \
+	  CARGO_TARGET_DIR=$(CURDIR)/target/variants/$$v \
+	    bash tests/pythons/sid.sh run make --no-print-directory PYTHON=python$$v VENV=.venv-$$v wheel-one; \
+	done
+
+# One wheel, $(PYTHON)'s (built in $(CARGO_TARGET_DIR), where its release build already is), into
+# dist/, installed from there alone into a clean venv and smoke-tested.
+.PHONY: wheel-one
+wheel-one: $(VSTAMP)
+	$(VENV)/bin/maturin build --release --quiet --interpreter $(PYTHON) --out dist
+	@set -e; v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  rm -rf dist/venv-$$v; $(PYTHON) -m venv dist/venv-$$v; \
+	  dist/venv-$$v/bin/pip install --quiet --no-index --only-binary :all: --find-links dist ferroloop; \
+	  (cd dist && venv-$$v/bin/python ../tests/smoke.py) && echo "wheel for $$v: smoke test passed"
 
 .PHONY: cargo-test
 cargo-test: ## Rust unit tests of the core crate
@@ -150,13 +167,30 @@ test-pythons: ## The behaviour suite, conformance and the third-party suites on 
 	    $(MAKE) --no-print-directory PYTHON=$$prefix/bin/python3 VENV=.venv-$$v pytest conformance test-thirdparty; \
 	done
 
+# CPython 3.14 and 3.15 are Debian sid's, which need a newer glibc than this Debian's: they run in a
+# sid chroot that tests/pythons/sid.sh makes once (outside the checkout; root, about a minute) and
+# runs each command in (the checkout and the Rust toolchain bound in at the same paths). Inside,
+# the same targets as for $(OTHER_PYTHONS), each version with its own venv and target directory.
+SID_PYTHONS ?= 3.14 3.15
+
+.PHONY: sid
+sid: ## Create the Debian sid chroot with Python 3.14 and 3.15 (once; tests/pythons/sid.sh)
+	bash tests/pythons/sid.sh create
+
+.PHONY: test-sid-pythons
+test-sid-pythons: sid ## The behaviour suite, conformance and the third-party suites on $(SID_PYTHONS), in the sid chroot
+	@set -e; for v in $(SID_PYTHONS); do \
+	  CARGO_TARGET_DIR=$(CURDIR)/target/variants/$$v \
+	    bash tests/pythons/sid.sh run make --no-print-directory PYTHON=python$$v VENV=.venv-$$v pytest conformance test-thirdparty; \
+	done
+
 # `make test` runs its suites in two lanes at once: each suite keeps about one of the machine's two
 # cores busy. What the lanes share is prepared first (lint's build, the services, the third-party
 # sdists); then lane 1 runs the release build's suites on $(PYTHON) and the debug build's (leak
 # check, memcheck), lane 2 the suites on $(OTHER_PYTHONS) and the wheel. Each lane's steps run in
 # order, each in its own venv and cargo target directory; a lane's output is shown when it ends.
 .PHONY: test
-test: lint cargo-test stubtest services thirdparty-fetch ## Everything CI runs
+test: lint cargo-test stubtest services thirdparty-fetch sid ## Everything CI runs
 	$(MAKE) --no-print-directory -j2 --output-sync=recurse test-lane-main test-lane-others
 
 .PHONY: test-lane-main test-lane-others thirdparty-fetch
@@ -164,7 +198,7 @@ test-lane-main:
 	$(MAKE) --no-print-directory -j1 pytest conformance test-thirdparty test-debug test-memcheck
 
 test-lane-others:
-	$(MAKE) --no-print-directory -j1 test-pythons wheel
+	$(MAKE) --no-print-directory -j1 test-pythons test-sid-pythons wheel
 
 thirdparty-fetch: $(VSTAMP)
 	$(VPY) tests/thirdparty/run.py --fetch-only

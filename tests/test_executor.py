@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import functools
+import multiprocessing
 import threading
 
 import pytest
@@ -79,10 +80,25 @@ def test_set_default_executor(loop, run):
         ex.shutdown(wait=True)
 
 
+def _process_pool():
+    # The first pool of a process starts multiprocessing's resource tracker (3.14's semaphores
+    # register with it), whose pipe stays open for the rest of the run: started before the test's
+    # file descriptors are counted, it is not the test's. spawn, because 3.14's default start
+    # method on Linux, forkserver, likewise keeps a server process and a pipe to it.
+    return concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _resource_tracker():
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+
+
 @pytest.mark.parametrize(
     "make_executor",
     [
-        pytest.param(lambda: concurrent.futures.ProcessPoolExecutor(1), id="process-pool"),
+        pytest.param(_process_pool, id="process-pool"),
         pytest.param(lambda: object(), id="object"),
     ],
 )

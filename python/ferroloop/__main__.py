@@ -171,7 +171,11 @@ def tasks_tool(command, args):
     if _compat.HAS_ASYNCIO_PS:
         import asyncio.tools
 
-        show = asyncio.tools.display_awaited_by_tasks_table if command == "ps" else asyncio.tools.display_awaited_by_tasks_tree
+        show = (
+            asyncio.tools.display_awaited_by_tasks_table
+            if command == "ps"
+            else asyncio.tools.display_awaited_by_tasks_tree
+        )
         show(pid)
         return 0
     from . import _ps

@@ -7,6 +7,7 @@ version is handled by looking here first.
 """
 
 import sys
+from asyncio import coroutines as _coroutines
 from asyncio import events as _events
 
 #: asyncio's policy system is deprecated (3.14) and goes in 3.16: where deprecated, ferroloop
@@ -20,11 +21,15 @@ if POLICIES_DEPRECATED:
 
     DEFAULT_POLICY = getattr(_unix_events, "_UnixDefaultEventLoopPolicy", None)
 else:
-    from asyncio import DefaultEventLoopPolicy as DEFAULT_POLICY  # noqa: N811 (a class)
+    from asyncio import DefaultEventLoopPolicy as DEFAULT_POLICY
 
 #: asyncio's handle of ``call_soon_threadsafe``, which another thread may cancel safely (3.14,
 #: and the 3.12/3.13 bug-fix releases that have it); None where there is none.
 THREAD_SAFE_HANDLE = getattr(_events, "_ThreadSafeHandle", None)
+
+#: asyncio's own test for "a coroutine function" (also true of legacy ``@types.coroutine``-marked
+#: ones): public before 3.14, where the public name warns and the private one stays.
+iscoroutinefunction = getattr(_coroutines, "_iscoroutinefunction", _coroutines.iscoroutinefunction)
 
 #: ``asyncio.capture_call_graph`` and the per-thread task lists ``python -m asyncio ps`` reads
 #: (3.14): where missing, ``python -m ferroloop ps`` is ferroloop's own (``_ps``).
@@ -43,11 +48,19 @@ def install_default_loop(new_event_loop, policy_class):
 
     ``asyncio.run``, ``asyncio.Runner`` and ``asyncio.new_event_loop`` then make them. Where
     policies are deprecated, asyncio's ``new_event_loop`` itself is replaced (what ``Runner``
-    calls); before, ferroloop's policy is installed.
+    calls), deferring to a policy the program installed; before, ferroloop's policy is installed.
     """
     if POLICIES_DEPRECATED:
         import asyncio
 
-        asyncio.events.new_event_loop = asyncio.new_event_loop = new_event_loop
+        def default_new_event_loop():
+            # A policy the program installed itself (deprecated, but still asyncio's hook until
+            # 3.16) makes the loop; asyncio's own default policy does not.
+            policy = getattr(_events, "_event_loop_policy", None)
+            if policy is not None and type(policy) is not DEFAULT_POLICY:
+                return policy.new_event_loop()
+            return new_event_loop()
+
+        asyncio.events.new_event_loop = asyncio.new_event_loop = default_new_event_loop
     else:
         _events.set_event_loop_policy(policy_class())

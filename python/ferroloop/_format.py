@@ -5,6 +5,8 @@ The Rust side calls these functions by name (``crates/ferroloop-py/src/pyrefs.rs
 
 from asyncio import coroutines, format_helpers, tasks
 
+from . import _compat
+
 
 def _callback_source(callback, args, debug=False):
     try:
@@ -51,7 +53,7 @@ def callback_error_context(handle, exc, debug):
 
 def check_callback(callback, method):
     """Debug mode's argument check of ``call_soon`` and friends."""
-    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+    if coroutines.iscoroutine(callback) or _compat.iscoroutinefunction(callback):
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")

@@ -22,7 +22,7 @@ import weakref
 from asyncio import coroutines, events, exceptions, futures, tasks, timeouts
 from asyncio.log import logger
 
-from . import _ferroloop
+from . import _compat, _ferroloop
 from ._network import NetworkMixin
 from ._subprocess import SubprocessMixin
 
@@ -729,7 +729,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
 
     def add_signal_handler(self, sig, callback, *args):
         """Run ``callback(*args)`` in the loop whenever signal ``sig`` arrives."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _compat.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()

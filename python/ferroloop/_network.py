@@ -49,13 +49,16 @@ class NetworkMixin:
 
     # Transport factories.
 
-    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+    # `context` (asyncio 3.15): the contextvars.Context every callback of the transport runs in.
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None, context=None):
         base_events._set_nodelay(sock)
         if _overrides_io(sock):
             # asyncio's transports call the socket object's methods, so a subclass's own
             # recv/send see every byte: asyncio's own transport keeps that true here.
-            return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
-        return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server)
+            more = {} if context is None else {"context": context}
+            return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server, **more)
+        return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_ssl_transport(
         self,
@@ -70,6 +73,7 @@ class NetworkMixin:
         server=None,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        context=None,
     ):
         ssl_protocol = _ferroloop.make_tls_protocol(
             self,
@@ -82,7 +86,7 @@ class NetworkMixin:
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
         )
-        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server, context=context)
         return ssl_protocol._app_transport
 
     async def start_tls(
@@ -141,6 +145,8 @@ class NetworkMixin:
     # Serving: the listening socket is watched for reading; each event accepts up to `backlog`
     # connections. Unlike asyncio, a protocol factory that raises is always reported (asyncio
     # reports it in debug mode only); the connection is closed and the server keeps serving.
+    # `context` (asyncio 3.15's Server gives the one it was created in): each connection runs in
+    # a copy of it, protocol factory included.
 
     def _start_serving(
         self,
@@ -151,6 +157,7 @@ class NetworkMixin:
         backlog=100,
         ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+        context=None,
     ):
         self.add_reader(
             sock.fileno(),
@@ -162,6 +169,7 @@ class NetworkMixin:
             backlog,
             ssl_handshake_timeout,
             ssl_shutdown_timeout,
+            context,
         )
 
     def _stop_serving(self, sock):
@@ -181,7 +189,15 @@ class NetworkMixin:
                 logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _accept_connection(
-        self, protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+        self,
+        protocol_factory,
+        sock,
+        sslcontext,
+        server,
+        backlog,
+        ssl_handshake_timeout,
+        ssl_shutdown_timeout,
+        context=None,
     ):
         for _ in range(backlog):
             try:
@@ -211,21 +227,31 @@ class NetworkMixin:
                     backlog,
                     ssl_handshake_timeout,
                     ssl_shutdown_timeout,
+                    context,
                 )
                 return
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
             extra = {"peername": addr}
+            conn_context = None if context is None else context.copy()
             if sslcontext:
-                self.create_task(
-                    self._accept_tls(
-                        protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
-                    )
+                accept = self._accept_tls(
+                    protocol_factory,
+                    conn,
+                    extra,
+                    sslcontext,
+                    server,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                    conn_context,
                 )
-            else:
+                self.create_task(accept, context=conn_context)
+            elif conn_context is None:
                 self._accept_plain(protocol_factory, conn, extra, server)
+            else:
+                conn_context.run(self._accept_plain, protocol_factory, conn, extra, server, conn_context)
 
-    def _accept_plain(self, protocol_factory, conn, extra, server):
+    def _accept_plain(self, protocol_factory, conn, extra, server, context=None):
         try:
             protocol = protocol_factory()
         except (SystemExit, KeyboardInterrupt):
@@ -237,10 +263,18 @@ class NetworkMixin:
                 {"message": "Error on transport creation for incoming connection", "exception": exc}
             )
             return
-        self._make_socket_transport(conn, protocol, extra=extra, server=server)
+        self._make_socket_transport(conn, protocol, extra=extra, server=server, context=context)
 
     async def _accept_tls(
-        self, protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout, ssl_shutdown_timeout
+        self,
+        protocol_factory,
+        conn,
+        extra,
+        sslcontext,
+        server,
+        ssl_handshake_timeout,
+        ssl_shutdown_timeout,
+        context=None,
     ):
         protocol = transport = None
         try:
@@ -256,6 +290,7 @@ class NetworkMixin:
                 server=server,
                 ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout,
+                context=context,
             )
             try:
                 await waiter

@@ -24,6 +24,7 @@ On Python 3.14+, ``python -m ferroloop ps``/``pstree`` run asyncio's own tool, w
 opt-in and reads any asyncio process.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -114,11 +115,9 @@ def _serve(server):
             conn, _ = server.accept()
         except OSError:
             return  # closed (fork, interpreter exit)
-        with conn:
-            try:
-                conn.sendall(json.dumps(snapshot()).encode())
-            except Exception:  # a client that went away, or a snapshot that failed
-                pass
+        # A client that went away, or a snapshot that failed, costs the client its answer only.
+        with conn, contextlib.suppress(Exception):
+            conn.sendall(json.dumps(snapshot()).encode())
 
 
 def snapshot():
@@ -277,7 +276,9 @@ def table(snap):
                 rows.append([th["tid"], hex(t["id"]), t["name"], stack, "", "", "0x0"])
             for a in t["awaited_by"]:
                 chain = " -> ".join(e[0] for e in a["stack"])
-                rows.append([th["tid"], hex(t["id"]), t["name"], stack, chain, names.get(a["id"], "Unknown"), hex(a["id"])])
+                rows.append(
+                    [th["tid"], hex(t["id"]), t["name"], stack, chain, names.get(a["id"], "Unknown"), hex(a["id"])]
+                )
     return rows
 
 
@@ -342,7 +343,7 @@ def main(command, pid, out=sys.stdout):
         out.write(" ".join(f"{h:<{w}}" for h, w in zip(header, widths)) + "\n")
         out.write("-" * 180 + "\n")
         for row in table(snap):
-            out.write(" ".join(f"{str(c):<{w}}" for c, w in zip(row, widths)) + "\n")
+            out.write(" ".join(f"{c!s:<{w}}" for c, w in zip(row, widths)) + "\n")
     else:
         for line in tree(snap):
             out.write(line + "\n")

@@ -423,8 +423,25 @@ impl EventLoop {
         watcher: Arc<dyn IoWatcher>,
         write: bool,
     ) -> PyResult<()> {
+        self.add_native_in(py, fd, watcher, write, None)
+    }
+
+    /// [`EventLoop::add_native`], the watcher's reports run in `context` (a `contextvars.Context`)
+    /// when given, else in a copy of the current context.
+    pub(crate) fn add_native_in(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        watcher: Arc<dyn IoWatcher>,
+        write: bool,
+        context: Option<&Py<PyAny>>,
+    ) -> PyResult<()> {
         self.check_closed()?;
-        self.watch(py, fd, Watcher::Native(watcher, copy_current_context(py)?), write, false)
+        let context = match context {
+            Some(c) => c.clone_ref(py),
+            None => copy_current_context(py)?,
+        };
+        self.watch(py, fd, Watcher::Native(watcher, context), write, false)
     }
 
     /// For native transports: stop watching `fd`; false if it was not watched.
@@ -514,8 +531,20 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
+        self.call_soon_in(py, callback, args, None)
+    }
+
+    /// [`EventLoop::call_soon_native`] in `context` when given.
+    pub(crate) fn call_soon_in(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Py<PyAny>>,
+    ) -> PyResult<()> {
         self.check_closed()?;
-        let handle = self.queued_handle(py, self.handle_parts(py, callback, args, None)?)?;
+        let parts = self.handle_parts(py, callback, args, context.map(|c| c.bind(py)))?;
+        let handle = self.queued_handle(py, parts)?;
         self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
         Ok(())
     }

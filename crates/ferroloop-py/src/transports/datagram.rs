@@ -607,6 +607,6 @@ pub fn make_datagram_transport<'py>(
             state: GilCell::new(state),
         },
     )?;
-    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;
     Ok(transport)
 }

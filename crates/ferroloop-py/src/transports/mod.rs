@@ -287,14 +287,15 @@ pub(crate) fn schedule_start(
     protocol: &Bound<'_, PyAny>,
     transport: &Bound<'_, PyAny>,
     waiter: Option<&Bound<'_, PyAny>>,
+    context: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
     let py = event_loop.py();
     let lp = event_loop.get();
-    lp.call_soon_native(py, &protocol.getattr("connection_made")?, &PyTuple::new(py, [transport])?)?;
-    lp.call_soon_native(py, &transport.getattr("_start_reading")?, &PyTuple::empty(py))?;
+    lp.call_soon_in(py, &protocol.getattr("connection_made")?, &PyTuple::new(py, [transport])?, context)?;
+    lp.call_soon_in(py, &transport.getattr("_start_reading")?, &PyTuple::empty(py), context)?;
     if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
         let set = py.import("asyncio.futures")?.getattr("_set_result_unless_cancelled")?;
-        lp.call_soon_native(py, &set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?)?;
+        lp.call_soon_in(py, &set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?, context)?;
     }
     Ok(())
 }

@@ -542,7 +542,7 @@ pub fn make_read_pipe_transport<'py>(
             state: GilCell::new(state),
         },
     )?;
-    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;
     Ok(transport)
 }
 
@@ -1124,6 +1124,6 @@ pub fn make_write_pipe_transport<'py>(
             state: GilCell::new(state),
         },
     )?;
-    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;
     Ok(transport)
 }

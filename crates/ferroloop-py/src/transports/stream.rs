@@ -90,6 +90,11 @@ pub struct StreamTransport {
     event_loop: Py<EventLoop>,
     /// The socket's descriptor (valid while `state.sock` is `Some`).
     fd: RawFd,
+    /// The `contextvars.Context` every callback of the transport runs in, when its maker gave
+    /// one (asyncio 3.15's `context=`: a server's connection runs in a copy of the server's
+    /// context). Without one, each callback runs in a copy of the context current when it was
+    /// scheduled, as before 3.15.
+    context: Option<Py<PyAny>>,
     /// Everything that changes.
     state: GilCell<State>,
 }
@@ -165,7 +170,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
-        this.event_loop(py).get().add_native(py, this.fd, watcher, write)
+        this.event_loop(py).get().add_native_in(py, this.fd, watcher, write, this.context.as_ref())
     }
 
     fn unwatch(&self, py: Python<'_>, write: bool) -> PyResult<()> {
@@ -177,7 +182,8 @@ impl StreamTransport {
     fn call_soon_self(slf: &Bound<'_, Self>, method: &str, args: &Bound<'_, PyTuple>) -> PyResult<()> {
         let py = slf.py();
         let cb = slf.getattr(method)?;
-        slf.get().event_loop(py).get().call_soon_native(py, &cb, args)
+        let this = slf.get();
+        this.event_loop(py).get().call_soon_in(py, &cb, args, this.context.as_ref())
     }
 
     /// asyncio's `_fatal_error`.
@@ -826,6 +832,7 @@ impl StreamTransport {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
+        visit.call(&self.context)?;
         if let Some(st) = self.state.try_borrow() {
             visit.call(&st.sock)?;
             visit.call(&st.protocol)?;
@@ -857,7 +864,8 @@ impl Drop for StreamTransport {
 /// Creates a transport for the connected socket `sock` and schedules, in order,
 /// `protocol.connection_made(transport)`, the start of reading, and `waiter`'s result.
 #[pyfunction]
-#[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None))]
+#[pyo3(signature = (event_loop, sock, protocol, waiter=None, extra=None, server=None, context=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn make_stream_transport<'py>(
     event_loop: &Bound<'py, EventLoop>,
     sock: &Bound<'py, PyAny>,
@@ -865,6 +873,7 @@ pub fn make_stream_transport<'py>(
     waiter: Option<&Bound<'py, PyAny>>,
     extra: Option<&Bound<'py, PyDict>>,
     server: Option<&Bound<'py, PyAny>>,
+    context: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, StreamTransport>> {
     let py = event_loop.py();
     let fd: RawFd = sock.call_method0("fileno")?.extract()?;
@@ -893,6 +902,7 @@ pub fn make_stream_transport<'py>(
             _live: crate::live::Token::new(crate::live::Kind::StreamTransport),
             event_loop: event_loop.clone().unbind(),
             fd,
+            context: context.filter(|c| !c.is_none()).map(|c| c.clone().unbind()),
             state: GilCell::new(state),
         },
     )?;
@@ -903,6 +913,6 @@ pub fn make_stream_transport<'py>(
             server.call_method0("_attach")?;
         }
     }
-    super::schedule_start(event_loop, protocol, transport.as_any(), waiter)?;
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter, transport.get().context.as_ref())?;
     Ok(transport)
 }

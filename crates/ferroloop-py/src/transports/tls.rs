@@ -1003,6 +1003,18 @@ impl TlsProtocol {
         self.state.borrow(py).app_transport.as_ref().map(|t| t.clone_ref(py))
     }
 
+    /// The raw transport: asyncio's `SSLProtocol._transport` (CPython's tests reach it).
+    #[getter]
+    fn _transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).transport.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Whether the application paused reading: asyncio's `SSLProtocol._app_reading_paused`.
+    #[getter]
+    fn _app_reading_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).app_reading_paused
+    }
+
     fn __repr__(&self, py: Python<'_>) -> String {
         format!("<SSLProtocol state={:?}>", self.tls(py))
     }
