@@ -6,9 +6,11 @@ changed, and the rest of the package asks this module; the Rust side's are in
 version is handled by looking here first.
 """
 
+import inspect
 import sys
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
+from asyncio import unix_events as _unix_events
 
 #: asyncio's policy system is deprecated (3.14) and goes in 3.16: where deprecated, ferroloop
 #: installs itself without it and offers ``ferroloop.EventLoopPolicy`` with asyncio's warning.
@@ -17,8 +19,6 @@ POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 #: The base class of ``ferroloop.EventLoopPolicy``: asyncio's default policy (private from 3.14
 #: on, where its public name warns), or None where asyncio has no policies any more.
 if POLICIES_DEPRECATED:
-    from asyncio import unix_events as _unix_events
-
     DEFAULT_POLICY = getattr(_unix_events, "_UnixDefaultEventLoopPolicy", None)
 else:
     from asyncio import DefaultEventLoopPolicy as DEFAULT_POLICY
@@ -30,6 +30,12 @@ THREAD_SAFE_HANDLE = getattr(_events, "_ThreadSafeHandle", None)
 #: asyncio's own test for "a coroutine function" (also true of legacy ``@types.coroutine``-marked
 #: ones): public before 3.14, where the public name warns and the private one stays.
 iscoroutinefunction = getattr(_coroutines, "_iscoroutinefunction", _coroutines.iscoroutinefunction)
+
+#: Whether ``sock_sendfile`` leaves the file at ``offset + sent`` even when nothing was sent
+#: (3.14; before, only after sending something): asyncio's helper lost its ``total_sent``.
+SENDFILE_ALWAYS_SETS_POSITION = (
+    len(inspect.signature(_unix_events._UnixSelectorEventLoop._sock_sendfile_update_filepos).parameters) == 3
+)
 
 #: ``asyncio.capture_call_graph`` and the per-thread task lists ``python -m asyncio ps`` reads
 #: (3.14): where missing, ``python -m ferroloop ps`` is ferroloop's own (``_ps``).
@@ -64,3 +70,19 @@ def install_default_loop(new_event_loop, policy_class):
         asyncio.events.new_event_loop = asyncio.new_event_loop = default_new_event_loop
     else:
         _events.set_event_loop_policy(policy_class())
+
+
+def take_stream_reader_buffer(protocol):
+    """What the ``StreamReader`` of a ``StreamReaderProtocol`` has buffered, taken out of it.
+
+    ``start_tls(server_side=True)`` gives it to TLS (asyncio does since gh-142352: before, the
+    bytes of the handshake a server's reader had already read were lost and the handshake hung).
+    """
+    from asyncio import streams
+
+    reader = getattr(protocol, "_stream_reader", None) if isinstance(protocol, streams.StreamReaderProtocol) else None
+    if reader is None or not reader._buffer:
+        return b""
+    data = bytes(reader._buffer)
+    reader._buffer.clear()
+    return data

@@ -19,7 +19,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import coroutines, events, exceptions, futures, tasks, timeouts
+from asyncio import base_events, coroutines, events, exceptions, futures, tasks, timeouts
 from asyncio.log import logger
 
 from . import _compat, _ferroloop
@@ -29,7 +29,6 @@ from ._subprocess import SubprocessMixin
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 # What the Rust socket engine returns when the caller must wait: stdlib's future type, exactly.
 _Future = asyncio.Future
-_SENDFILE_FALLBACK_CHUNK = 256 * 1024
 
 
 def _stop_when_done(fut):
@@ -656,32 +655,12 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
                 pass
             return await self._wait_ready(sock, True, send_chunk)
         finally:
-            if sent[0] > 0:
+            if sent[0] > 0 or _compat.SENDFILE_ALWAYS_SETS_POSITION:
                 file.seek(offset + sent[0])
 
-    async def _sock_sendfile_fallback(self, sock, file, offset, count):
-        """Read chunks in the executor and send them with ``sock_sendall``."""
-        if offset:
-            file.seek(offset)
-        blocksize = min(count, _SENDFILE_FALLBACK_CHUNK) if count else _SENDFILE_FALLBACK_CHUNK
-        buf = bytearray(blocksize)
-        total = 0
-        try:
-            while True:
-                if count:
-                    blocksize = min(count - total, blocksize)
-                    if blocksize <= 0:
-                        break
-                view = memoryview(buf)[:blocksize]
-                read = await self.run_in_executor(None, file.readinto, view)
-                if not read:
-                    break
-                await self.sock_sendall(sock, view[:read])
-                total += read
-            return total
-        finally:
-            if total > 0 and hasattr(file, "seek"):
-                file.seek(offset + total)
+    # asyncio's own: chunks read in the executor, sent with sock_sendall (where the file position
+    # ends up differs between Python versions, and this follows the running one).
+    _sock_sendfile_fallback = base_events.BaseEventLoop._sock_sendfile_fallback
 
     # Signals: Python's own handler writes the signal number to a socket (signal.set_wakeup_fd)
     # that the loop reads, so a signal that arrives while the loop is not running waits there.

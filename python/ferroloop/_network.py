@@ -15,7 +15,7 @@ import ssl
 from asyncio import base_events, constants, exceptions, selector_events, trsock, unix_events
 from asyncio.log import logger
 
-from . import _ferroloop
+from . import _compat, _ferroloop
 
 _Base = base_events.BaseEventLoop
 _Unix = unix_events._UnixSelectorEventLoop
@@ -119,6 +119,11 @@ class NetworkMixin:
         )
         # Nothing may be read between the protocol switch and the start of the handshake.
         transport.pause_reading()
+        if server_side:
+            # What a server's stream reader already read is the client's first handshake bytes.
+            early = _compat.take_stream_reader_buffer(protocol)
+            if early:
+                ssl_protocol._incoming.write(early)
         transport.set_protocol(ssl_protocol)
         started = self.call_soon(ssl_protocol.connection_made, transport)
         resumed = self.call_soon(transport.resume_reading)
@@ -128,6 +133,9 @@ class NetworkMixin:
             transport.close()
             started.cancel()
             resumed.cancel()
+            # The exception's traceback holds this frame: without the waiter (which holds the
+            # exception), no cycle keeps the transport alive until a collection.
+            waiter = None
             raise
         return ssl_protocol._app_transport
 

@@ -26,8 +26,10 @@ pub(crate) fn thread_safe_handle_type(py: Python<'_>) -> PyResult<&Bound<'_, PyT
 /// asyncio's are.
 pub(crate) fn thread_safe_handles(py: Python<'_>) -> PyResult<bool> {
     static CELL: PyOnceLock<bool> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || Ok::<_, PyErr>(!py.import("ferroloop._compat")?.getattr("THREAD_SAFE_HANDLE")?.is_none()))
-        .copied()
+    CELL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(!py.import("ferroloop._compat")?.getattr("THREAD_SAFE_HANDLE")?.is_none())
+    })
+    .copied()
 }
 
 /// `loop.create_task(coro, **kwargs)` hands every keyword to the task factory and to `Task`

@@ -36,8 +36,8 @@ use ferroloop_core::fd_map::FdMap;
 use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOverflowError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
-use pyo3::prelude::*;
 use pyo3::intern;
+use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
@@ -239,7 +239,12 @@ impl EventLoop {
 
     /// `asyncio.Task(coro, **kw)`, its debug-mode traceback ending in `create_task`, not in
     /// `Task`'s constructor.
-    fn new_task<'py>(&self, py: Python<'py>, coro: &Bound<'py, PyAny>, kw: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+    fn new_task<'py>(
+        &self,
+        py: Python<'py>,
+        coro: &Bound<'py, PyAny>,
+        kw: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let task = pyrefs::task_type(py)?.call((coro,), Some(kw))?;
         if self.debug.load(Relaxed) {
             let tb = task.getattr(intern!(py, "_source_traceback"))?;
@@ -1096,7 +1101,9 @@ impl EventLoop {
         };
         // The factory gets `context` only when there is one (its older signature is `(loop, coro)`).
         let task = match context {
-            Some(ctx) => factory.bind(py).call((slf, coro), Some(&[(intern!(py, "context"), ctx)].into_py_dict(py)?))?,
+            Some(ctx) => {
+                factory.bind(py).call((slf, coro), Some(&[(intern!(py, "context"), ctx)].into_py_dict(py)?))?
+            }
             None => factory.bind(py).call1((slf, coro))?,
         };
         if let Some(name) = name {

@@ -1,8 +1,8 @@
 //! Python objects the bindings use, imported once per process.
 
+use pyo3::exceptions::PyAttributeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::exceptions::PyAttributeError;
 use pyo3::types::{PyDict, PyString, PyType};
 
 macro_rules! cached_import {

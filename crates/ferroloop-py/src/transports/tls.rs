@@ -794,17 +794,25 @@ impl TlsProtocol {
         }
     }
 
+    /// The TLS shutdown is over. On success the raw transport is closed, which first flushes its
+    /// buffer: a peer that does not read could hold that up forever, so the shutdown timeout
+    /// stays (or starts, when the peer began the shutdown) until `connection_lost`, as in
+    /// asyncio 3.14.
     fn on_shutdown_complete(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let timer = this.state.borrow_mut(py).shutdown_timer.take();
-        Self::cancel_timer(py, timer)?;
-        match exc {
-            Some(e) => Self::fatal_error(slf, &e, "Fatal error on transport"),
-            None => match this.transport(py) {
-                Some(t) => this.lp(py).get().call_soon_native(py, &t.bind(py).getattr("close")?, &PyTuple::empty(py)),
-                None => Ok(()),
-            },
+        if let Some(e) = exc {
+            let timer = this.state.borrow_mut(py).shutdown_timer.take();
+            Self::cancel_timer(py, timer)?;
+            return Self::fatal_error(slf, &e, "Fatal error on transport");
+        }
+        if this.state.borrow(py).shutdown_timer.is_none() {
+            let timer = call_later(this.lp(py), this.shutdown_timeout, slf.getattr("_check_shutdown_timeout")?)?;
+            this.state.borrow_mut(py).shutdown_timer = Some(timer);
+        }
+        match this.transport(py) {
+            Some(t) => this.lp(py).get().call_soon_native(py, &t.bind(py).getattr("close")?, &PyTuple::empty(py)),
+            None => Ok(()),
         }
     }
 
@@ -1003,6 +1011,13 @@ impl TlsProtocol {
         self.state.borrow(py).app_transport.as_ref().map(|t| t.clone_ref(py))
     }
 
+    /// The incoming (ciphertext) BIO: asyncio's `SSLProtocol._incoming`, where `start_tls` puts
+    /// what a server's stream reader had already read of the handshake.
+    #[getter]
+    fn _incoming(&self, py: Python<'_>) -> Py<PyAny> {
+        self.incoming.clone_ref(py)
+    }
+
     /// The raw transport: asyncio's `SSLProtocol._transport` (CPython's tests reach it).
     #[getter]
     fn _transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -1114,8 +1129,16 @@ impl TlsTransport {
         self.proto(py).ok().and_then(|p| p.get().app_protocol(py))
     }
 
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.proto(py).map_or(true, |p| p.get().state.borrow(py).app_closed)
+    /// Closed by the application, or (asyncio 3.14) its raw transport is closing.
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        let Ok(p) = self.proto(py) else { return Ok(true) };
+        if p.get().state.borrow(py).app_closed {
+            return Ok(true);
+        }
+        match p.get().transport(py) {
+            Some(t) => t.bind(py).call_method0(intern!(py, "is_closing"))?.is_truthy(),
+            None => Ok(false),
+        }
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
