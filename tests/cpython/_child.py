@@ -55,6 +55,7 @@ import fnmatch
 import importlib
 import json
 import os
+import signal
 import unittest
 
 ID_PREFIX = "test.test_asyncio."
@@ -322,6 +323,10 @@ def main():
     args = parser.parse_args()
 
     os.set_inheritable(args.report_fd, False)
+    # A runner started in the background (`cmd &` in a shell) inherits SIGINT ignored, and then
+    # Python installs no KeyboardInterrupt handler: the tests of Ctrl-C (test_runners) would hang.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(args.report_fd, "w", encoding="utf-8") as channel:
 
         def report(**message):

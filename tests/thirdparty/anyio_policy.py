@@ -2,9 +2,10 @@
 
 run.py names it in PYTEST_PLUGINS, so it is loaded by the pytest run of anyio's suite and by the pytest
 runs that anyio's own tests start in subprocesses (the tests of its pytest plugin). It installs
-ferroloop's event loop policy, so the loops the tests make themselves (`anyio.run()` without
+ferroloop as asyncio's default loop, so the loops the tests make themselves (`anyio.run()` without
 options, `asyncio.new_event_loop()`) are ferroloop's. With FERROLOOP_THIRDPARTY_LOOP=asyncio it
-does nothing.
+does nothing. Where asyncio's policies are deprecated (3.14+), it makes ferroloop asyncio's default
+loop as `python -m ferroloop` does (`ferroloop._compat.install_default_loop`), with no policy.
 """
 
 import asyncio
@@ -32,9 +33,13 @@ def pytest_configure(config):
     if os.environ.get("FERROLOOP_THIRDPARTY_LOOP") != "ferroloop":
         return
     import ferroloop
+    from ferroloop import _compat
 
-    class Policy(ferroloop.EventLoopPolicy):
-        def new_event_loop(self):
-            return new_ferroloop()
+    def policy():
+        class Policy(ferroloop.EventLoopPolicy):
+            def new_event_loop(self):
+                return new_ferroloop()
 
-    asyncio.set_event_loop_policy(Policy())
+        return Policy()
+
+    _compat.install_default_loop(new_ferroloop, policy)
