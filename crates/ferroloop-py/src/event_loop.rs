@@ -319,12 +319,13 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         write: bool,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         let fileobj = fd;
         let fd = fileobj_to_fd(fileobj)?;
         self.check_not_native(py, fd)?;
-        let handle = Py::new(py, Handle::new(self.handle_parts(py, callback, args, None)?))?;
+        let handle = Py::new(py, Handle::new(self.handle_parts(py, callback, args, context)?))?;
         self.watch(py, fd, Watcher::Handle(handle.clone_ref(py)), write, false)?;
         if !fileobj.is_instance_of::<PyInt>() {
             let mut q = self.queues.borrow_mut(py);
@@ -989,19 +990,21 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        self.set_callback(py, fd, callback, args, false).map(drop)
+        self.set_callback(py, fd, callback, args, false, None).map(drop)
     }
 
     /// `add_reader` returning its handle (the selector loop's `_add_reader`).
-    #[pyo3(signature = (fd, callback, *args))]
+    /// (`context`: asyncio 3.15's transports give theirs.)
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_reader(
         &self,
         py: Python<'_>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.set_callback(py, fd, callback, args, false)
+        self.set_callback(py, fd, callback, args, false, context)
     }
 
     /// `RuntimeError` if a native transport watches `fd` (an int or an object with `fileno()`).
@@ -1025,19 +1028,21 @@ impl EventLoop {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        self.set_callback(py, fd, callback, args, true).map(drop)
+        self.set_callback(py, fd, callback, args, true, None).map(drop)
     }
 
     /// `add_writer` returning its handle (the selector loop's `_add_writer`).
-    #[pyo3(signature = (fd, callback, *args))]
+    /// (`context`: asyncio 3.15's transports give theirs.)
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_writer(
         &self,
         py: Python<'_>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.set_callback(py, fd, callback, args, true)
+        self.set_callback(py, fd, callback, args, true, context)
     }
 
     fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
