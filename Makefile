@@ -186,9 +186,10 @@ test-sid-pythons: sid ## The behaviour suite, conformance and the third-party su
 
 # `make test` runs its suites in two lanes at once: each suite keeps about one of the machine's two
 # cores busy. What the lanes share is prepared first (lint's build, the services, the third-party
-# sdists); then lane 1 runs the release build's suites on $(PYTHON) and the debug build's (leak
-# check, memcheck), lane 2 the suites on $(OTHER_PYTHONS) and the wheel. Each lane's steps run in
-# order, each in its own venv and cargo target directory; a lane's output is shown when it ends.
+# sdists, the sid chroot); then lane 1 runs the release build's suites on $(PYTHON), the debug
+# build's (leak check, memcheck) and the suites on the first of $(OTHER_PYTHONS); lane 2 the suites
+# on the rest of them and on $(SID_PYTHONS) (in the chroot), and the wheels. Each lane's steps run
+# in order, each in its own venv and cargo target directory; a lane's output is shown when it ends.
 .PHONY: test
 test: lint cargo-test stubtest services thirdparty-fetch sid ## Everything CI runs
 	$(MAKE) --no-print-directory -j2 --output-sync=recurse test-lane-main test-lane-others
@@ -196,9 +197,14 @@ test: lint cargo-test stubtest services thirdparty-fetch sid ## Everything CI ru
 .PHONY: test-lane-main test-lane-others thirdparty-fetch
 test-lane-main:
 	$(MAKE) --no-print-directory -j1 pytest conformance test-thirdparty test-debug test-memcheck
+	$(MAKE) --no-print-directory -j1 test-pythons OTHER_PYTHONS="$(LANE_MAIN_PYTHONS)"
 
 test-lane-others:
-	$(MAKE) --no-print-directory -j1 test-pythons test-sid-pythons wheel
+	$(MAKE) --no-print-directory -j1 test-pythons OTHER_PYTHONS="$(filter-out $(LANE_MAIN_PYTHONS),$(OTHER_PYTHONS))"
+	$(MAKE) --no-print-directory -j1 test-sid-pythons wheel
+
+# Which of $(OTHER_PYTHONS) lane 1 tests, after the debug build's suites (the lanes take about as long).
+LANE_MAIN_PYTHONS ?= $(firstword $(OTHER_PYTHONS))
 
 thirdparty-fetch: $(VSTAMP)
 	$(VPY) tests/thirdparty/run.py --fetch-only
