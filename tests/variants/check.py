@@ -21,6 +21,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOURCE_PACKAGE = ROOT / "python" / "ferroloop"
+SID = ROOT / "tests" / "pythons" / "sid.sh"
 
 # venv name -> (installed editable into python/ferroloop, profile, leak-check feature)
 EXPECTED = {
@@ -63,9 +64,16 @@ def check(venv):
     name = venv.name
     editable, profile, leak_check = EXPECTED.get(name, RELEASE)
     python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        print(f"{name}: not complete (no .installed stamp; being made?): skipped")
+        return []
+    command = [str(python), "-c", PROBE]
     if not python.exists():
-        return [f"{name}: no {python}"]
-    proc = subprocess.run([str(python), "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=False)
+        # A venv of the sid chroot's Pythons (3.14, 3.15): its interpreter is there, not here.
+        if not python.is_symlink() or not SID.exists():
+            return [f"{name}: no {python}"]
+        command = ["bash", str(SID), "run", *command]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         if editable and "No module named 'ferroloop" in proc.stderr:
             print(f"{name}: ferroloop is not built (skipped)")
