@@ -35,8 +35,9 @@ demo: build ## Build, run the asyncio Hello World on ferroloop, compare loops on
 	$(VPY) bench/micro.py --quick call_soon create_task
 
 .PHONY: lint
-lint: $(VSTAMP) ## cargo fmt --check, cargo clippy -D warnings, ruff
+lint: $(VSTAMP) ## cargo fmt --check, cargo clippy -D warnings, ruff, no cycle between the Rust modules
 	cargo fmt --all -- --check
+	$(PYTHON) tests/lint/module_cycles.py crates/ferroloop-py/src
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests bench examples
 	$(VENV)/bin/ruff format --check python tests bench examples

@@ -385,7 +385,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
     # the socket's own methods.
 
     async def sock_recv(self, sock, n):
-        r = self._sock_recv(sock, n)
+        r = _ferroloop.sock_recv(self, sock, n)
         if type(r) is _Future:
             try:
                 return await r
@@ -397,7 +397,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         return r
 
     async def sock_recv_into(self, sock, buf):
-        r = self._sock_recv_into(sock, buf)
+        r = _ferroloop.sock_recv_into(self, sock, buf)
         if type(r) is _Future:
             try:
                 return await r
@@ -409,7 +409,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         return r
 
     async def sock_sendall(self, sock, data):
-        r = self._sock_sendall(sock, data)
+        r = _ferroloop.sock_sendall(self, sock, data)
         if type(r) is _Future:
             try:
                 return await r
@@ -421,7 +421,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
         return r
 
     async def sock_accept(self, sock):
-        r = self._sock_accept(sock)
+        r = _ferroloop.sock_accept(self, sock)
         if type(r) is _Future:
             try:
                 return await r
@@ -442,7 +442,7 @@ class Loop(NetworkMixin, SubprocessMixin, _ferroloop.EventLoop, asyncio.Abstract
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
             )
             address = infos[0][4]
-        r = self._sock_connect(sock, address)
+        r = _ferroloop.sock_connect(self, sock, address)
         if r is NotImplemented:
             return await self._sock_connect_slow(sock, address)
         if r is not None:

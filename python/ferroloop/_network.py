@@ -14,6 +14,7 @@ import socket
 import ssl
 from asyncio import base_events, constants, exceptions, selector_events, trsock, unix_events
 from asyncio.log import logger
+from typing import Any, NamedTuple
 
 from . import _compat, _ferroloop
 
@@ -27,6 +28,19 @@ def _overrides_io(sock):
     """Whether ``sock`` is of a socket class whose own I/O methods must be called."""
     cls = type(sock)
     return cls is not socket.socket and any(getattr(cls, m, None) is not getattr(socket.socket, m) for m in _SOCKET_IO)
+
+
+class _Serving(NamedTuple):
+    """What a listening socket serves with: ``_start_serving``'s arguments."""
+
+    protocol_factory: Any
+    sock: socket.socket
+    sslcontext: Any
+    server: Any
+    backlog: int
+    ssl_handshake_timeout: Any
+    ssl_shutdown_timeout: Any
+    context: Any
 
 
 class NetworkMixin:
@@ -167,18 +181,10 @@ class NetworkMixin:
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
         context=None,
     ):
-        self.add_reader(
-            sock.fileno(),
-            self._accept_connection,
-            protocol_factory,
-            sock,
-            sslcontext,
-            server,
-            backlog,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
-            context,
+        serving = _Serving(
+            protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout, context
         )
+        self.add_reader(sock.fileno(), self._accept_connection, serving)
 
     def _stop_serving(self, sock):
         # Python 3.13's create_unix_server records each socket's inode here, so that closing
@@ -196,18 +202,9 @@ class NetworkMixin:
             except OSError as err:
                 logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
-    def _accept_connection(
-        self,
-        protocol_factory,
-        sock,
-        sslcontext,
-        server,
-        backlog,
-        ssl_handshake_timeout,
-        ssl_shutdown_timeout,
-        context=None,
-    ):
-        for _ in range(backlog):
+    def _accept_connection(self, serving):
+        sock, server = serving.sock, serving.server
+        for _ in range(serving.backlog):
             try:
                 conn, addr = sock.accept()
                 conn.setblocking(False)
@@ -225,39 +222,18 @@ class NetworkMixin:
                     }
                 )
                 self.remove_reader(sock.fileno())
-                self.call_later(
-                    constants.ACCEPT_RETRY_DELAY,
-                    self._start_serving,
-                    protocol_factory,
-                    sock,
-                    sslcontext,
-                    server,
-                    backlog,
-                    ssl_handshake_timeout,
-                    ssl_shutdown_timeout,
-                    context,
-                )
+                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving, *serving)
                 return
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
             extra = {"peername": addr}
-            conn_context = None if context is None else context.copy()
-            if sslcontext:
-                accept = self._accept_tls(
-                    protocol_factory,
-                    conn,
-                    extra,
-                    sslcontext,
-                    server,
-                    ssl_handshake_timeout,
-                    ssl_shutdown_timeout,
-                    conn_context,
-                )
-                self.create_task(accept, context=conn_context)
+            conn_context = None if serving.context is None else serving.context.copy()
+            if serving.sslcontext:
+                self.create_task(self._accept_tls(serving, conn, extra, conn_context), context=conn_context)
             elif conn_context is None:
-                self._accept_plain(protocol_factory, conn, extra, server)
+                self._accept_plain(serving.protocol_factory, conn, extra, server)
             else:
-                conn_context.run(self._accept_plain, protocol_factory, conn, extra, server, conn_context)
+                conn_context.run(self._accept_plain, serving.protocol_factory, conn, extra, server, conn_context)
 
     def _accept_plain(self, protocol_factory, conn, extra, server, context=None):
         try:
@@ -273,32 +249,22 @@ class NetworkMixin:
             return
         self._make_socket_transport(conn, protocol, extra=extra, server=server, context=context)
 
-    async def _accept_tls(
-        self,
-        protocol_factory,
-        conn,
-        extra,
-        sslcontext,
-        server,
-        ssl_handshake_timeout,
-        ssl_shutdown_timeout,
-        context=None,
-    ):
+    async def _accept_tls(self, serving, conn, extra, conn_context=None):
         protocol = transport = None
         try:
-            protocol = protocol_factory()
+            protocol = serving.protocol_factory()
             waiter = self.create_future()
             transport = self._make_ssl_transport(
                 conn,
                 protocol,
-                sslcontext,
+                serving.sslcontext,
                 waiter=waiter,
                 server_side=True,
                 extra=extra,
-                server=server,
-                ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout,
-                context=context,
+                server=serving.server,
+                ssl_handshake_timeout=serving.ssl_handshake_timeout,
+                ssl_shutdown_timeout=serving.ssl_shutdown_timeout,
+                context=conn_context,
             )
             try:
                 await waiter

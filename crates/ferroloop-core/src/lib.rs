@@ -5,6 +5,7 @@
 //!
 //! - [`clock`]: the loop's time, the same clock as Python's `time.monotonic()`.
 //! - [`fd_map`]: hash maps keyed by file descriptor, with a cheap hash.
+//! - [`flow`]: what every transport shares: write flow control and its lifecycle.
 //! - [`poller`]: level-triggered readiness of file descriptors, plus a [`poller::Waker`] that
 //!   another thread uses to interrupt a blocked poll.
 //! - [`timers`]: the timer queue behind `call_at`, ordered by (deadline, scheduling order).
@@ -18,6 +19,7 @@
 
 pub mod clock;
 pub mod fd_map;
+pub mod flow;
 pub mod poller;
 mod sys;
 pub mod timers;

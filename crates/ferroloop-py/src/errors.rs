@@ -1,6 +1,6 @@
 //! Errors crossing into Python.
 
-use pyo3::PyErr;
+use pyo3::{PyErr, Python};
 
 /// An OS error as Python raises it: `OSError(errno, strerror)`, which Python turns into the
 /// matching subclass (`BrokenPipeError`, `ConnectionResetError`, ...) with `errno` set.
@@ -13,4 +13,10 @@ pub(crate) fn os_error(e: &std::io::Error) -> PyErr {
     let suffix = format!(" (os error {code})");
     let strerror = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
     pyo3::exceptions::PyOSError::new_err((code, strerror))
+}
+
+/// `KeyboardInterrupt` and `SystemExit` are never reported: they leave the loop.
+pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
 }

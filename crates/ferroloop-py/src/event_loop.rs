@@ -35,14 +35,14 @@ use ferroloop_core::clock;
 use ferroloop_core::fd_map::FdMap;
 use ferroloop_core::poller::{Mode, Poller, Waker};
 use ferroloop_core::timers::TimerQueue;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOverflowError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyBool, PyDict, PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::{ffi, PyTraverseError, PyVisit};
 
 use crate::compat;
-use crate::errors::os_error;
+use crate::errors::{is_exit, os_error};
 use crate::gil_cell::GilCell;
 use crate::handles::{self, copy_current_context, Handle, Parts, TimerHandle};
 use crate::pyrefs;
@@ -421,20 +421,9 @@ impl EventLoop {
         self.closed.load(Relaxed)
     }
 
-    /// For native transports: watch `fd` with `watcher`.
+    /// For native transports: watch `fd` with `watcher`, whose reports run in `context` (a
+    /// `contextvars.Context`) when given, else in a copy of the current context.
     pub(crate) fn add_native(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-        watcher: Arc<dyn IoWatcher>,
-        write: bool,
-    ) -> PyResult<()> {
-        self.add_native_in(py, fd, watcher, write, None)
-    }
-
-    /// [`EventLoop::add_native`], the watcher's reports run in `context` (a `contextvars.Context`)
-    /// when given, else in a copy of the current context.
-    pub(crate) fn add_native_in(
         &self,
         py: Python<'_>,
         fd: RawFd,
@@ -770,20 +759,32 @@ impl Drop for StopOnExit<'_> {
     }
 }
 
-/// `KeyboardInterrupt` and `SystemExit` leave the loop; everything else is reported.
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+/// Calls the loop's exception handler with asyncio's context: `message`, `exception`, then each
+/// of `entries` (`("transport", ...)`, `("protocol", ...)`; `None` is set as `None`, as asyncio
+/// sets a missing protocol). The one place such a context is built.
+#[cold]
+pub(crate) fn report_exception(
+    event_loop: &Bound<'_, EventLoop>,
+    message: &str,
+    exc: &Bound<'_, PyAny>,
+    entries: &[(&str, Option<&Bound<'_, PyAny>>)],
+) -> PyResult<()> {
+    let py = event_loop.py();
+    let context = PyDict::new(py);
+    context.set_item(intern!(py, "message"), message)?;
+    context.set_item(intern!(py, "exception"), exc)?;
+    for (key, value) in entries {
+        context.set_item(*key, *value)?;
+    }
+    event_loop.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
 }
 
 /// A native watcher's unexpected error, sent to the exception handler.
 #[cold]
 fn report_watcher_error(slf: &Bound<'_, EventLoop>, err: PyErr) -> PyResult<()> {
-    let py = slf.py();
-    let context = PyDict::new(py);
-    context.set_item("message", "Unhandled exception in an I/O callback")?;
-    context.set_item("exception", err.into_value(py))?;
-    slf.call_method1("call_exception_handler", (context,))?;
-    Ok(())
+    let exc = err.into_value(slf.py()).into_bound(slf.py()).into_any();
+    report_exception(slf, "Unhandled exception in an I/O callback", &exc, &[])
 }
 
 /// The caller's stack, for debug mode's `_source_traceback`.
@@ -1136,41 +1137,12 @@ impl EventLoop {
         self.get_task_factory(py)
     }
 
-    /// `sock_recv`'s engine (see `sock_ops`): bytes, a future to await, or `NotImplemented`.
-    fn _sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        crate::sock_ops::recv(slf, sock, n)
-    }
-
     /// Called by a socket coroutine cancelled (or closed) while awaiting `fut`: stops the
     /// operation's watching, unless it completed or was replaced meanwhile.
     fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
         let fd = sock.call_method0("fileno").and_then(|f| f.extract()).unwrap_or(-1);
         self.abandon_op(py, fd, fut)?;
         Ok(())
-    }
-
-    /// `sock_recv_into`'s engine: a byte count, a future to await, or `NotImplemented`.
-    fn _sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        crate::sock_ops::recv_into(slf, sock, buf)
-    }
-
-    /// `sock_sendall`'s engine: None when sent, a future to await, or `NotImplemented`.
-    fn _sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        crate::sock_ops::sendall(slf, sock, data)
-    }
-
-    /// `sock_accept`'s engine: `(conn, address)`, a future to await, or `NotImplemented`.
-    fn _sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        crate::sock_ops::accept(slf, sock)
-    }
-
-    /// `sock_connect`'s engine once the address is resolved: None, a future, or `NotImplemented`.
-    fn _sock_connect(
-        slf: &Bound<'_, Self>,
-        sock: &Bound<'_, PyAny>,
-        address: &Bound<'_, PyAny>,
-    ) -> PyResult<Py<PyAny>> {
-        crate::sock_ops::connect(slf, sock, address)
     }
 
     pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -1333,4 +1305,9 @@ impl EventLoop {
             drop(queues);
         }
     }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EventLoop>()?;
+    m.add("FAIRNESS_BUDGET", FAIRNESS_BUDGET)
 }

@@ -270,3 +270,10 @@ pub fn _fast_methods(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     }
     Ok(methods)
 }
+
+/// `_fast_methods`, and the vectorcall entry of `StreamTransport.write` (after the transports are
+/// registered).
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_fast_methods, m)?)?;
+    install_stream_write(m.py())
+}

@@ -501,3 +501,8 @@ pub(crate) fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: `ptr` is a new, non-null reference that we now own.
     Ok(unsafe { Bound::from_owned_ptr(py, ptr) }.unbind())
 }
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Handle>()?;
+    m.add_class::<TimerHandle>()
+}

@@ -79,3 +79,8 @@ pub fn _live_objects(py: pyo3::Python<'_>) -> pyo3::PyResult<Option<pyo3::Bound<
         Ok(None)
     }
 }
+
+pub(crate) fn register(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+    use pyo3::types::PyModuleMethods;
+    m.add_function(pyo3::wrap_pyfunction!(_live_objects, m)?)
+}

@@ -224,7 +224,7 @@ impl IoWatcher for SockOp {
         let result = match result {
             Ok(None) => return Ok(()),
             Ok(Some(v)) => Ok(v),
-            Err(e) if crate::transports::is_exit(py, &e) => return Err(e),
+            Err(e) if crate::errors::is_exit(py, &e) => return Err(e),
             Err(e) => Err(e),
         };
         self.unregister(py)?;
@@ -379,6 +379,8 @@ fn not_implemented(py: Python<'_>) -> Py<PyAny> {
 }
 
 /// `sock_recv`'s engine: bytes, a future, or `NotImplemented` (see the module docs).
+#[pyfunction]
+#[pyo3(name = "sock_recv")]
 pub(crate) fn recv(
     event_loop: &Bound<'_, EventLoop>,
     sock: &Bound<'_, PyAny>,
@@ -398,6 +400,8 @@ pub(crate) fn recv(
 }
 
 /// `sock_recv_into`'s engine: a byte count, a future, or `NotImplemented`.
+#[pyfunction]
+#[pyo3(name = "sock_recv_into")]
 pub(crate) fn recv_into(
     event_loop: &Bound<'_, EventLoop>,
     sock: &Bound<'_, PyAny>,
@@ -412,6 +416,8 @@ pub(crate) fn recv_into(
 }
 
 /// `sock_sendall`'s engine: `None` when all is sent, a future, or `NotImplemented`.
+#[pyfunction]
+#[pyo3(name = "sock_sendall")]
 pub(crate) fn sendall(
     event_loop: &Bound<'_, EventLoop>,
     sock: &Bound<'_, PyAny>,
@@ -441,6 +447,8 @@ pub(crate) fn sendall(
 }
 
 /// `sock_accept`'s engine: `(conn, address)`, a future, or `NotImplemented`.
+#[pyfunction]
+#[pyo3(name = "sock_accept")]
 pub(crate) fn accept(event_loop: &Bound<'_, EventLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
     let Some(fd) = fast_fd(event_loop, sock)? else { return Ok(not_implemented(py)) };
@@ -452,6 +460,8 @@ pub(crate) fn accept(event_loop: &Bound<'_, EventLoop>, sock: &Bound<'_, PyAny>)
 
 /// `sock_connect`'s engine, after the Python side's checks and name resolution: `None` when
 /// connected, a future, or `NotImplemented`.
+#[pyfunction]
+#[pyo3(name = "sock_connect")]
 pub(crate) fn connect(
     event_loop: &Bound<'_, EventLoop>,
     sock: &Bound<'_, PyAny>,
@@ -470,4 +480,14 @@ pub(crate) fn connect(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The socket operations' engines, as functions of `ferroloop._ferroloop`.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(recv, m)?)?;
+    m.add_function(wrap_pyfunction!(recv_into, m)?)?;
+    m.add_function(wrap_pyfunction!(sendall, m)?)?;
+    m.add_function(wrap_pyfunction!(accept, m)?)?;
+    m.add_function(wrap_pyfunction!(connect, m)?)?;
+    Ok(())
 }

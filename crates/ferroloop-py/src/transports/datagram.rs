@@ -11,20 +11,21 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use ferroloop_core::flow::{Lifecycle, WriteFlow};
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{call_flow_control, is_exit, report_fatal};
+use super::report_fatal;
+use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
 
 /// The largest datagram one read takes (asyncio's `max_size`).
 const MAX_DATAGRAM: usize = 256 * 1024;
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 struct State {
     /// The Python socket; closed when `connection_lost` has run.
@@ -41,13 +42,12 @@ struct State {
     queue: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
     /// What asyncio reports as the write buffer size.
     queued_bytes: usize,
-    conn_lost: u32,
-    closing: bool,
+    /// Open, closing (`close()`), or lost (`connection_lost` scheduled).
+    life: Lifecycle,
     /// `pause_reading()` is in effect.
     paused: bool,
-    protocol_paused: bool,
-    high: usize,
-    low: usize,
+    /// Write flow control over `queued_bytes`.
+    flow: WriteFlow,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
@@ -98,7 +98,7 @@ impl DatagramTransport {
         let lp = this.event_loop.bind(py).get();
         if on {
             let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
-            lp.add_native(py, this.fd, watcher, write)
+            lp.add_native(py, this.fd, watcher, write, None)
         } else {
             lp.remove_native(py, this.fd, write).map(drop)
         }
@@ -125,15 +125,14 @@ impl DatagramTransport {
         let py = slf.py();
         let (dropped, stop_writing, stop_reading) = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.conn_lost > 0 {
+            if st.life.is_lost() {
                 return Ok(());
             }
             let stop_writing = !st.queue.is_empty();
             let dropped = std::mem::take(&mut st.queue);
             st.queued_bytes = 0;
-            let stop_reading = !st.closing;
-            st.closing = true;
-            st.conn_lost += 1;
+            let stop_reading = !st.life.is_closing();
+            st.life.lose();
             (dropped, stop_writing, stop_reading)
         };
         drop(dropped);
@@ -164,7 +163,7 @@ impl DatagramTransport {
         let this = slf.get();
         let (sock, protocol) = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.closing || st.paused {
+            if st.life.is_closing() || st.paused {
                 return Ok(());
             }
             match (&st.sock, &st.protocol) {
@@ -239,10 +238,10 @@ impl DatagramTransport {
                 }
             }
         }
-        Self::maybe_resume_protocol(slf)?;
+        Self::control_flow(slf, false)?;
         let (empty, closing) = {
             let st = this.state.borrow(py);
-            (st.queue.is_empty(), st.closing)
+            (st.queue.is_empty(), st.life.is_closing())
         };
         if empty {
             Self::set_watch(slf, true, false)?;
@@ -253,36 +252,19 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
+    /// buffer crosses a watermark.
+    fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
         let py = slf.py();
         let protocol = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.queued_bytes <= st.high || st.protocol_paused {
+            let size = st.queued_bytes;
+            if !st.flow.update(size, grew) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        match protocol {
-            Some(p) => call_flow_control(slf.get().event_loop.bind(py), slf.as_any(), p.bind(py), "pause_writing"),
-            None => Ok(()),
-        }
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused || st.queued_bytes > st.low {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        match protocol {
-            Some(p) => call_flow_control(slf.get().event_loop.bind(py), slf.as_any(), p.bind(py), "resume_writing"),
-            None => Ok(()),
-        }
+        super::tell_flow(slf.get().event_loop.bind(py), slf.as_any(), protocol, grew)
     }
 }
 
@@ -314,17 +296,9 @@ impl DatagramTransport {
                 return Err(PyValueError::new_err(format!("Invalid address: must be None or {}", fixed.str()?)));
             }
             addr = fixed;
-            let lost = {
-                let mut st = this.state.borrow_mut(py);
-                if st.conn_lost > 0 {
-                    st.conn_lost += 1;
-                    Some(st.conn_lost - 1)
-                } else {
-                    None
-                }
-            };
-            if let Some(lost) = lost {
-                if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+            let lost = this.state.borrow_mut(py).life.write_after_loss();
+            if let Some(warn) = lost {
+                if warn {
                     crate::pyrefs::asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
                 }
                 return Ok(());
@@ -352,7 +326,7 @@ impl DatagramTransport {
             st.queue.push_back((owned.unbind(), addr.unbind()));
             st.queued_bytes += nbytes + if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 };
         }
-        Self::maybe_pause_protocol(slf)
+        Self::control_flow(slf, true)
     }
 
     #[pyo3(signature = (name, default=None))]
@@ -370,7 +344,7 @@ impl DatagramTransport {
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.borrow(py).life.is_closing()
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
@@ -386,13 +360,12 @@ impl DatagramTransport {
         let py = slf.py();
         let lost_now = {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.closing {
+            if !st.life.close() {
                 return Ok(());
             }
-            st.closing = true;
             let empty = st.queue.is_empty();
             if empty {
-                st.conn_lost += 1;
+                st.life.lose();
             }
             empty
         };
@@ -414,7 +387,7 @@ impl DatagramTransport {
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
         let st = self.state.borrow(py);
-        (st.low, st.high)
+        st.flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -426,15 +399,14 @@ impl DatagramTransport {
         let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
         {
             let mut st = slf.get().state.borrow_mut(slf.py());
-            st.high = high;
-            st.low = low;
+            st.flow.set_limits(high, low);
         }
-        Self::maybe_pause_protocol(slf)
+        Self::control_flow(slf, true)
     }
 
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let st = slf.get().state.borrow(slf.py());
-        if st.closing || st.paused {
+        if st.life.is_closing() || st.paused {
             return Ok(());
         }
         drop(st);
@@ -443,7 +415,7 @@ impl DatagramTransport {
 
     fn is_reading(&self, py: Python<'_>) -> bool {
         let st = self.state.borrow(py);
-        !st.closing && !st.paused
+        !st.life.is_closing() && !st.paused
     }
 
     /// asyncio's selector transports (datagram ones too) stop and restart reading.
@@ -451,7 +423,7 @@ impl DatagramTransport {
         let py = slf.py();
         {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.closing || st.paused {
+            if st.life.is_closing() || st.paused {
                 return Ok(());
             }
             st.paused = true;
@@ -467,7 +439,7 @@ impl DatagramTransport {
         let py = slf.py();
         {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.closing || !st.paused {
+            if st.life.is_closing() || !st.paused {
                 return Ok(());
             }
             st.paused = false;
@@ -487,7 +459,7 @@ impl DatagramTransport {
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.borrow(py).life.is_closing()
     }
 
     #[pyo3(signature = (exc))]
@@ -535,7 +507,7 @@ impl DatagramTransport {
         let st = self.state.borrow(py);
         let status = if st.sock.is_none() {
             " closed"
-        } else if st.closing {
+        } else if st.life.is_closing() {
             " closing"
         } else {
             ""
@@ -591,12 +563,9 @@ pub fn make_datagram_transport<'py>(
         connected,
         queue: VecDeque::new(),
         queued_bytes: 0,
-        conn_lost: 0,
-        closing: false,
+        life: Lifecycle::Open,
         paused: false,
-        protocol_paused: false,
-        high: super::DEFAULT_HIGH_WATER,
-        low: super::DEFAULT_HIGH_WATER / 4,
+        flow: WriteFlow::default(),
     };
     let transport = super::new_transport(
         py,
@@ -609,4 +578,9 @@ pub fn make_datagram_transport<'py>(
     )?;
     super::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;
     Ok(transport)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<DatagramTransport>()?;
+    m.add_function(wrap_pyfunction!(make_datagram_transport, m)?)
 }

@@ -21,7 +21,7 @@
 //! asyncio's do: a read error other than `EIO` is reported too, and a protocol method's exception
 //! goes to the exception handler without closing the pipe (see [`pipe`]).
 
-pub(crate) use crate::errors::os_error;
+pub(crate) use crate::errors::{is_exit, os_error};
 
 pub mod datagram;
 pub mod pipe;
@@ -33,7 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::event_loop::EventLoop;
+use crate::event_loop::{report_exception, EventLoop};
 
 /// asyncio's `_fatal_error`: report (unless it is an `OSError`), then the caller force-closes.
 pub(crate) fn report_fatal(
@@ -50,33 +50,42 @@ pub(crate) fn report_fatal(
         }
         return Ok(());
     }
-    let context = PyDict::new(py);
-    context.set_item("message", message)?;
-    context.set_item("exception", exc)?;
-    context.set_item("transport", transport)?;
-    context.set_item("protocol", protocol)?;
-    event_loop.call_method1("call_exception_handler", (context,))?;
-    Ok(())
+    let protocol = protocol.map(|p| p.bind(py));
+    report_exception(event_loop, message, exc, &[("transport", Some(transport)), ("protocol", protocol)])
 }
 
-/// Calls a protocol's flow-control method; an exception goes to the exception handler.
-pub(crate) fn call_flow_control(
+/// Tells a transport's protocol to pause writing (`pause`) or resume it, when its flow control
+/// said so (`protocol` is `Some` then); see [`call_flow_control`].
+pub(crate) fn tell_flow(
     event_loop: &Bound<'_, EventLoop>,
     transport: &Bound<'_, PyAny>,
+    protocol: Option<Py<PyAny>>,
+    pause: bool,
+) -> PyResult<()> {
+    let Some(protocol) = protocol else { return Ok(()) };
+    let protocol = protocol.into_bound(event_loop.py());
+    let method = if pause { "pause_writing" } else { "resume_writing" };
+    call_flow_control(event_loop, Some(transport), &protocol, &protocol, method)
+}
+
+/// Calls a protocol's flow-control method (`pause_writing`/`resume_writing`); an exception goes
+/// to the exception handler with `transport` and `protocol` (`protocol` is not always the one
+/// called: asyncio's TLS reports itself for its application's protocol).
+pub(crate) fn call_flow_control(
+    event_loop: &Bound<'_, EventLoop>,
+    transport: Option<&Bound<'_, PyAny>>,
     protocol: &Bound<'_, PyAny>,
+    called: &Bound<'_, PyAny>,
     method: &str,
 ) -> PyResult<()> {
     let py = event_loop.py();
-    if let Err(err) = protocol.call_method0(method) {
+    if let Err(err) = called.call_method0(method) {
         if is_exit(py, &err) {
             return Err(err);
         }
-        let context = PyDict::new(py);
-        context.set_item("message", format!("protocol.{method}() failed"))?;
-        context.set_item("exception", err.into_value(py))?;
-        context.set_item("transport", transport)?;
-        context.set_item("protocol", protocol)?;
-        event_loop.call_method1("call_exception_handler", (context,))?;
+        let exc = err.into_value(py).into_bound(py).into_any();
+        let entries = [("transport", transport), ("protocol", Some(protocol))];
+        report_exception(event_loop, &format!("protocol.{method}() failed"), &exc, &entries)?;
     }
     Ok(())
 }
@@ -101,9 +110,7 @@ pub(crate) fn new_transport<'py, T: pyo3::PyClass>(
     made
 }
 
-/// asyncio's default high watermark for writes (stream, pipe and datagram transports); the low
-/// one defaults to a quarter of it.
-pub(crate) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+pub(crate) use ferroloop_core::flow::DEFAULT_HIGH_WATER;
 
 /// asyncio's watermarks from `set_write_buffer_limits(high, low)` (and the TLS read limits):
 /// `high` defaults to `4 * low`, or `default_high`; `low` to `high // 4`; `ValueError` unless
@@ -139,12 +146,6 @@ pub(crate) fn water_marks<'py>(
         v.extract::<usize>().unwrap_or_else(|_| v.extract::<f64>().unwrap_or(f64::INFINITY) as usize)
     };
     Ok((count(&high), count(&low)))
-}
-
-/// `KeyboardInterrupt` and `SystemExit` are never reported: they leave the loop.
-pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-        || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
 }
 
 /// The `ResourceWarning` of a transport dropped while open. The socket object closes its own
@@ -298,4 +299,12 @@ pub(crate) fn schedule_start(
         lp.call_soon_in(py, &set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?, context)?;
     }
     Ok(())
+}
+
+/// Every transport's classes and factory functions.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    stream::register(m)?;
+    datagram::register(m)?;
+    tls::register(m)?;
+    pipe::register(m)
 }

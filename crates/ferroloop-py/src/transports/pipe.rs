@@ -47,6 +47,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use ferroloop_core::flow::{WriteFlow, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use ferroloop_core::net::{self, FileType};
 use ferroloop_core::write_buffer::WriteBuffer;
 use pyo3::exceptions::{PyBrokenPipeError, PyNotImplementedError, PyOSError, PyValueError};
@@ -55,8 +56,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{call_flow_control, is_exit, os_error};
+use super::os_error;
 use crate::buffers::{Data, DataError};
+use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::pyrefs;
@@ -64,8 +66,6 @@ use crate::watch::IoWatcher;
 
 /// The most one read event takes from the pipe (asyncio's `max_size`).
 pub const MAX_READ: usize = 256 * 1024;
-/// After this many writes to a closed pipe, each further write logs a warning.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 thread_local! {
     /// The buffer reads land in before they are copied into a `bytes` object.
@@ -130,14 +130,13 @@ fn report_error(
     exc: &Bound<'_, PyAny>,
     message: &str,
 ) -> PyResult<()> {
-    let py = event_loop.py();
-    let context = PyDict::new(py);
-    context.set_item("message", message)?;
-    context.set_item("exception", exc)?;
-    context.set_item("transport", transport)?;
-    context.set_item("protocol", protocol)?;
-    event_loop.call_method1(intern!(py, "call_exception_handler"), (context,))?;
-    Ok(())
+    let protocol = protocol.map(|p| p.bind(event_loop.py()));
+    crate::event_loop::report_exception(
+        event_loop,
+        message,
+        exc,
+        &[("transport", Some(transport)), ("protocol", protocol)],
+    )
 }
 
 /// Closes the pipe object when the transport is dropped while open. Errors are ignored: the
@@ -223,7 +222,7 @@ impl ReadPipeTransport {
         let py = slf.py();
         let this = slf.get();
         let watcher: Arc<dyn IoWatcher> = Arc::new(ReadWatch(slf.clone().unbind()));
-        this.event_loop(py).get().add_native(py, this.fd, watcher, false)?;
+        this.event_loop(py).get().add_native(py, this.fd, watcher, false, None)?;
         this.state.borrow_mut(py).watching = true;
         Ok(())
     }
@@ -566,12 +565,8 @@ struct WriteState {
     reading: bool,
     /// `connection_lost` is scheduled (or ran).
     lost_scheduled: bool,
-    /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
-    protocol_paused: bool,
-    /// Flow control's high watermark.
-    high: usize,
-    /// Flow control's low watermark.
-    low: usize,
+    /// Write flow control: the watermarks, and whether the protocol is paused.
+    flow: WriteFlow,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
@@ -632,7 +627,7 @@ impl WritePipeTransport {
         let py = slf.py();
         let this = slf.get();
         let watcher: Arc<dyn IoWatcher> = Arc::new(WriteWatch(slf.clone().unbind()));
-        this.event_loop(py).get().add_native(py, this.fd, watcher, write)?;
+        this.event_loop(py).get().add_native(py, this.fd, watcher, write, None)?;
         let mut st = this.state.borrow_mut(py);
         if write {
             st.writing = true;
@@ -713,7 +708,7 @@ impl WritePipeTransport {
                 }
                 this.unwatch(py, true)?;
                 // May write again, or close.
-                Self::maybe_resume_protocol(slf)?;
+                Self::control_flow(slf, false)?;
                 let lost_now = {
                     let mut st = this.state.borrow_mut(py);
                     st.closing && st.buffer.is_empty() && !std::mem::replace(&mut st.lost_scheduled, true)
@@ -788,38 +783,20 @@ impl WritePipeTransport {
         this.event_loop(py).get().call_soon_native(py, &cb, &PyTuple::new(py, [exc])?)
     }
 
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
+    /// buffer crosses a watermark.
+    fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let protocol = {
             let mut st = this.state.borrow_mut(py);
-            if st.buffer.len() <= st.high || st.protocol_paused {
+            let size = st.buffer.len();
+            if !st.flow.update(size, grew) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        match protocol {
-            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "pause_writing"),
-            None => Ok(()),
-        }
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            if !st.protocol_paused || st.buffer.len() > st.low {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        match protocol {
-            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "resume_writing"),
-            None => Ok(()),
-        }
+        super::tell_flow(this.event_loop(py), slf.as_any(), protocol, grew)
     }
 }
 
@@ -889,9 +866,9 @@ impl WritePipeTransport {
                     this.state.borrow_mut(py).buffer.clear();
                     return Err(e);
                 }
-                Self::maybe_pause_protocol(slf)
+                Self::control_flow(slf, true)
             }
-            WriteOutcome::Buffered => Self::maybe_pause_protocol(slf),
+            WriteOutcome::Buffered => Self::control_flow(slf, true),
         }
     }
 
@@ -947,7 +924,7 @@ impl WritePipeTransport {
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
         let st = self.state.borrow(py);
-        (st.low, st.high)
+        st.flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -959,10 +936,9 @@ impl WritePipeTransport {
         let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
         {
             let mut st = slf.get().state.borrow_mut(slf.py());
-            st.high = high;
-            st.low = low;
+            st.flow.set_limits(high, low);
         }
-        Self::maybe_pause_protocol(slf)
+        Self::control_flow(slf, true)
     }
 
     /// Starts watching for the reader going, for FIFOs and sockets (scheduled by the
@@ -1028,17 +1004,17 @@ impl WritePipeTransport {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.is_paused()
     }
 
     #[getter]
     fn _high_water(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).high
+        self.state.borrow(py).flow.limits().1
     }
 
     #[getter]
     fn _low_water(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).low
+        self.state.borrow(py).flow.limits().0
     }
 
     /// `ferroloop._transports.WritePipeTransport`, a subclass of `asyncio.WriteTransport`.
@@ -1109,9 +1085,7 @@ pub fn make_write_pipe_transport<'py>(
         writing: false,
         reading: false,
         lost_scheduled: false,
-        protocol_paused: false,
-        high: super::DEFAULT_HIGH_WATER,
-        low: super::DEFAULT_HIGH_WATER / 4,
+        flow: WriteFlow::default(),
     };
     let transport = super::new_transport(
         py,
@@ -1126,4 +1100,11 @@ pub fn make_write_pipe_transport<'py>(
     )?;
     super::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;
     Ok(transport)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ReadPipeTransport>()?;
+    m.add_class::<WritePipeTransport>()?;
+    m.add_function(wrap_pyfunction!(make_read_pipe_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(make_write_pipe_transport, m)?)
 }

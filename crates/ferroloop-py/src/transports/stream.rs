@@ -1,10 +1,10 @@
 //! `StreamTransport`: a connected stream socket (TCP or Unix), asyncio's
 //! `_SelectorSocketTransport` in Rust.
 //!
-//! Lifecycle (flags of [`State`]):
+//! Lifecycle ([`State`]'s `life`, the transport core's `Lifecycle`):
 //!
 //! ```text
-//! open ──close()──▶ closing ──buffer drained──▶ connection_lost scheduled (conn_lost > 0)
+//! open ──close()──▶ closing ──buffer drained──▶ lost: connection_lost scheduled
 //!   │                                                  ▲
 //!   └──abort() / fatal error (buffer dropped) ─────────┘ ──▶ connection_lost(exc) runs:
 //!                                                            socket closed, protocol dropped
@@ -23,6 +23,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use ferroloop_core::flow::{Lifecycle, WriteFlow};
 use ferroloop_core::net;
 use ferroloop_core::write_buffer::WriteBuffer;
 use pyo3::exceptions::PyRuntimeError;
@@ -31,16 +32,15 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{call_flow_control, is_exit, report_fatal, ExtraSnapshot, SocketExtra};
+use super::{report_fatal, ExtraSnapshot, SocketExtra};
 use crate::buffers::{Data, DataError, Export};
+use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
 
 /// The most one read event takes from the socket (asyncio's `max_size`).
 pub const MAX_READ: usize = 256 * 1024;
-/// After this many writes to a lost connection, each further write logs a warning.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 thread_local! {
     /// The buffer reads land in before they are copied into a `bytes` object.
@@ -62,22 +62,16 @@ struct State {
     server: Option<Py<PyAny>>,
     /// Bytes accepted by `write()` and not yet sent.
     buffer: WriteBuffer,
-    /// Non-zero once `connection_lost` is scheduled; counts writes made after that.
-    conn_lost: u32,
-    /// `close()` or `abort()` was called, or the connection failed.
-    closing: bool,
+    /// Open, closing (`close()`), or lost (`connection_lost` scheduled).
+    life: Lifecycle,
     /// `write_eof()` was called.
     eof: bool,
     /// `pause_reading()` is in effect.
     paused: bool,
     /// The descriptor is watched for writing (the buffer is not empty).
     writing: bool,
-    /// `pause_writing()` was called on the protocol and `resume_writing()` not yet.
-    protocol_paused: bool,
-    /// Flow control's high watermark.
-    high: usize,
-    /// Flow control's low watermark.
-    low: usize,
+    /// Write flow control: the watermarks, and whether the protocol is paused.
+    flow: WriteFlow,
     /// A future resolved when the buffer drains (used by `loop.sendfile`).
     empty_waiter: Option<Py<PyAny>>,
 }
@@ -138,9 +132,28 @@ enum Delivery {
     Tls,
 }
 
+/// A protocol class written in Rust that takes received bytes without a Python call: the TLS
+/// layer, which registers itself (`tls::register`), so that this module, below it, does not name
+/// it.
+pub(crate) struct NativeReceiver {
+    /// The class, exactly (it is final).
+    pub(crate) class: fn(Python<'_>) -> *mut pyo3::ffi::PyTypeObject,
+    /// Its `data_received(data)`.
+    pub(crate) data_received: fn(&Bound<'_, PyAny>, &Bound<'_, PyAny>) -> PyResult<()>,
+}
+
+static NATIVE_RECEIVER: std::sync::OnceLock<NativeReceiver> = std::sync::OnceLock::new();
+
+pub(crate) fn set_native_receiver(receiver: NativeReceiver) {
+    let _ = NATIVE_RECEIVER.set(receiver);
+}
+
 impl Delivery {
     fn of(protocol: &Bound<'_, PyAny>) -> PyResult<Self> {
-        Ok(if protocol.is_instance_of::<super::tls::TlsProtocol>() {
+        let native = NATIVE_RECEIVER
+            .get()
+            .is_some_and(|r| std::ptr::eq(protocol.get_type().as_type_ptr(), (r.class)(protocol.py())));
+        Ok(if native {
             Self::Tls
         } else if is_buffered_protocol(protocol)? {
             Self::Buffered
@@ -170,7 +183,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
-        this.event_loop(py).get().add_native_in(py, this.fd, watcher, write, this.context.as_ref())
+        this.event_loop(py).get().add_native(py, this.fd, watcher, write, this.context.as_ref())
     }
 
     fn unwatch(&self, py: Python<'_>, write: bool) -> PyResult<()> {
@@ -204,15 +217,14 @@ impl StreamTransport {
         let this = slf.get();
         let (stop_writing, stop_reading) = {
             let mut st = this.state.borrow_mut(py);
-            if st.conn_lost > 0 {
+            if st.life.is_lost() {
                 return Ok(());
             }
             let stop_writing = !st.buffer.is_empty() || st.writing;
             st.buffer.clear();
             st.writing = false;
-            let stop_reading = !st.closing;
-            st.closing = true;
-            st.conn_lost += 1;
+            let stop_reading = !st.life.is_closing();
+            st.life.lose();
             (stop_writing, stop_reading)
         };
         if stop_writing {
@@ -230,7 +242,7 @@ impl StreamTransport {
         let this = slf.get();
         let (protocol, delivery) = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.closing || st.paused {
+            if st.life.is_closing() || st.paused {
                 return Ok(());
             }
             match &st.protocol {
@@ -260,10 +272,9 @@ impl StreamTransport {
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
                 // TLS over this transport: hand the ciphertext over without a Python call.
-                let tls =
-                    if delivery == Delivery::Tls { protocol.cast::<super::tls::TlsProtocol>().ok() } else { None };
-                let delivered = match tls {
-                    Some(tls) => super::tls::TlsProtocol::data_received(tls, data.as_any()),
+                let native = if delivery == Delivery::Tls { NATIVE_RECEIVER.get() } else { None };
+                let delivered = match native {
+                    Some(receiver) => (receiver.data_received)(protocol, data.as_any()),
                     None => protocol.call_method1(intern!(py, "data_received"), (data,)).map(drop),
                 };
                 if let Err(err) = delivered {
@@ -330,7 +341,7 @@ impl StreamTransport {
         let this = slf.get();
         let result = {
             let mut st = this.state.borrow_mut(py);
-            if st.conn_lost > 0 || st.buffer.is_empty() {
+            if st.life.is_lost() || st.buffer.is_empty() {
                 return Ok(());
             }
             let res = net::send_vectored(this.fd, &st.buffer.io_slices());
@@ -358,14 +369,14 @@ impl StreamTransport {
                 Ok(())
             }
             Ok(_) => {
-                Self::maybe_resume_protocol(slf)?;
+                Self::control_flow(slf, false)?;
                 let (drained, waiter, closing, eof) = {
                     let mut st = this.state.borrow_mut(py);
                     let drained = st.buffer.is_empty();
                     if drained {
                         st.writing = false;
                     }
-                    (drained, st.empty_waiter.as_ref().map(|w| w.clone_ref(py)), st.closing, st.eof)
+                    (drained, st.empty_waiter.as_ref().map(|w| w.clone_ref(py)), st.life.is_closing(), st.eof)
                 };
                 if !drained {
                     return Ok(());
@@ -414,55 +425,32 @@ impl StreamTransport {
         if start_writing {
             Self::watch(slf, true)?;
         }
-        Self::maybe_pause_protocol(slf)
+        Self::control_flow(slf, true)
     }
 
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
+    /// buffer crosses a watermark.
+    fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let protocol = {
             let mut st = this.state.borrow_mut(py);
-            if st.buffer.len() <= st.high || st.protocol_paused {
+            let size = st.buffer.len();
+            if !st.flow.update(size, grew) {
                 return Ok(());
             }
-            st.protocol_paused = true;
             st.protocol.as_ref().map(|p| p.clone_ref(py))
         };
-        match protocol {
-            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "pause_writing"),
-            None => Ok(()),
-        }
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            if !st.protocol_paused || st.buffer.len() > st.low {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        match protocol {
-            Some(p) => call_flow_control(this.event_loop(py), slf.as_any(), p.bind(py), "resume_writing"),
-            None => Ok(()),
-        }
+        super::tell_flow(this.event_loop(py), slf.as_any(), protocol, grew)
     }
 
     /// Whether a write should be dropped because the connection is lost (asyncio logs a warning
     /// after a few such writes).
     fn drop_lost_write(&self, py: Python<'_>) -> PyResult<bool> {
-        let lost = {
-            let mut st = self.state.borrow_mut(py);
-            if st.conn_lost == 0 {
-                return Ok(false);
-            }
-            st.conn_lost += 1;
-            st.conn_lost - 1
+        let Some(warn) = self.state.borrow_mut(py).life.write_after_loss() else {
+            return Ok(false);
         };
-        if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+        if warn {
             crate::pyrefs::asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
         }
         Ok(true)
@@ -514,12 +502,12 @@ impl StreamTransport {
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.borrow(py).life.is_closing()
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
         let st = self.state.borrow(py);
-        !st.closing && !st.paused
+        !st.life.is_closing() && !st.paused
     }
 
     /// asyncio's private flags, which tests and libraries read.
@@ -530,7 +518,7 @@ impl StreamTransport {
 
     #[getter]
     fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.borrow(py).life.is_closing()
     }
 
     fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -538,7 +526,7 @@ impl StreamTransport {
         let this = slf.get();
         {
             let mut st = this.state.borrow_mut(py);
-            if st.closing || st.paused {
+            if st.life.is_closing() || st.paused {
                 return Ok(());
             }
             st.paused = true;
@@ -555,7 +543,7 @@ impl StreamTransport {
         let this = slf.get();
         {
             let mut st = this.state.borrow_mut(py);
-            if st.closing || !st.paused {
+            if st.life.is_closing() || !st.paused {
                 return Ok(());
             }
             st.paused = false;
@@ -588,13 +576,12 @@ impl StreamTransport {
         let this = slf.get();
         let lost_now = {
             let mut st = this.state.borrow_mut(py);
-            if st.closing {
+            if !st.life.close() {
                 return Ok(());
             }
-            st.closing = true;
             let empty = st.buffer.is_empty();
             if empty {
-                st.conn_lost += 1;
+                st.life.lose();
                 st.writing = false;
             }
             empty
@@ -663,7 +650,7 @@ impl StreamTransport {
     fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
         let shutdown_now = {
             let mut st = self.state.borrow_mut(py);
-            if st.closing || st.eof {
+            if st.life.is_closing() || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -685,7 +672,7 @@ impl StreamTransport {
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
         let st = self.state.borrow(py);
-        (st.low, st.high)
+        st.flow.limits()
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -697,17 +684,16 @@ impl StreamTransport {
         let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
         {
             let mut st = slf.get().state.borrow_mut(slf.py());
-            st.high = high;
-            st.low = low;
+            st.flow.set_limits(high, low);
         }
-        Self::maybe_pause_protocol(slf)
+        Self::control_flow(slf, true)
     }
 
     /// Starts reading (scheduled by the constructor, after `connection_made`).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let st_reading = {
             let st = slf.get().state.borrow(slf.py());
-            !st.closing && !st.paused
+            !st.life.is_closing() && !st.paused
         };
         if st_reading {
             Self::watch(slf, false)?;
@@ -787,7 +773,7 @@ impl StreamTransport {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.is_paused()
     }
 
     #[getter]
@@ -818,12 +804,12 @@ impl StreamTransport {
         let mut info = vec!["StreamTransport".to_owned()];
         if st.sock.is_none() {
             info.push("closed".into());
-        } else if st.closing {
+        } else if st.life.is_closing() {
             info.push("closing".into());
         }
         info.push(format!("fd={}", self.fd));
         if st.sock.is_some() && !self.event_loop.get().closed() {
-            info.push(format!("read={}", if st.closing || st.paused { "idle" } else { "polling" }));
+            info.push(format!("read={}", if st.life.is_closing() || st.paused { "idle" } else { "polling" }));
             let state = if st.writing { "polling" } else { "idle" };
             info.push(format!("write=<{state}, bufsize={}>", st.buffer.len()));
         }
@@ -886,14 +872,11 @@ pub fn make_stream_transport<'py>(
         extra,
         server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
         buffer: WriteBuffer::new(),
-        conn_lost: 0,
-        closing: false,
+        life: Lifecycle::Open,
         eof: false,
         paused: false,
         writing: false,
-        protocol_paused: false,
-        high: super::DEFAULT_HIGH_WATER,
-        low: super::DEFAULT_HIGH_WATER / 4,
+        flow: WriteFlow::default(),
         empty_waiter: None,
     };
     let transport = super::new_transport(
@@ -915,4 +898,9 @@ pub fn make_stream_transport<'py>(
     }
     super::schedule_start(event_loop, protocol, transport.as_any(), waiter, transport.get().context.as_ref())?;
     Ok(transport)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<StreamTransport>()?;
+    m.add_function(wrap_pyfunction!(make_stream_transport, m)?)
 }

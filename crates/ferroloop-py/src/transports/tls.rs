@@ -30,13 +30,14 @@
 
 use std::collections::VecDeque;
 
+use ferroloop_core::flow::{WriteFlow, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::is_exit;
+use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 
@@ -45,7 +46,6 @@ const MAX_READ: usize = 256 * 1024;
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ` and `..._WRITE`, in KiB.
 const HIGH_WATER_READ_KIB: usize = 256;
 const HIGH_WATER_WRITE_KIB: usize = 512;
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tls {
@@ -151,14 +151,10 @@ struct State {
     read_since_outgoing: bool,
     /// The application paused reading.
     app_reading_paused: bool,
-    /// We paused the raw transport's reading (too much undecrypted input).
-    ssl_reading_paused: bool,
-    /// We paused the application's writing.
-    app_writing_paused: bool,
-    incoming_high: usize,
-    incoming_low: usize,
-    outgoing_high: usize,
-    outgoing_low: usize,
+    /// Flow control of the raw transport's reading, over undecrypted input (paused: we paused it).
+    ssl_reading: WriteFlow,
+    /// Flow control of the application's writing, over the write backlog.
+    app_writing: WriteFlow,
     handshake_timer: Option<Py<PyAny>>,
     shutdown_timer: Option<Py<PyAny>>,
     handshake_started: f64,
@@ -300,12 +296,9 @@ impl TlsProtocol {
                 crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r: %s", slf, message))?;
             }
         } else if !exc.is_instance(&py.import("asyncio")?.getattr("CancelledError")?)? {
-            let context = PyDict::new(py);
-            context.set_item("message", message)?;
-            context.set_item("exception", exc)?;
-            context.set_item("transport", transport)?;
-            context.set_item("protocol", slf)?;
-            this.lp(py).call_method1("call_exception_handler", (context,))?;
+            let transport = transport.as_ref().map(|t| t.bind(py));
+            let entries = [("transport", transport), ("protocol", Some(slf.as_any()))];
+            crate::event_loop::report_exception(this.lp(py), message, exc, &entries)?;
         }
         Ok(())
     }
@@ -482,31 +475,15 @@ impl TlsProtocol {
     fn control_app_writing_at(slf: &Bound<'_, Self>, size: usize) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let method = {
-            let mut st = this.state.borrow_mut(py);
-            if size >= st.outgoing_high && !st.app_writing_paused {
-                st.app_writing_paused = true;
-                "pause_writing"
-            } else if size <= st.outgoing_low && st.app_writing_paused {
-                st.app_writing_paused = false;
-                "resume_writing"
-            } else {
-                return Ok(());
-            }
+        let method = match this.state.borrow_mut(py).app_writing.control_inclusive(size) {
+            Some(true) => "pause_writing",
+            Some(false) => "resume_writing",
+            None => return Ok(()),
         };
         let Some(app) = this.app_protocol(py) else { return Ok(()) };
-        if let Err(err) = app.bind(py).call_method0(method) {
-            if is_exit(py, &err) {
-                return Err(err);
-            }
-            let context = PyDict::new(py);
-            context.set_item("message", format!("protocol.{method}() failed"))?;
-            context.set_item("exception", err.into_value(py))?;
-            context.set_item("transport", this.state.borrow(py).app_transport.as_ref().map(|t| t.clone_ref(py)))?;
-            context.set_item("protocol", slf)?;
-            this.lp(py).call_method1("call_exception_handler", (context,))?;
-        }
-        Ok(())
+        let app_transport =
+            this.state.borrow(py).app_transport.as_ref().map(|t| t.clone_ref(py).into_bound(py).into_any());
+        super::call_flow_control(this.lp(py), app_transport.as_ref(), slf.as_any(), app.bind(py), method)
     }
 
     fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -520,14 +497,10 @@ impl TlsProtocol {
         let this = slf.get();
         let (method, transport) = {
             let mut st = this.state.borrow_mut(py);
-            let method = if size >= st.incoming_high && !st.ssl_reading_paused {
-                st.ssl_reading_paused = true;
-                "pause_reading"
-            } else if size <= st.incoming_low && st.ssl_reading_paused {
-                st.ssl_reading_paused = false;
-                "resume_reading"
-            } else {
-                return Ok(());
+            let method = match st.ssl_reading.control_inclusive(size) {
+                Some(true) => "pause_reading",
+                Some(false) => "resume_reading",
+                None => return Ok(()),
             };
             (method, st.transport.as_ref().map(|t| t.clone_ref(py)))
         };
@@ -1196,8 +1169,7 @@ impl TlsTransport {
         let p = self.proto(py)?;
         {
             let mut st = p.get().state.borrow_mut(py);
-            st.outgoing_high = hi;
-            st.outgoing_low = lo;
+            st.app_writing.set_limits(hi, lo);
         }
         TlsProtocol::control_app_writing(&p)
     }
@@ -1205,7 +1177,7 @@ impl TlsTransport {
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         let p = self.proto(py)?;
         let st = p.get().state.borrow(py);
-        Ok((st.outgoing_low, st.outgoing_high))
+        Ok(st.app_writing.limits())
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
@@ -1223,8 +1195,7 @@ impl TlsTransport {
         let p = self.proto(py)?;
         {
             let mut st = p.get().state.borrow_mut(py);
-            st.incoming_high = hi;
-            st.incoming_low = lo;
+            st.ssl_reading.set_limits(hi, lo);
         }
         TlsProtocol::control_ssl_reading(&p)
     }
@@ -1232,7 +1203,7 @@ impl TlsTransport {
     fn get_read_buffer_limits(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
         let p = self.proto(py)?;
         let st = p.get().state.borrow(py);
-        Ok((st.incoming_low, st.incoming_high))
+        Ok(st.ssl_reading.limits())
     }
 
     fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
@@ -1241,7 +1212,7 @@ impl TlsTransport {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.proto(py)?.get().state.borrow(py).app_writing_paused)
+        Ok(self.proto(py)?.get().state.borrow(py).app_writing.is_paused())
     }
 
     #[getter]
@@ -1386,12 +1357,8 @@ pub fn make_tls_protocol<'py>(
         ssl_writing_paused: false,
         read_since_outgoing: false,
         app_reading_paused: false,
-        ssl_reading_paused: false,
-        app_writing_paused: false,
-        incoming_high: in_hi,
-        incoming_low: in_lo,
-        outgoing_high: out_hi,
-        outgoing_low: out_lo,
+        ssl_reading: WriteFlow::new(in_hi, in_lo),
+        app_writing: WriteFlow::new(out_hi, out_lo),
         handshake_timer: None,
         shutdown_timer: None,
         handshake_started: 0.0,
@@ -1421,4 +1388,17 @@ pub fn make_tls_protocol<'py>(
     .unbind();
     protocol.get().state.borrow_mut(py).app_transport = Some(app_transport);
     Ok(protocol)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    super::stream::set_native_receiver(super::stream::NativeReceiver {
+        class: |py| <TlsProtocol as pyo3::PyTypeInfo>::type_object_raw(py),
+        data_received: |protocol, data| match protocol.cast::<TlsProtocol>() {
+            Ok(tls) => TlsProtocol::data_received(tls, data),
+            Err(_) => protocol.call_method1(intern!(protocol.py(), "data_received"), (data,)).map(drop),
+        },
+    });
+    m.add_class::<TlsProtocol>()?;
+    m.add_class::<TlsTransport>()?;
+    m.add_function(wrap_pyfunction!(make_tls_protocol, m)?)
 }
