@@ -8,6 +8,21 @@ use pyo3::types::PyType;
 
 use crate::pyrefs;
 
+/// Whether the running Python is at least `major.minor`, read once (`Python::version_info`
+/// parses the version string at every call: too slow for a hot path such as `create_task`).
+fn at_least(py: Python<'_>, minor: u8) -> bool {
+    static MINOR: PyOnceLock<u8> = PyOnceLock::new();
+    let running = *MINOR.get_or_init(py, || {
+        let v = py.version_info();
+        if v.major > 3 {
+            u8::MAX
+        } else {
+            v.minor
+        }
+    });
+    running >= minor
+}
+
 /// The `__class__` of `call_soon_threadsafe`'s handles: asyncio's `_ThreadSafeHandle` where it
 /// exists (3.14, and the 3.12/3.13 bug-fix releases that have it), else `asyncio.Handle`.
 pub(crate) fn thread_safe_handle_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
@@ -35,20 +50,20 @@ pub(crate) fn thread_safe_handles(py: Python<'_>) -> PyResult<bool> {
 /// `loop.create_task(coro, **kwargs)` hands every keyword to the task factory and to `Task`
 /// (3.14); before, it takes only `name` and `context`, and calls the factory with `context` alone.
 pub(crate) fn create_task_takes_kwargs(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 14)
+    at_least(py, 14)
 }
 
 /// Python 3.13 sends empty datagrams and counts 8 header bytes per queued datagram.
 pub(crate) fn datagram_modern_accounting(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 13)
+    at_least(py, 13)
 }
 
 /// Whether `Server._attach`/`_detach` take the transport (3.13+).
 pub(crate) fn server_attach_takes_transport(py: Python<'_>) -> bool {
-    py.version_info() >= (3, 13)
+    at_least(py, 13)
 }
 
 /// 3.11's `writelines` is `write(b"".join(list_of_data))`; later ones write the items in turn.
 pub(crate) fn writelines_joins_first(py: Python<'_>) -> bool {
-    py.version_info() < (3, 12)
+    !at_least(py, 12)
 }
