@@ -27,6 +27,11 @@
 //! transport is paused while undecrypted input exceeds the read high-water mark, and the
 //! application is paused while unsent ciphertext plus unencrypted backlog exceeds the write
 //! high-water mark (asyncio's defaults: 256 KiB and 512 KiB).
+//!
+//! Files: this one has the protocol's state, its transitions and its Python-visible methods (one
+//! `#[pymethods]` block, as PyO3 allows one per class: that block is why this file is longer
+//! than about 500 lines); `handshake`, `read`, `write` and `shutdown` the stages of a connection;
+//! `transport` the application's side.
 
 use std::collections::VecDeque;
 

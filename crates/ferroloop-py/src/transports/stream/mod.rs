@@ -17,6 +17,10 @@
 //! descriptor is watched for writing until the buffer drains, each event flushing the whole
 //! buffer with one `sendmsg`. Flow control calls `pause_writing` above the high watermark and
 //! `resume_writing` at or below the low one.
+//!
+//! Files: this one has the transport's state, its lifecycle and its Python-visible methods (one
+//! `#[pymethods]` block, as PyO3 allows one per class: that block is why this file is longer
+//! than about 500 lines); `read` and `write` the two directions.
 
 use std::cell::RefCell;
 use std::io;
@@ -38,6 +42,9 @@ use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
+
+mod read;
+mod write;
 
 /// The most one read event takes from the socket (asyncio's `max_size`).
 pub const MAX_READ: usize = 256 * 1024;
@@ -237,225 +244,6 @@ impl StreamTransport {
         Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [exc])?)
     }
 
-    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, delivery) = {
-            let st = this.state.borrow(py);
-            if st.life.is_closing() || st.paused {
-                return Ok(());
-            }
-            match &st.protocol {
-                Some(p) => (p.clone_ref(py), st.delivery),
-                None => return Ok(()),
-            }
-        };
-        let protocol = protocol.bind(py);
-        if delivery == Delivery::Buffered {
-            return Self::read_into_buffer(slf, protocol);
-        }
-        let received = READ_BUF.with(|cell| {
-            let mut fallback;
-            let mut guard = cell.try_borrow_mut();
-            let buf: &mut Vec<u8> = match guard.as_mut() {
-                Ok(b) => b,
-                Err(_) => {
-                    fallback = vec![0; MAX_READ];
-                    &mut fallback
-                }
-            };
-            net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
-        });
-        match received {
-            Err(e) if would_block(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, super::os_error(&e), "Fatal read error on socket transport"),
-            Ok(None) => Self::on_eof(slf, protocol),
-            Ok(Some(data)) => {
-                // TLS over this transport: hand the ciphertext over without a Python call.
-                let native = if delivery == Delivery::Tls { NATIVE_RECEIVER.get() } else { None };
-                let delivered = match native {
-                    Some(receiver) => (receiver.data_received)(protocol, data.as_any()),
-                    None => protocol.call_method1(intern!(py, "data_received"), (data,)).map(drop),
-                };
-                if let Err(err) = delivered {
-                    return Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.");
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn read_into_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
-            if b.len()? == 0 {
-                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
-            }
-            Ok(b)
-        }) {
-            Ok(b) => b,
-            Err(err) => return Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed."),
-        };
-        // As asyncio's `sock.recv_into(buf)`: a buffer that is not writable and contiguous is a
-        // read error.
-        let mut buf = match Export::writable(&buf) {
-            Ok(b) => b,
-            Err(err) => return Self::fatal_error(slf, err, "Fatal read error on socket transport"),
-        };
-        // SAFETY: a writable export of its own; nothing else borrows it.
-        let res = net::recv(this.fd, unsafe { buf.as_mut_bytes() });
-        drop(buf);
-        match res {
-            Err(e) if would_block(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, super::os_error(&e), "Fatal read error on socket transport"),
-            Ok(0) => Self::on_eof(slf, protocol),
-            Ok(n) => {
-                if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
-                    return Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.");
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if this.event_loop(py).get().debug() {
-            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r received EOF", slf))?;
-        }
-        let keep_open = match protocol.call_method0(intern!(py, "eof_received")) {
-            Ok(v) => v.is_truthy()?,
-            Err(err) => return Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed."),
-        };
-        if keep_open {
-            this.unwatch(py, false)
-        } else {
-            Self::close(slf)
-        }
-    }
-
-    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let result = {
-            let mut st = this.state.borrow_mut(py);
-            if st.life.is_lost() || st.buffer.is_empty() {
-                return Ok(());
-            }
-            let res = net::send_vectored(this.fd, &st.buffer.io_slices());
-            if let Ok(n) = res {
-                st.buffer.consume(n);
-            }
-            res
-        };
-        match result {
-            Err(e) if would_block(&e) => Ok(()),
-            Err(e) => {
-                let waiter = {
-                    let mut st = this.state.borrow_mut(py);
-                    st.buffer.clear();
-                    st.writing = false;
-                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
-                };
-                this.unwatch(py, true)?;
-                let err: PyErr = super::os_error(&e);
-                let exc = err.value(py).clone();
-                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
-                if let Some(w) = waiter {
-                    w.bind(py).call_method1("set_exception", (exc,))?;
-                }
-                Ok(())
-            }
-            Ok(_) => {
-                Self::control_flow(slf, false)?;
-                let (drained, waiter, closing, eof) = {
-                    let mut st = this.state.borrow_mut(py);
-                    let drained = st.buffer.is_empty();
-                    if drained {
-                        st.writing = false;
-                    }
-                    (drained, st.empty_waiter.as_ref().map(|w| w.clone_ref(py)), st.life.is_closing(), st.eof)
-                };
-                if !drained {
-                    return Ok(());
-                }
-                this.unwatch(py, true)?;
-                if let Some(w) = waiter {
-                    w.bind(py).call_method1("set_result", (py.None(),))?;
-                }
-                if closing {
-                    Self::_call_connection_lost(slf, None)
-                } else if eof {
-                    net::shutdown_write(this.fd).map_err(|e| super::os_error(&e))
-                } else {
-                    Ok(())
-                }
-            }
-        }
-    }
-
-    /// Appends `data` (after trying to send it at once when nothing is buffered).
-    fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let start_writing = {
-            let mut st = this.state.borrow_mut(py);
-            if !st.buffer.is_empty() {
-                st.buffer.push(data);
-                false
-            } else {
-                let sent = match net::send(this.fd, data) {
-                    Ok(n) => n,
-                    Err(e) if would_block(&e) => 0,
-                    Err(e) => {
-                        drop(st);
-                        return Self::fatal_error(slf, super::os_error(&e), "Fatal write error on socket transport");
-                    }
-                };
-                if sent == data.len() {
-                    return Ok(());
-                }
-                st.buffer.push(&data[sent..]);
-                st.writing = true;
-                true
-            }
-        };
-        if start_writing {
-            Self::watch(slf, true)?;
-        }
-        Self::control_flow(slf, true)
-    }
-
-    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
-    /// buffer crosses a watermark.
-    fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            let size = st.buffer.len();
-            if !st.flow.update(size, grew) {
-                return Ok(());
-            }
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        super::tell_flow(this.event_loop(py), slf.as_any(), protocol, grew)
-    }
-
-    /// Whether a write should be dropped because the connection is lost (asyncio logs a warning
-    /// after a few such writes).
-    fn drop_lost_write(&self, py: Python<'_>) -> PyResult<bool> {
-        let Some(warn) = self.state.borrow_mut(py).life.write_after_loss() else {
-            return Ok(false);
-        };
-        if warn {
-            crate::pyrefs::asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
-        }
-        Ok(true)
-    }
-
     /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`); `sock`
     /// stands in for the socket once the state no longer holds it (while it is being closed).
     fn extra_info<'py>(
@@ -475,17 +263,6 @@ impl StreamTransport {
             drop(old);
         }
         Ok(answer)
-    }
-
-    fn check_writable(&self, py: Python<'_>, what: &str) -> PyResult<()> {
-        let st = self.state.borrow(py);
-        if st.eof {
-            return Err(PyRuntimeError::new_err(format!("Cannot call {what}() after write_eof()")));
-        }
-        if st.empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err(format!("unable to {what}; sendfile is in progress")));
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,174 @@
+//! Scheduling: handles made (or reused) for the ready queue and the timer heap, tasks made,
+//! and the loop's clock and waker.
+
+use super::*;
+
+impl EventLoop {
+    /// Debug-mode checks of `call_soon` and friends, as asyncio makes them.
+    #[cold]
+    pub(super) fn debug_checks(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
+        let tid = self.thread_id.load(Relaxed);
+        if check_thread && tid != 0 && tid != current_thread_id() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        pyrefs::format_fn(py, "check_callback")?.call1((callback, method))?;
+        Ok(())
+    }
+
+    /// A new handle the loop will queue, untracked by the cycle collector (see `handles`).
+    #[inline]
+    pub(super) fn new_queued<T: pyo3::PyClass>(
+        &self,
+        py: Python<'_>,
+        init: impl Into<PyClassInitializer<T>>,
+    ) -> PyResult<Py<T>> {
+        let handle = Py::new(py, init)?;
+        handles::untrack(&handle);
+        Ok(handle)
+    }
+
+    /// What a new handle holds: the callback, its arguments, its context (a copy of the current
+    /// one unless given) and, in debug mode, where it was created.
+    pub(super) fn handle_parts(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Parts> {
+        let context = match context {
+            Some(c) if !c.is_none() => c.clone().unbind(),
+            _ => copy_current_context(py)?,
+        };
+        let tb = if self.debug.load(Relaxed) { Some(source_traceback(py)?) } else { None };
+        Ok(Parts::new(callback.clone().unbind(), args.clone().unbind(), context, tb))
+    }
+
+    /// `asyncio.Task(coro, **kw)`, its debug-mode traceback ending in `create_task`, not in
+    /// `Task`'s constructor.
+    pub(super) fn new_task<'py>(
+        &self,
+        py: Python<'py>,
+        coro: &Bound<'py, PyAny>,
+        kw: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let task = pyrefs::task_type(py)?.call((coro,), Some(kw))?;
+        if self.debug.load(Relaxed) {
+            let tb = task.getattr(intern!(py, "_source_traceback"))?;
+            if tb.is_truthy()? {
+                tb.del_item(-1)?;
+            }
+        }
+        Ok(task)
+    }
+
+    /// A handle for the ready queue: a spare one refilled, or a new one, untracked.
+    pub(super) fn queued_handle(&self, py: Python<'_>, parts: Parts) -> PyResult<Py<Handle>> {
+        let spare = self.spare_handles.borrow_mut(py).pop();
+        match spare {
+            Some(handle) => {
+                handle.get().refill(py, parts);
+                Ok(handle)
+            }
+            None => self.new_queued(py, Handle::new(parts)),
+        }
+    }
+
+    /// The loop is done with a handle it ran or skipped: kept for reuse if nobody else can see
+    /// it and there is room, else released (see `handles`).
+    pub(super) fn retire(&self, py: Python<'_>, handle: Py<Handle>) {
+        let mut spare = self.spare_handles.borrow_mut(py);
+        if spare.len() < SPARE_HANDLES && !self.closed.load(Relaxed) {
+            // No Python runs here: what the handle held is dropped after the borrow ends.
+            if let Some(emptied) = handles::take_for_reuse(py, &handle) {
+                spare.push(handle);
+                drop(spare);
+                drop(emptied);
+                return;
+            }
+        }
+        drop(spare);
+        handles::release(handle);
+    }
+
+    pub(super) fn schedule_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        when_int: Option<Py<PyAny>>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        self.check_closed()?;
+        if self.debug.load(Relaxed) {
+            self.debug_checks(py, callback, "call_at", true)?;
+        }
+        let base = Handle::new(self.handle_parts(py, callback, args, context)?);
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(
+            when,
+            when_int,
+            Arc::clone(&self.timers_cancelled),
+        ));
+        let timer = self.new_queued(py, init)?;
+        // A NaN deadline is due at once (asyncio 3.11 and 3.12 run it in the next iteration;
+        // 3.13 raises from its selector instead). In the heap it sorts first, not after every
+        // other deadline, so it cannot wait behind an infinite one.
+        let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        self.queues.borrow_mut(py).timers.push(key, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    /// For native transports: `call_soon(callback, *args)` in a copy of the current context.
+    pub(crate) fn call_soon_native(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.call_soon_in(py, callback, args, None)
+    }
+
+    /// [`EventLoop::call_soon_native`] in `context` when given.
+    pub(crate) fn call_soon_in(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Py<PyAny>>,
+    ) -> PyResult<()> {
+        self.check_closed()?;
+        let parts = self.handle_parts(py, callback, args, context.map(|c| c.bind(py)))?;
+        let handle = self.queued_handle(py, parts)?;
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
+        Ok(())
+    }
+
+    /// The loop's time: `time.monotonic()`, or what the patched or overridden `time()` says.
+    #[inline]
+    pub(super) fn now(&self, py: Python<'_>) -> PyResult<f64> {
+        if !self.custom_time.load(Relaxed) {
+            return Ok(clock::monotonic());
+        }
+        let source = self.time_source.borrow(py).as_ref().map(|f| f.clone_ref(py));
+        match source {
+            Some(f) => f.bind(py).call0()?.extract(),
+            None => Ok(clock::monotonic()),
+        }
+    }
+
+    /// Interrupts the poller's wait (from any thread).
+    pub(super) fn wake(&self, py: Python<'_>) {
+        if let Some(waker) = self.waker.borrow(py).as_ref() {
+            waker.wake();
+        }
+    }
+}
