@@ -9,7 +9,6 @@ Switch with one line::
 
 import asyncio as _asyncio
 import os as _os
-from asyncio import events as _events
 
 from . import _compat
 from ._loop import Loop
@@ -31,7 +30,7 @@ def run(main, *, debug=None):
     Same semantics as ``asyncio.run``: leftover tasks are cancelled, asynchronous generators and
     the default executor are shut down, and the loop is closed.
     """
-    if _events._get_running_loop() is not None:
+    if _compat.get_running_loop() is not None:
         raise RuntimeError("ferroloop.run() cannot be called from a running event loop")
     with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)

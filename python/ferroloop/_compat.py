@@ -2,14 +2,23 @@
 
 Each difference between the CPython versions ferroloop supports is named here once, by what
 changed, and the rest of the package asks this module; the Rust side's are in
-``crates/ferroloop-py/src/compat.rs`` (which reads what it needs from here). A new CPython
-version is handled by looking here first.
+``crates/ferroloop-py/src/compat.rs`` (which reads what it needs from here). Every private name of
+asyncio that the package uses is taken here too, under a name of its own, so that a CPython which
+renames or drops one breaks this module alone. A new CPython version is handled by looking here
+first.
 """
 
 import inspect
 import sys
+from asyncio import base_events as _base_events
+from asyncio import constants as _constants
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
+from asyncio import format_helpers as _format_helpers
+from asyncio import futures as _futures
+from asyncio import selector_events as _selector_events
+from asyncio import sslproto as _sslproto
+from asyncio import transports as _transports
 from asyncio import unix_events as _unix_events
 
 #: asyncio's policy system is deprecated (3.14) and goes in 3.16: where deprecated, ferroloop
@@ -86,3 +95,98 @@ def take_stream_reader_buffer(protocol):
     data = bytes(reader._buffer)
     reader._buffer.clear()
     return data
+
+
+# --- asyncio's private names ---------------------------------------------------------------
+
+#: The running-loop slot of this thread (``asyncio.events``).
+get_running_loop = _events._get_running_loop
+set_running_loop = _events._set_running_loop
+#: ``PYTHONASYNCIODEBUG``/``-X dev``: the default of a new loop's debug mode.
+is_debug_mode = _coroutines._is_debug_mode
+#: The loop of a future (also of a non-asyncio future that has ``get_loop``).
+get_loop = _futures._get_loop
+#: Sets a waiter's result unless it was cancelled meanwhile.
+set_result_unless_cancelled = _futures._set_result_unless_cancelled
+#: The default client ``SSLContext`` of ``ssl=True`` (the Rust TLS protocol asks for it).
+create_transport_context = _sslproto._create_transport_context
+#: What a transport's ``_sendfile_compatible`` answers to ``loop.sendfile`` (read by the Rust
+#: transports): native ``os.sendfile`` may be tried, or only the fallback.
+SENDFILE_TRY_NATIVE = _constants._SendfileMode.TRY_NATIVE
+SENDFILE_FALLBACK = _constants._SendfileMode.FALLBACK
+#: ``TCP_NODELAY`` on a TCP socket, as asyncio's transports set it.
+set_nodelay = _base_events._set_nodelay
+#: asyncio's socket transport: used for socket subclasses whose own I/O methods must be called.
+SelectorSocketTransport = _selector_events._SelectorSocketTransport
+#: asyncio's subprocess transport (its Popen and argument handling), on ferroloop's pipes.
+UnixSubprocessTransport = _unix_events._UnixSubprocessTransport
+#: The base of asyncio's write transports' flow control (``set_write_buffer_limits`` & co.):
+#: the ``__class__`` of ferroloop's transports derives from it, as asyncio's transports do.
+FlowControlMixin = _transports._FlowControlMixin
+
+
+def tasks_awaited_by(task):
+    """The tasks ``task`` waits for now: the one it awaits, or the children of a ``gather``."""
+    import asyncio
+
+    waiter = getattr(task, "_fut_waiter", None)
+    if isinstance(waiter, asyncio.Task):
+        return [waiter]
+    return [child for child in getattr(waiter, "_children", None) or () if isinstance(child, asyncio.Task)]
+
+
+def task_group_parent(task):
+    """The task whose ``TaskGroup`` made ``task`` (found through the group's done callback on
+    it), or None."""
+    import asyncio
+
+    for callback, _ in getattr(task, "_callbacks", None) or ():
+        group = getattr(callback, "__self__", None)
+        if isinstance(group, asyncio.TaskGroup):
+            return group._parent_task
+    return None
+
+
+def format_callback_source(callback, args, debug=False):
+    """asyncio's description of a callback in reprs (``debug`` is taken from 3.13 on)."""
+    try:
+        return _format_helpers._format_callback_source(callback, args, debug=debug)
+    except TypeError:  # Python < 3.13 has no ``debug`` argument.
+        return _format_helpers._format_callback_source(callback, args)
+
+
+class BorrowedNetworking:
+    """asyncio's own orchestration of connections and servers, which works on any loop with
+    ferroloop's transport factories: its methods, private helpers included, as they are."""
+
+    _Base = _base_events.BaseEventLoop
+    _Unix = _unix_events._UnixSelectorEventLoop
+    create_connection = _Base.create_connection
+    _connect_sock = _Base._connect_sock
+    _create_connection_transport = _Base._create_connection_transport
+    _ensure_resolved = _Base._ensure_resolved
+    create_server = _Base.create_server
+    connect_accepted_socket = _Base.connect_accepted_socket
+    create_datagram_endpoint = _Base.create_datagram_endpoint
+    sendfile = _Base.sendfile
+    _sendfile_fallback = _Base._sendfile_fallback
+    # sock_sendfile's fallback: chunks read in the executor, sent with sock_sendall (where the
+    # file position ends up differs between versions; this follows the running one).
+    _sock_sendfile_fallback = _Base._sock_sendfile_fallback
+    create_unix_connection = _Unix.create_unix_connection
+    create_unix_server = _Unix.create_unix_server
+    if hasattr(_Base, "_create_server_getaddrinfo"):  # 3.12+
+        _create_server_getaddrinfo = _Base._create_server_getaddrinfo
+    del _Base, _Unix
+
+
+class BorrowedSubprocess:
+    """asyncio's pipe and subprocess methods, which call ferroloop's transport factories."""
+
+    _Base = _base_events.BaseEventLoop
+    connect_read_pipe = _Base.connect_read_pipe
+    connect_write_pipe = _Base.connect_write_pipe
+    subprocess_exec = _Base.subprocess_exec
+    subprocess_shell = _Base.subprocess_shell
+    _log_subprocess = _Base._log_subprocess
+    del _Base

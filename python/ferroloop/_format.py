@@ -3,16 +3,11 @@
 The Rust side calls these functions by name (``crates/ferroloop-py/src/pyrefs.rs``).
 """
 
-from asyncio import coroutines, format_helpers, tasks
+from asyncio import coroutines, tasks
 
 from . import _compat
 
-
-def _callback_source(callback, args, debug=False):
-    try:
-        return format_helpers._format_callback_source(callback, args, debug=debug)
-    except TypeError:  # Python < 3.13 has no ``debug`` argument.
-        return format_helpers._format_callback_source(callback, args)
+_callback_source = _compat.format_callback_source
 
 
 def handle_repr(handle):

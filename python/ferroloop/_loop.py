@@ -18,10 +18,10 @@ import threading
 import traceback
 import warnings
 import weakref
-from asyncio import coroutines, events, futures, tasks, timeouts
+from asyncio import futures, tasks, timeouts
 from asyncio.log import logger
 
-from . import _ferroloop
+from . import _compat, _ferroloop
 from ._network import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
@@ -35,7 +35,7 @@ def _stop_when_done(fut):
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
             # run_forever() is already unwinding with this exception.
             return
-    futures._get_loop(fut).stop()
+    _compat.get_loop(fut).stop()
 
 
 def _numeric_host_info(host, port, family, type, proto, flags):
@@ -69,7 +69,7 @@ class Loop(SocketsMixin, SignalsMixin, NetworkMixin, SubprocessMixin, _ferroloop
         self._unix_server_sockets = {}
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(_compat.is_debug_mode())
         if type(self).time is not Loop.time:
             self._set_time_source(self.time)
         ps = sys.modules.get("ferroloop._ps")  # python -m ferroloop ps: imported once enabled
@@ -106,7 +106,7 @@ class Loop(SocketsMixin, SignalsMixin, NetworkMixin, SubprocessMixin, _ferroloop
     def _check_running(self):
         if self.is_running():
             raise RuntimeError("This event loop is already running")
-        if events._get_running_loop() is not None:
+        if _compat.get_running_loop() is not None:
             raise RuntimeError("Cannot run the event loop while another loop is running")
 
     def _set_coroutine_origin_tracking(self, enabled):
@@ -130,10 +130,10 @@ class Loop(SocketsMixin, SignalsMixin, NetworkMixin, SubprocessMixin, _ferroloop
                 firstiter=self._asyncgen_firstiter_hook,
                 finalizer=self._asyncgen_finalizer_hook,
             )
-            events._set_running_loop(self)
+            _compat.set_running_loop(self)
             self._run_forever_native()
         finally:
-            events._set_running_loop(None)
+            _compat.set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_hooks)
 
@@ -262,7 +262,7 @@ class Loop(SocketsMixin, SignalsMixin, NetworkMixin, SubprocessMixin, _ferroloop
         try:
             self._default_executor.shutdown(wait=True)
             if not self.is_closed():
-                self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)
+                self.call_soon_threadsafe(_compat.set_result_unless_cancelled, future, None)
         except Exception as ex:
             if not self.is_closed() and not future.cancelled():
                 self.call_soon_threadsafe(future.set_exception, ex)

@@ -12,14 +12,12 @@ import errno
 import os
 import socket
 import ssl
-from asyncio import base_events, constants, exceptions, selector_events, trsock, unix_events
+from asyncio import constants, exceptions, trsock
 from asyncio.log import logger
 from typing import Any, NamedTuple
 
 from . import _compat, _ferroloop
 
-_Base = base_events.BaseEventLoop
-_Unix = unix_events._UnixSelectorEventLoop
 # The socket methods asyncio's socket transport calls for I/O.
 _SOCKET_IO = ("recv", "recv_into", "send", "sendmsg", "shutdown")
 
@@ -43,35 +41,21 @@ class _Serving(NamedTuple):
     context: Any
 
 
-class NetworkMixin:
-    """The networking methods of ``ferroloop.Loop``."""
-
-    # asyncio's orchestration, called as it is (see the module docstring).
-    create_connection = _Base.create_connection
-    _connect_sock = _Base._connect_sock
-    _create_connection_transport = _Base._create_connection_transport
-    _ensure_resolved = _Base._ensure_resolved
-    create_server = _Base.create_server
-    connect_accepted_socket = _Base.connect_accepted_socket
-    create_datagram_endpoint = _Base.create_datagram_endpoint
-    sendfile = _Base.sendfile
-    _sendfile_fallback = _Base._sendfile_fallback
-    create_unix_connection = _Unix.create_unix_connection
-    create_unix_server = _Unix.create_unix_server
-    if hasattr(_Base, "_create_server_getaddrinfo"):
-        _create_server_getaddrinfo = _Base._create_server_getaddrinfo
+class NetworkMixin(_compat.BorrowedNetworking):
+    """The networking methods of ``ferroloop.Loop``; asyncio's orchestration (see the module
+    docstring) is inherited from ``_compat.BorrowedNetworking``."""
 
     # Transport factories.
 
     # `context` (asyncio 3.15): the contextvars.Context every callback of the transport runs in.
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None, context=None):
-        base_events._set_nodelay(sock)
+        _compat.set_nodelay(sock)
         if _overrides_io(sock):
             # asyncio's transports call the socket object's methods, so a subclass's own
             # recv/send see every byte: asyncio's own transport keeps that true here.
             more = {} if context is None else {"context": context}
-            return selector_events._SelectorSocketTransport(self, sock, protocol, waiter, extra, server, **more)
+            return _compat.SelectorSocketTransport(self, sock, protocol, waiter, extra, server, **more)
         return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_ssl_transport(

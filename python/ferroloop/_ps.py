@@ -78,9 +78,9 @@ def enable():
         enabled = True
         thread = threading.Thread(target=_serve, args=(server,), name="ferroloop-ps", daemon=True)
         thread.start()
-    from asyncio import events
+    from . import _compat
 
-    running = events._get_running_loop()
+    running = _compat.get_running_loop()
     if running is not None and type(running).__module__.startswith("ferroloop"):
         track(running)
     import atexit
@@ -213,21 +213,15 @@ def _awaiter_stack(task):
 
 def _awaits(tasks):
     """(awaiter, awaited) pairs of tasks: ``await task``, ``gather``, ``TaskGroup``."""
-    import asyncio
+    from . import _compat
 
     pairs = {}
     for task in tasks:
-        waiter = getattr(task, "_fut_waiter", None)
-        if isinstance(waiter, asyncio.Task):
-            pairs[id(task), id(waiter)] = (task, waiter)
-        for child in getattr(waiter, "_children", None) or ():  # a gather's future
-            if isinstance(child, asyncio.Task):
-                pairs[id(task), id(child)] = (task, child)
-        # A TaskGroup's task calls back its group when done: the group's task awaits it.
-        for callback, _ in getattr(task, "_callbacks", None) or ():
-            group = getattr(callback, "__self__", None)
-            if isinstance(group, asyncio.TaskGroup) and group._parent_task is not None:
-                pairs[id(group._parent_task), id(task)] = (group._parent_task, task)
+        for awaited in _compat.tasks_awaited_by(task):
+            pairs[id(task), id(awaited)] = (task, awaited)
+        parent = _compat.task_group_parent(task)
+        if parent is not None:
+            pairs[id(parent), id(task)] = (parent, task)
     return list(pairs.values())
 
 

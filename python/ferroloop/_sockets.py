@@ -4,7 +4,7 @@ import asyncio
 import errno
 import os
 import socket
-from asyncio import base_events, exceptions
+from asyncio import exceptions
 
 from . import _compat, _ferroloop
 
@@ -312,7 +312,3 @@ class SocketsMixin:
         finally:
             if sent[0] > 0 or _compat.SENDFILE_ALWAYS_SETS_POSITION:
                 file.seek(offset + sent[0])
-
-    # asyncio's own: chunks read in the executor, sent with sock_sendall (where the file position
-    # ends up differs between Python versions, and this follows the running one).
-    _sock_sendfile_fallback = base_events.BaseEventLoop._sock_sendfile_fallback

@@ -15,12 +15,9 @@ streams, like ``connect_read_pipe``/``connect_write_pipe``, use the Rust pipe tr
 import os
 import threading
 import warnings
-from asyncio import base_events, unix_events
 from asyncio.log import logger
 
-from . import _ferroloop
-
-_Base = base_events.BaseEventLoop
+from . import _compat, _ferroloop
 
 
 def _reap(pid):
@@ -33,14 +30,9 @@ def _reap(pid):
     return os.waitstatus_to_exitcode(status)
 
 
-class SubprocessMixin:
-    """The subprocess and pipe methods of ``ferroloop.Loop``."""
-
-    connect_read_pipe = _Base.connect_read_pipe
-    connect_write_pipe = _Base.connect_write_pipe
-    subprocess_exec = _Base.subprocess_exec
-    subprocess_shell = _Base.subprocess_shell
-    _log_subprocess = _Base._log_subprocess
+class SubprocessMixin(_compat.BorrowedSubprocess):
+    """The subprocess and pipe methods of ``ferroloop.Loop`` (asyncio's own ones, inherited from
+    ``_compat.BorrowedSubprocess``, call the transport factories below)."""
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return _ferroloop.make_read_pipe_transport(self, pipe, protocol, waiter, extra)
@@ -55,7 +47,7 @@ class SubprocessMixin:
         with warnings.catch_warnings():
             # 3.12+ deprecates asyncio's child watchers, which this transport does not use.
             warnings.simplefilter("ignore", DeprecationWarning)
-            transp = unix_events._UnixSubprocessTransport(
+            transp = _compat.UnixSubprocessTransport(
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
             )
         self._watch_child(transp.get_pid(), transp)

@@ -6,16 +6,17 @@ for stdlib's transports. They carry no behaviour: every method lives on the Rust
 """
 
 import asyncio
-from asyncio import transports
+
+from . import _compat
 
 
-class StreamTransport(transports._FlowControlMixin):
+class StreamTransport(_compat.FlowControlMixin):
     """A connected stream socket (TCP or Unix); implemented by ``_ferroloop.StreamTransport``."""
 
     __slots__ = ()
 
 
-class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
+class DatagramTransport(_compat.FlowControlMixin, asyncio.DatagramTransport):
     """A UDP or Unix datagram socket; implemented by ``_ferroloop.DatagramTransport``.
 
     Also an ``asyncio.Transport`` with flow control, as stdlib's datagram transport is.
@@ -24,7 +25,7 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
     __slots__ = ()
 
 
-class SSLTransport(transports._FlowControlMixin):
+class SSLTransport(_compat.FlowControlMixin):
     """The application's side of a TLS connection; implemented by ``_ferroloop.SSLTransport``."""
 
     __slots__ = ()
@@ -37,7 +38,7 @@ class ReadPipeTransport(asyncio.ReadTransport):
     __slots__ = ()
 
 
-class WritePipeTransport(transports._FlowControlMixin, asyncio.WriteTransport):
+class WritePipeTransport(_compat.FlowControlMixin, asyncio.WriteTransport):
     """The write end of a pipe, FIFO, socket or character device, with flow control; implemented
     by ``_ferroloop.WritePipeTransport``."""
 

@@ -1,6 +1,7 @@
 //! Where the Rust side depends on the Python version or on a private name of asyncio: the
-//! counterpart of `python/ferroloop/_compat.py`, which holds the Python side's. A new CPython
-//! version that changes one of these is handled here and there, nowhere else.
+//! counterpart of `python/ferroloop/_compat.py`, which holds the Python side's and every private
+//! name of asyncio (the objects below are read from it). A new CPython version that changes one
+//! of these is handled here and there, nowhere else.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -46,6 +47,33 @@ pub(crate) fn thread_safe_handles(py: Python<'_>) -> PyResult<bool> {
     })
     .copied()
 }
+
+macro_rules! from_compat {
+    ($(#[$doc:meta])* $name:ident, $attr:literal) => {
+        $(#[$doc])*
+        pub(crate) fn $name(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+            static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            CELL.import(py, "ferroloop._compat", $attr)
+        }
+    };
+}
+
+from_compat!(
+    /// asyncio's `futures._set_result_unless_cancelled`.
+    set_result_unless_cancelled, "set_result_unless_cancelled"
+);
+from_compat!(
+    /// asyncio's `sslproto._create_transport_context`: the default client context of `ssl=True`.
+    create_transport_context, "create_transport_context"
+);
+from_compat!(
+    /// asyncio's `constants._SendfileMode.TRY_NATIVE`.
+    sendfile_try_native, "SENDFILE_TRY_NATIVE"
+);
+from_compat!(
+    /// asyncio's `constants._SendfileMode.FALLBACK`.
+    sendfile_fallback, "SENDFILE_FALLBACK"
+);
 
 /// `loop.create_task(coro, **kwargs)` hands every keyword to the task factory and to `Task`
 /// (3.14); before, it takes only `name` and `context`, and calls the factory with `context` alone.

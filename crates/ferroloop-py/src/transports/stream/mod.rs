@@ -567,7 +567,7 @@ impl StreamTransport {
     /// asyncio's `loop.sendfile` may use `os.sendfile` on this transport's socket.
     #[getter]
     fn _sendfile_compatible<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        py.import("asyncio.constants")?.getattr("_SendfileMode")?.getattr("TRY_NATIVE")
+        crate::compat::sendfile_try_native(py).cloned()
     }
 
     /// `ferroloop._transports.StreamTransport`, a subclass of `asyncio.Transport`.

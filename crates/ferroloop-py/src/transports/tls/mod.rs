@@ -568,7 +568,7 @@ pub fn make_tls_protocol<'py>(
     let hostname = server_hostname.filter(|h| !server_side && h.is_truthy().unwrap_or(false));
     let sslcontext = match sslcontext.filter(|c| c.is_truthy().unwrap_or(false)) {
         Some(c) => c,
-        None => py.import("asyncio.sslproto")?.getattr("_create_transport_context")?.call1((server_side, &hostname))?,
+        None => crate::compat::create_transport_context(py)?.call1((server_side, &hostname))?,
     };
     let types = ssl_types(py)?;
     let incoming = types.memory_bio.bind(py).call0()?;

@@ -206,7 +206,7 @@ impl TlsTransport {
 
     #[getter]
     fn _sendfile_compatible<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        py.import("asyncio.constants")?.getattr("_SendfileMode")?.getattr("FALLBACK")
+        crate::compat::sendfile_fallback(py).cloned()
     }
 
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
