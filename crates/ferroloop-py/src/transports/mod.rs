@@ -296,7 +296,7 @@ pub(crate) fn schedule_start(
     lp.call_soon_in(py, &transport.getattr("_start_reading")?, &PyTuple::empty(py), context)?;
     if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
         let set = crate::compat::set_result_unless_cancelled(py)?;
-        lp.call_soon_in(py, &set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?, context)?;
+        lp.call_soon_in(py, set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?, context)?;
     }
     Ok(())
 }
