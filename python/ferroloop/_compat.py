@@ -99,27 +99,60 @@ def take_stream_reader_buffer(protocol):
 
 # --- asyncio's private names ---------------------------------------------------------------
 
-#: The running-loop slot of this thread (``asyncio.events``).
-get_running_loop = _events._get_running_loop
-set_running_loop = _events._set_running_loop
-#: ``PYTHONASYNCIODEBUG``/``-X dev``: the default of a new loop's debug mode.
-is_debug_mode = _coroutines._is_debug_mode
-#: The loop of a future (also of a non-asyncio future that has ``get_loop``).
-get_loop = _futures._get_loop
-#: Sets a waiter's result unless it was cancelled meanwhile.
-set_result_unless_cancelled = _futures._set_result_unless_cancelled
-#: The default client ``SSLContext`` of ``ssl=True`` (the Rust TLS protocol asks for it).
-create_transport_context = _sslproto._create_transport_context
+# Functions are looked up when called, not when this module is imported: tests (CPython's
+# among them) patch them in asyncio's modules, and asyncio's own loop sees the patch.
+
+
+def get_running_loop():
+    """The running-loop slot of this thread (``asyncio.events._get_running_loop``)."""
+    return _events._get_running_loop()
+
+
+def set_running_loop(loop):
+    _events._set_running_loop(loop)
+
+
+def is_debug_mode():
+    """``PYTHONASYNCIODEBUG``/``-X dev``: the default of a new loop's debug mode."""
+    return _coroutines._is_debug_mode()
+
+
+def get_loop(fut):
+    """The loop of a future (also of a non-asyncio future that has ``get_loop``)."""
+    return _futures._get_loop(fut)
+
+
+def set_result_unless_cancelled(fut, result):
+    """Sets a waiter's result unless it was cancelled meanwhile."""
+    _futures._set_result_unless_cancelled(fut, result)
+
+
+def create_transport_context(server_side, server_hostname):
+    """The default client ``SSLContext`` of ``ssl=True`` (the Rust TLS protocol asks for it)."""
+    return _sslproto._create_transport_context(server_side, server_hostname)
+
+
 #: What a transport's ``_sendfile_compatible`` answers to ``loop.sendfile`` (read by the Rust
 #: transports): native ``os.sendfile`` may be tried, or only the fallback.
 SENDFILE_TRY_NATIVE = _constants._SendfileMode.TRY_NATIVE
 SENDFILE_FALLBACK = _constants._SendfileMode.FALLBACK
-#: ``TCP_NODELAY`` on a TCP socket, as asyncio's transports set it.
-set_nodelay = _base_events._set_nodelay
-#: asyncio's socket transport: used for socket subclasses whose own I/O methods must be called.
-SelectorSocketTransport = _selector_events._SelectorSocketTransport
-#: asyncio's subprocess transport (its Popen and argument handling), on ferroloop's pipes.
-UnixSubprocessTransport = _unix_events._UnixSubprocessTransport
+
+
+def set_nodelay(sock):
+    """``TCP_NODELAY`` on a TCP socket, as asyncio's transports set it."""
+    _base_events._set_nodelay(sock)
+
+
+def selector_socket_transport(*args, **kwargs):
+    """asyncio's socket transport: for socket subclasses whose own I/O methods must be called."""
+    return _selector_events._SelectorSocketTransport(*args, **kwargs)
+
+
+def unix_subprocess_transport(*args, **kwargs):
+    """asyncio's subprocess transport (its Popen and argument handling), on ferroloop's pipes."""
+    return _unix_events._UnixSubprocessTransport(*args, **kwargs)
+
+
 #: The base of asyncio's write transports' flow control (``set_write_buffer_limits`` & co.):
 #: the ``__class__`` of ferroloop's transports derives from it, as asyncio's transports do.
 FlowControlMixin = _transports._FlowControlMixin

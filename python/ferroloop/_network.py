@@ -55,7 +55,7 @@ class NetworkMixin(_compat.BorrowedNetworking):
             # asyncio's transports call the socket object's methods, so a subclass's own
             # recv/send see every byte: asyncio's own transport keeps that true here.
             more = {} if context is None else {"context": context}
-            return _compat.SelectorSocketTransport(self, sock, protocol, waiter, extra, server, **more)
+            return _compat.selector_socket_transport(self, sock, protocol, waiter, extra, server, **more)
         return _ferroloop.make_stream_transport(self, sock, protocol, waiter, extra, server, context)
 
     def _make_ssl_transport(

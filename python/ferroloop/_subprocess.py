@@ -47,7 +47,7 @@ class SubprocessMixin(_compat.BorrowedSubprocess):
         with warnings.catch_warnings():
             # 3.12+ deprecates asyncio's child watchers, which this transport does not use.
             warnings.simplefilter("ignore", DeprecationWarning)
-            transp = _compat.UnixSubprocessTransport(
+            transp = _compat.unix_subprocess_transport(
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs
             )
         self._watch_child(transp.get_pid(), transp)
