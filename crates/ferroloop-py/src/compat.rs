@@ -24,28 +24,30 @@ fn at_least(py: Python<'_>, minor: u8) -> bool {
     running >= minor
 }
 
-/// The `__class__` of `call_soon_threadsafe`'s handles: asyncio's `_ThreadSafeHandle` where it
-/// exists (3.14, and the 3.12/3.13 bug-fix releases that have it), else `asyncio.Handle`.
-pub(crate) fn thread_safe_handle_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
+/// asyncio's `_ThreadSafeHandle` where it exists (3.14, and the 3.12/3.13 bug-fix releases that
+/// have it), read once.
+fn asyncio_thread_safe_handle(py: Python<'_>) -> PyResult<Option<&Bound<'_, PyType>>> {
+    static CELL: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
+    let found = CELL.get_or_try_init(py, || {
         let found = py.import("ferroloop._compat")?.getattr("THREAD_SAFE_HANDLE")?;
-        match found.is_none() {
-            true => Ok(pyrefs::asyncio_handle_type(py)?.clone().unbind()),
-            false => Ok(found.cast_into::<PyType>()?.unbind()),
-        }
-    })
-    .map(|t| t.bind(py))
+        Ok::<_, PyErr>(if found.is_none() { None } else { Some(found.cast_into::<PyType>()?.unbind()) })
+    })?;
+    Ok(found.as_ref().map(|t| t.bind(py)))
+}
+
+/// The `__class__` of `call_soon_threadsafe`'s handles: asyncio's `_ThreadSafeHandle`, else
+/// `asyncio.Handle`.
+pub(crate) fn thread_safe_handle_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    match asyncio_thread_safe_handle(py)? {
+        Some(t) => Ok(t),
+        None => pyrefs::asyncio_handle_type(py),
+    }
 }
 
 /// Whether `call_soon_threadsafe`'s handles are thread-safe ones (see `handles::Gate`): where
 /// asyncio's are.
 pub(crate) fn thread_safe_handles(py: Python<'_>) -> PyResult<bool> {
-    static CELL: PyOnceLock<bool> = PyOnceLock::new();
-    CELL.get_or_try_init(py, || {
-        Ok::<_, PyErr>(!py.import("ferroloop._compat")?.getattr("THREAD_SAFE_HANDLE")?.is_none())
-    })
-    .copied()
+    Ok(asyncio_thread_safe_handle(py)?.is_some())
 }
 
 macro_rules! from_compat {

@@ -58,7 +58,19 @@ pub(crate) struct Parts {
     gate: Option<Arc<Gate>>,
 }
 
+/// A handle's callback, arguments and context, cloned out of its parts to be called.
+type Callable = (Py<PyAny>, Py<PyTuple>, Py<PyAny>);
+
 impl Parts {
+    /// What to call, unless the handle was cancelled (or emptied for reuse).
+    #[inline]
+    fn callable(&self, py: Python<'_>) -> Option<Callable> {
+        match (&self.func, &self.args, &self.context) {
+            (Some(f), Some(a), Some(c)) => Some((f.clone_ref(py), a.clone_ref(py), c.clone_ref(py))),
+            _ => None,
+        }
+    }
+
     pub(crate) fn new(
         func: Py<PyAny>,
         args: Py<PyTuple>,
@@ -173,19 +185,18 @@ impl Handle {
     /// loop to report or propagate.
     #[inline]
     pub(crate) fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let (func, args, ctx) = {
+        let call = {
             let parts = self.parts.borrow(py);
-            if let Some(gate) = &parts.gate {
-                let gate = Arc::clone(gate);
-                drop(parts);
-                return self.run_gated(py, &gate);
-            }
-            match (&parts.func, &parts.args, &parts.context) {
-                (Some(f), Some(a), Some(c)) => (f.clone_ref(py), a.clone_ref(py), c.clone_ref(py)),
-                _ => return Ok(()),
+            match &parts.gate {
+                None => parts.callable(py),
+                Some(gate) => {
+                    let gate = Arc::clone(gate);
+                    drop(parts);
+                    return self.run_gated(py, &gate);
+                }
             }
         };
-        Self::call(py, func, args, ctx)
+        call.map_or(Ok(()), |call| Self::call(py, call))
     }
 
     /// [`Handle::run`] for a thread-safe handle: holding its gate, and only if not cancelled
@@ -193,18 +204,14 @@ impl Handle {
     #[cold]
     fn run_gated(&self, py: Python<'_>, gate: &Gate) -> PyResult<()> {
         let _held = gate.enter(py);
-        let (func, args, ctx) = {
-            let parts = self.parts.borrow(py);
-            match (&parts.func, &parts.args, &parts.context) {
-                (Some(f), Some(a), Some(c)) => (f.clone_ref(py), a.clone_ref(py), c.clone_ref(py)),
-                _ => return Ok(()),
-            }
-        };
-        Self::call(py, func, args, ctx)
+        let call = self.parts.borrow(py).callable(py);
+        call.map_or(Ok(()), |call| Self::call(py, call))
     }
 
+    /// Calls `callback(*args)` in `context` (taken out of the parts first: no borrow is held while
+    /// Python code runs).
     #[inline]
-    fn call(py: Python<'_>, func: Py<PyAny>, args: Py<PyTuple>, ctx: Py<PyAny>) -> PyResult<()> {
+    fn call(py: Python<'_>, (func, args, ctx): Callable) -> PyResult<()> {
         // SAFETY: a type check of a live object.
         if unsafe { ffi::PyContext_CheckExact(ctx.as_ptr()) } == 0 {
             return call_in_foreign_context(ctx.bind(py), func.bind(py), args.bind(py));

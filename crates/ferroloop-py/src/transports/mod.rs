@@ -50,7 +50,19 @@ pub(crate) fn report_fatal(
         }
         return Ok(());
     }
-    let protocol = protocol.map(|p| p.bind(py));
+    report_error(event_loop, transport, protocol, exc, message)
+}
+
+/// Calls the loop's exception handler with asyncio's context for a transport's error: `message`,
+/// `exception`, `transport`, `protocol`.
+pub(crate) fn report_error(
+    event_loop: &Bound<'_, EventLoop>,
+    transport: &Bound<'_, PyAny>,
+    protocol: Option<&Py<PyAny>>,
+    exc: &Bound<'_, PyAny>,
+    message: &str,
+) -> PyResult<()> {
+    let protocol = protocol.map(|p| p.bind(event_loop.py()));
     report_exception(event_loop, message, exc, &[("transport", Some(transport)), ("protocol", protocol)])
 }
 

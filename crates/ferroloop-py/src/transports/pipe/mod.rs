@@ -117,23 +117,6 @@ fn log<'py>(py: Python<'py>, level: &str, args: impl pyo3::call::PyCallArgs<'py>
     }
 }
 
-/// Calls the loop's exception handler with asyncio's context for a transport's fatal error.
-fn report_error(
-    event_loop: &Bound<'_, EventLoop>,
-    transport: &Bound<'_, PyAny>,
-    protocol: Option<&Py<PyAny>>,
-    exc: &Bound<'_, PyAny>,
-    message: &str,
-) -> PyResult<()> {
-    let protocol = protocol.map(|p| p.bind(event_loop.py()));
-    crate::event_loop::report_exception(
-        event_loop,
-        message,
-        exc,
-        &[("transport", Some(transport)), ("protocol", protocol)],
-    )
-}
-
 /// Closes the pipe object when the transport is dropped while open. Errors are ignored: the
 /// object may already be torn down by the garbage collector.
 fn close_on_drop(py: Python<'_>, kind: &str, fd: RawFd, pipe: &Py<PyAny>) {

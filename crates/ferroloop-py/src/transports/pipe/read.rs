@@ -142,7 +142,13 @@ impl ReadPipeTransport {
                 log(py, "debug", ("%r: %s", slf, message), Some(&exc));
             }
         } else {
-            report_error(this.event_loop(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
+            crate::transports::report_error(
+                this.event_loop(py),
+                slf.as_any(),
+                this.protocol(py).as_ref(),
+                &exc,
+                message,
+            )?;
         }
         Self::close_with(slf, Some(&exc))
     }
