@@ -109,6 +109,12 @@ impl Drop for Export {
     }
 }
 
+/// `bytes`, `bytearray` or `memoryview`: what asyncio's transports take as data (each says so
+/// in its own words when it refuses).
+pub(crate) fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
+    data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
+}
+
 /// The data of a transport's `write`, `writelines` item or `sendto`: `bytes` borrowed as they
 /// are, a `bytearray` or `memoryview` exported.
 pub(crate) enum Data<'a, 'py> {
@@ -123,7 +129,7 @@ impl<'a, 'py> Data<'a, 'py> {
         if let Ok(b) = data.cast::<PyBytes>() {
             return Ok(Self::Bytes(b));
         }
-        if !(data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
+        if !is_bytes_like(data) {
             let name = data.get_type().name().map_or_else(|_| "?".to_owned(), |n| n.to_string());
             return Err(DataError::Type(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not '{name}'"

@@ -20,3 +20,16 @@ pub(crate) fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
         || err.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
 }
+
+/// A socket operation's call would block: wait for readiness. (The socket operations retry
+/// `EINTR` at once instead: the poller reports only changes after a call that would block.)
+pub(crate) fn would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// A transport's read or write would block or was interrupted: it tries again at the
+/// descriptor's next readiness (transports are watched level-triggered, so the next report
+/// comes at once when the descriptor is still ready).
+pub(crate) fn try_later(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
+}

@@ -62,6 +62,18 @@ cached_import!(
     /// `asyncio.log.logger`, where slow callbacks are reported.
     asyncio_logger, PyAny, "asyncio.log", "logger"
 );
+cached_import!(
+    /// `asyncio.BufferedProtocol`, whose instances receive into their own buffers.
+    buffered_protocol_type, PyType, "asyncio", "BufferedProtocol"
+);
+cached_import!(
+    /// `asyncio.trsock.TransportSocket`, the socket wrapper `get_extra_info("socket")` gives.
+    transport_socket_type, PyType, "asyncio.trsock", "TransportSocket"
+);
+cached_import!(
+    /// `socket.socket`: only sockets of exactly this type take the socket operations' fast path.
+    socket_type, PyType, "socket", "socket"
+);
 /// A function of `ferroloop._format`, the Python side of reprs and messages (not hot).
 pub fn format_fn<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("ferroloop._format")?.getattr(name)

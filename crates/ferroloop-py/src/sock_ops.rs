@@ -62,11 +62,11 @@ use ferroloop_core::net;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyType};
+use pyo3::types::PyBytes;
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::buffers::Export;
-use crate::errors::os_error;
+use crate::errors::{os_error, would_block};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -77,12 +77,6 @@ const RECV_BUF: usize = 256 * 1024;
 thread_local! {
     /// Where `sock_recv` receives before copying into a `bytes` of the right size.
     static RECV_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `socket.socket`: only sockets of exactly this type take the fast path.
-fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.import(py, "socket", "socket")
 }
 
 /// `sock.fileno()` for a `socket.socket`, through the method's descriptor (`_socket.socket`'s,
@@ -99,12 +93,6 @@ fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let res = unsafe { ffi::PyObject_Vectorcall(method.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut()) };
     // SAFETY: a new reference or NULL with an exception set, as the call returned it.
     unsafe { Bound::from_owned_ptr_or_err(py, res) }?.extract()
-}
-
-/// The operation would block: it waits for readiness. (`EINTR` is retried at once instead: the
-/// poller reports only changes after a call that would block.)
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// Calls `f` again while it fails with `EINTR`.
@@ -340,7 +328,7 @@ fn python_attempt(py: Python<'_>, res: PyResult<Bound<'_, PyAny>>) -> Attempt {
 /// Steps 1 and 2 of the module docs: the descriptor, or `None` for the Python path.
 fn fast_fd(event_loop: &Bound<'_, EventLoop>, sock: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
     let py = sock.py();
-    if !sock.get_type().is(socket_type(py)?) {
+    if !sock.get_type().is(crate::pyrefs::socket_type(py)?) {
         return Ok(None);
     }
     if event_loop.get().debug() {
@@ -468,7 +456,7 @@ pub(crate) fn connect(
     address: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let py = event_loop.py();
-    if !sock.get_type().is(socket_type(py)?) {
+    if !sock.get_type().is(crate::pyrefs::socket_type(py)?) {
         return Ok(not_implemented(py));
     }
     let fd = fileno(sock)?;

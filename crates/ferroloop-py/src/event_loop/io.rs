@@ -211,3 +211,78 @@ impl EventLoop {
         }
     }
 }
+
+/// `add_reader`, `add_writer` and their kin.
+#[pymethods]
+impl EventLoop {
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.set_callback(py, fd, callback, args, false, None).map(drop)
+    }
+
+    /// `add_reader` returning its handle (the selector loop's `_add_reader`).
+    /// (`context`: asyncio 3.15's transports give theirs.)
+    #[pyo3(signature = (fd, callback, *args, context=None))]
+    fn _add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.set_callback(py, fd, callback, args, false, context)
+    }
+
+    /// `RuntimeError` if a native transport watches `fd` (an int or an object with `fileno()`).
+    fn _check_fd_free(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.check_not_native(py, fileobj_to_fd(fd)?)
+    }
+
+    fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, false)
+    }
+
+    fn _remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.set_callback(py, fd, callback, args, true, None).map(drop)
+    }
+
+    /// `add_writer` returning its handle (the selector loop's `_add_writer`).
+    /// (`context`: asyncio 3.15's transports give theirs.)
+    #[pyo3(signature = (fd, callback, *args, context=None))]
+    fn _add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.set_callback(py, fd, callback, args, true, context)
+    }
+
+    fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, true)
+    }
+
+    fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_callback(py, fd, true)
+    }
+}

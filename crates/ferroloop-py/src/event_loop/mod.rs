@@ -25,11 +25,12 @@
 //! What is not hot lives in Python (`python/ferroloop/_loop.py`): `run_forever`'s bookkeeping,
 //! `run_until_complete`, exception handlers, executors, DNS, signals.
 //!
-//! Files: this one has the loop's state and its Python-visible methods (one `#[pymethods]` block,
-//! as PyO3 allows one per class without its `multiple-pymethods` feature: that block is why this
-//! file is longer than about 500 lines); `iteration` runs one iteration; `io` watches file
-//! descriptors (readers, writers, native transports, socket operations); `schedule` makes and
-//! reuses handles and tasks.
+//! Files: this one has the loop's state and the Python methods of its life (running, stopping,
+//! closing, debug); `iteration` runs one iteration; `io` watches file descriptors (readers,
+//! writers, native transports, socket operations) and has `add_reader` and its kin; `schedule`
+//! makes and reuses handles and tasks and has `call_soon`, `call_later`, `call_at`,
+//! `create_task` and `create_future`. Each file's Python methods are a `#[pymethods]` block of
+//! its own (PyO3's `multiple-pymethods`).
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -300,92 +301,6 @@ impl EventLoop {
         clock::monotonic()
     }
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    pub(crate) fn call_soon(
-        &self,
-        py: Python<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        if self.debug.load(Relaxed) {
-            self.debug_checks(py, callback, "call_soon", true)?;
-        }
-        let handle = self.queued_handle(py, self.handle_parts(py, callback, args, context)?)?;
-        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
-        Ok(handle)
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    pub(crate) fn call_soon_threadsafe(
-        &self,
-        py: Python<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        if self.debug.load(Relaxed) {
-            self.debug_checks(py, callback, "call_soon_threadsafe", false)?;
-        }
-        let mut parts = self.handle_parts(py, callback, args, context)?;
-        if compat::thread_safe_handles(py)? {
-            parts = parts.thread_safe();
-        }
-        let handle = self.queued_handle(py, parts)?;
-        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
-        if self.polling.load(Relaxed) {
-            self.wake(py);
-        }
-        Ok(handle)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    pub(crate) fn call_later(
-        &self,
-        py: Python<'_>,
-        delay: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let delay: f64 = delay.extract()?;
-        self.schedule_timer(py, self.now(py)? + delay, None, callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    pub(crate) fn call_at(
-        &self,
-        py: Python<'_>,
-        when: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when_int = when.is_exact_instance_of::<PyInt>() || when.is_exact_instance_of::<PyBool>();
-        let when_int = when_int.then(|| when.clone().unbind());
-        let when_f: f64 = match (when.extract(), &when_int) {
-            (Ok(w), _) => w,
-            // An int beyond any float: after (or before) every other deadline; `when()` keeps it.
-            (Err(_), Some(w)) => {
-                if w.bind(py).lt(0)? {
-                    f64::NEG_INFINITY
-                } else {
-                    f64::INFINITY
-                }
-            }
-            (Err(e), None) => return Err(e),
-        };
-        self.schedule_timer(py, when_f, when_int, callback, args, context)
-    }
-
     fn stop(&self) {
         self.stopping.store(true, Relaxed);
     }
@@ -446,183 +361,12 @@ impl EventLoop {
         self.clock_resolution
     }
 
-    #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(
-        &self,
-        py: Python<'_>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
-        self.set_callback(py, fd, callback, args, false, None).map(drop)
-    }
-
-    /// `add_reader` returning its handle (the selector loop's `_add_reader`).
-    /// (`context`: asyncio 3.15's transports give theirs.)
-    #[pyo3(signature = (fd, callback, *args, context=None))]
-    fn _add_reader(
-        &self,
-        py: Python<'_>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.set_callback(py, fd, callback, args, false, context)
-    }
-
-    /// `RuntimeError` if a native transport watches `fd` (an int or an object with `fileno()`).
-    fn _check_fd_free(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.check_not_native(py, fileobj_to_fd(fd)?)
-    }
-
-    fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        self.remove_callback(py, fd, false)
-    }
-
-    fn _remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        self.remove_callback(py, fd, false)
-    }
-
-    #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(
-        &self,
-        py: Python<'_>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
-        self.set_callback(py, fd, callback, args, true, None).map(drop)
-    }
-
-    /// `add_writer` returning its handle (the selector loop's `_add_writer`).
-    /// (`context`: asyncio 3.15's transports give theirs.)
-    #[pyo3(signature = (fd, callback, *args, context=None))]
-    fn _add_writer(
-        &self,
-        py: Python<'_>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.set_callback(py, fd, callback, args, true, context)
-    }
-
-    fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        self.remove_callback(py, fd, true)
-    }
-
-    fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
-        self.remove_callback(py, fd, true)
-    }
-
-    /// Schedules a coroutine; returns its task (stdlib's `asyncio.Task`, or the task factory's).
-    /// Its keywords are those of asyncio's on this Python (see `compat::create_task_takes_kwargs`).
-    #[pyo3(signature = (coro, **kwargs))]
-    fn create_task<'py>(
-        slf: &Bound<'py, Self>,
-        coro: &Bound<'py, PyAny>,
-        kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        let factory = this.task_factory.borrow(py).as_ref().map(|f| f.clone_ref(py));
-        if compat::create_task_takes_kwargs(py) {
-            // Every keyword, as given, to the factory or to `Task` (eager_start among them).
-            if let Some(factory) = factory {
-                return factory.bind(py).call((slf, coro), kwargs);
-            }
-            let kw = match kwargs {
-                Some(k) if k.contains(intern!(py, "loop"))? => {
-                    return Err(PyTypeError::new_err("create_task() got multiple values for keyword argument 'loop'"));
-                }
-                Some(k) => k.copy()?,
-                None => PyDict::new(py),
-            };
-            kw.set_item(intern!(py, "loop"), slf)?;
-            return this.new_task(py, coro, &kw);
-        }
-        let (mut name, mut context) = (None, None);
-        for (key, value) in kwargs.into_iter().flatten() {
-            match key.extract::<&str>()? {
-                "name" => name = Some(value).filter(|v| !v.is_none()),
-                "context" => context = Some(value).filter(|v| !v.is_none()),
-                other => {
-                    return Err(PyTypeError::new_err(format!(
-                        "create_task() got an unexpected keyword argument '{other}'"
-                    )))
-                }
-            }
-        }
-        let Some(factory) = factory else {
-            let kw = PyDict::new(py);
-            kw.set_item(intern!(py, "loop"), slf)?;
-            // None is the constructor's default for both: fewer keywords to build and parse.
-            if let Some(name) = name {
-                kw.set_item(intern!(py, "name"), name)?;
-            }
-            if let Some(ctx) = context {
-                kw.set_item(intern!(py, "context"), ctx)?;
-            }
-            return this.new_task(py, coro, &kw);
-        };
-        // The factory gets `context` only when there is one (its older signature is `(loop, coro)`).
-        let task = match context {
-            Some(ctx) => {
-                factory.bind(py).call((slf, coro), Some(&[(intern!(py, "context"), ctx)].into_py_dict(py)?))?
-            }
-            None => factory.bind(py).call1((slf, coro))?,
-        };
-        if let Some(name) = name {
-            task.call_method1(intern!(py, "set_name"), (name,))?;
-        }
-        Ok(task)
-    }
-
-    fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
-        if !factory.is_none() && !factory.is_callable() {
-            return Err(PyTypeError::new_err("task factory must be a callable or None"));
-        }
-        let new = (!factory.is_none()).then(|| factory.clone().unbind());
-        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py), new);
-        drop(old);
-        Ok(())
-    }
-
-    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.task_factory.borrow(py).as_ref().map(|f| f.clone_ref(py))
-    }
-
-    #[getter(_task_factory)]
-    fn task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.get_task_factory(py)
-    }
-
     /// Called by a socket coroutine cancelled (or closed) while awaiting `fut`: stops the
     /// operation's watching, unless it completed or was replaced meanwhile.
     fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
         let fd = sock.call_method0("fileno").and_then(|f| f.extract()).unwrap_or(-1);
         self.abandon_op(py, fd, fut)?;
         Ok(())
-    }
-
-    pub(crate) fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let this = slf.get();
-        let cached = this.queues.borrow(py).future_kwargs.as_ref().map(|k| k.clone_ref(py));
-        let kwargs = match cached {
-            Some(k) => k.into_bound(py),
-            None => {
-                let k = PyDict::new(py);
-                k.set_item(pyo3::intern!(py, "loop"), slf)?;
-                let old = this.queues.borrow_mut(py).future_kwargs.replace(k.clone().unbind());
-                drop(old);
-                k
-            }
-        };
-        Ok(pyrefs::future_type(py)?.call((), Some(&kwargs))?.unbind())
     }
 
     /// Runs iterations until `stop()`; `run_forever` (in Python) does the bookkeeping around it.
@@ -710,14 +454,6 @@ impl EventLoop {
     #[getter]
     fn _current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
         self.current_handle.borrow(py).as_ref().map(|h| h.clone_ref(py))
-    }
-
-    fn _timer_count(&self, py: Python<'_>) -> usize {
-        self.queues.borrow(py).timers.len()
-    }
-
-    fn _ready_count(&self, py: Python<'_>) -> usize {
-        self.queues.borrow(py).ready.len()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use ferroloop_core::flow::{Lifecycle, WriteFlow};
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::report_fatal;
-use crate::errors::is_exit;
+use super::base::{
+    self, control_flow, core_methods, read_methods, write_methods, Core, ReadSide, Readiness, Watch, WriteSide,
+};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -32,8 +32,6 @@ struct State {
     sock: Option<Py<PyAny>>,
     /// The protocol; dropped when `connection_lost` has run.
     protocol: Option<Py<PyAny>>,
-    /// `get_extra_info`'s answers.
-    extra: Py<PyDict>,
     /// The connected peer (`remote_addr`), or None.
     address: Option<Py<PyAny>>,
     /// The socket is connected: datagrams go with `send`, not `sendto`.
@@ -56,29 +54,9 @@ pub struct DatagramTransport {
     _live: crate::live::Token,
     event_loop: Py<EventLoop>,
     fd: RawFd,
+    /// `get_extra_info`'s answers.
+    extra: Py<PyDict>,
     state: GilCell<State>,
-}
-
-struct Watch(Py<DatagramTransport>);
-
-impl IoWatcher for Watch {
-    fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()> {
-        let t = self.0.bind(py);
-        if write {
-            DatagramTransport::send_queued(t)
-        } else {
-            DatagramTransport::read_ready(t)
-        }
-    }
-
-    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
-    }
-}
-
-fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.import(py, "ferroloop._transports", "DatagramTransport")
 }
 
 enum SendOutcome {
@@ -87,11 +65,68 @@ enum SendOutcome {
     Failed(PyErr),
 }
 
-impl DatagramTransport {
+impl Core for DatagramTransport {
+    fn loop_ref(&self) -> &Py<EventLoop> {
+        &self.event_loop
+    }
+
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
+    fn replace_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.state.borrow_mut(protocol.py()).protocol.replace(protocol.clone().unbind()))
+    }
+
+    fn closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).life.is_closing()
+    }
+
+    fn extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        base::extra_from(self.extra.bind(py), name, default)
+    }
+}
+
+impl ReadSide for DatagramTransport {
+    fn with_paused<R>(&self, py: Python<'_>, f: impl FnOnce(&mut bool, bool) -> R) -> R {
+        let mut st = self.state.borrow_mut(py);
+        let closing = st.life.is_closing();
+        f(&mut st.paused, closing)
+    }
+
+    fn watch_reading(slf: &Bound<'_, Self>, on: bool) -> PyResult<()> {
+        Self::set_watch(slf, false, on)
+    }
+}
+
+impl WriteSide for DatagramTransport {
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut WriteFlow, usize) -> R) -> R {
+        let mut st = self.state.borrow_mut(py);
+        let size = st.queued_bytes;
+        f(&mut st.flow, size)
+    }
+}
+
+impl Readiness for DatagramTransport {
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::receive(slf)
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::send_queued(slf)
+    }
+}
+
+core_methods!(DatagramTransport, "DatagramTransport");
+read_methods!(DatagramTransport);
+write_methods!(DatagramTransport);
+
+impl DatagramTransport {
     fn set_watch(slf: &Bound<'_, Self>, write: bool, on: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -104,21 +139,8 @@ impl DatagramTransport {
         }
     }
 
-    fn call_soon_self(slf: &Bound<'_, Self>, method: &str, args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        let py = slf.py();
-        let cb = slf.getattr(method)?;
-        slf.get().event_loop.bind(py).get().call_soon_native(py, &cb, args)
-    }
-
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit(py, &err) {
-            return Err(err);
-        }
-        let this = slf.get();
-        let exc = err.into_value(py).into_bound(py).into_any();
-        report_fatal(this.event_loop.bind(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
-        Self::force_close(slf, Some(&exc))
+        base::fatal_error(slf, err, message, Self::force_close)
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
@@ -142,8 +164,7 @@ impl DatagramTransport {
         if stop_reading {
             Self::set_watch(slf, false, false)?;
         }
-        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
-        Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [exc])?)
+        base::schedule_connection_lost(slf, exc)
     }
 
     /// Gives an `OSError` to the protocol's `error_received`; anything else is fatal.
@@ -158,7 +179,8 @@ impl DatagramTransport {
         Self::fatal_error(slf, err, message)
     }
 
-    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// One datagram to `datagram_received`.
+    fn receive(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (sock, protocol) = {
@@ -238,7 +260,7 @@ impl DatagramTransport {
                 }
             }
         }
-        Self::control_flow(slf, false)?;
+        control_flow(slf, false)?;
         let (empty, closing) = {
             let st = this.state.borrow(py);
             (st.queue.is_empty(), st.life.is_closing())
@@ -251,21 +273,6 @@ impl DatagramTransport {
         }
         Ok(())
     }
-
-    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
-    /// buffer crosses a watermark.
-    fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            let size = st.queued_bytes;
-            if !st.flow.update(size, grew) {
-                return Ok(());
-            }
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        super::tell_flow(slf.get().event_loop.bind(py), slf.as_any(), protocol, grew)
-    }
 }
 
 #[pymethods]
@@ -274,10 +281,7 @@ impl DatagramTransport {
     fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if !(data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>())
-        {
+        if !crate::buffers::is_bytes_like(data) {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {:?}",
                 data.get_type().name()?.to_string()
@@ -326,34 +330,7 @@ impl DatagramTransport {
             st.queue.push_back((owned.unbind(), addr.unbind()));
             st.queued_bytes += nbytes + if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 };
         }
-        Self::control_flow(slf, true)
-    }
-
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info<'py>(
-        &self,
-        py: Python<'py>,
-        name: &Bound<'py, PyAny>,
-        default: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let extra = self.state.borrow(py).extra.clone_ref(py);
-        match extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v),
-            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
-        }
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).life.is_closing()
-    }
-
-    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
-        let old = self.state.borrow_mut(py).protocol.replace(protocol.clone().unbind());
-        drop(old);
-    }
-
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
+        control_flow(slf, true)
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -372,94 +349,13 @@ impl DatagramTransport {
         Self::set_watch(slf, false, false)?;
         if lost_now {
             Self::set_watch(slf, true, false)?;
-            Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [py.None()])?)?;
+            base::schedule_connection_lost(slf, None)?;
         }
         Ok(())
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)
-    }
-
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).queued_bytes
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        st.flow.limits()
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py());
-            st.flow.set_limits(high, low);
-        }
-        Self::control_flow(slf, true)
-    }
-
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let st = slf.get().state.borrow(slf.py());
-        if st.life.is_closing() || st.paused {
-            return Ok(());
-        }
-        drop(st);
-        Self::set_watch(slf, false, true)
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        let st = self.state.borrow(py);
-        !st.life.is_closing() && !st.paused
-    }
-
-    /// asyncio's selector transports (datagram ones too) stop and restart reading.
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            if st.life.is_closing() || st.paused {
-                return Ok(());
-            }
-            st.paused = true;
-        }
-        Self::set_watch(slf, false, false)?;
-        if slf.get().event_loop.bind(py).get().debug() {
-            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r pauses reading", slf))?;
-        }
-        Ok(())
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            if st.life.is_closing() || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::set_watch(slf, false, true)?;
-        if slf.get().event_loop.bind(py).get().debug() {
-            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r resumes reading", slf))?;
-        }
-        Ok(())
-    }
-
-    /// asyncio's private flags, which tests and libraries read.
-    #[getter]
-    fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).paused
-    }
-
-    #[getter]
-    fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).life.is_closing()
     }
 
     #[pyo3(signature = (exc))]
@@ -497,12 +393,6 @@ impl DatagramTransport {
         self.state.borrow(py).address.as_ref().map(|a| a.clone_ref(py))
     }
 
-    /// `ferroloop._transports.DatagramTransport`, a subclass of `asyncio.DatagramTransport`.
-    #[getter(__class__)]
-    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
-        marker_class(py).cloned()
-    }
-
     fn __repr__(&self, py: Python<'_>) -> String {
         let st = self.state.borrow(py);
         let status = if st.sock.is_none() {
@@ -517,10 +407,10 @@ impl DatagramTransport {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.event_loop)?;
+        visit.call(&self.extra)?;
         if let Some(st) = self.state.try_borrow() {
             visit.call(&st.sock)?;
             visit.call(&st.protocol)?;
-            visit.call(&st.extra)?;
             visit.call(&st.address)?;
             for (d, a) in &st.queue {
                 visit.call(d)?;
@@ -558,7 +448,6 @@ pub fn make_datagram_transport<'py>(
     let state = State {
         sock: Some(sock.clone().unbind()),
         protocol: Some(protocol.clone().unbind()),
-        extra: extra.unbind(),
         address: address.filter(|a| a.is_truthy().unwrap_or(false)).map(|a| a.clone().unbind()),
         connected,
         queue: VecDeque::new(),
@@ -573,6 +462,7 @@ pub fn make_datagram_transport<'py>(
             _live: crate::live::Token::new(crate::live::Kind::DatagramTransport),
             event_loop: event_loop.clone().unbind(),
             fd,
+            extra: extra.unbind(),
             state: GilCell::new(state),
         },
     )?;

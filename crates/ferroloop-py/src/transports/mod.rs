@@ -9,6 +9,9 @@
 //!   `_UnixWritePipeTransport`): `connect_read_pipe`, `connect_write_pipe` and the standard
 //!   streams of subprocesses.
 //!
+//! What they share is in [`base`]: the watcher, the methods made from a transport's loop,
+//! protocol, reading and write flow control, and asyncio's `_fatal_error`.
+//!
 //! A transport registers its file descriptor with the loop as an
 //! [`IoWatcher`](crate::watch::IoWatcher) and calls its protocol directly from Rust. The protocol
 //! receives the transport object itself, whose `__class__` is a Python subclass of the matching
@@ -23,6 +26,7 @@
 
 pub(crate) use crate::errors::{is_exit, os_error};
 
+pub(crate) mod base;
 pub mod datagram;
 pub mod pipe;
 pub mod stream;
@@ -261,7 +265,7 @@ impl ExtraSnapshot {
             ("sockname", Some(sock)) => {
                 sock.bind(py).call_method0("getsockname").unwrap_or_else(|_| py.None().into_bound(py))
             }
-            ("socket", Some(sock)) => py.import("asyncio.trsock")?.getattr("TransportSocket")?.call1((sock,))?,
+            ("socket", Some(sock)) => crate::pyrefs::transport_socket_type(py)?.call1((sock,))?,
             _ => return Ok((default(), None)),
         };
         let dict = match self.more {
@@ -284,7 +288,7 @@ pub(crate) fn socket_extra<'py>(
         Some(e) => e.copy()?,
         None => PyDict::new(py),
     };
-    let trsock = py.import("asyncio.trsock")?.getattr("TransportSocket")?.call1((sock,))?;
+    let trsock = crate::pyrefs::transport_socket_type(py)?.call1((sock,))?;
     extra.set_item("socket", trsock)?;
     extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
     if !extra.contains("peername")? {

@@ -47,22 +47,171 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use ferroloop_core::flow::{WriteFlow, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use ferroloop_core::flow::{Lifecycle, WriteFlow, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use ferroloop_core::net::{self, FileType};
 use ferroloop_core::write_buffer::WriteBuffer;
 use pyo3::exceptions::{PyBrokenPipeError, PyNotImplementedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use super::base::{self, control_flow, Core, ReadSide, Readiness, Watch, WriteSide};
 use super::os_error;
 use crate::buffers::{Data, DataError};
-use crate::errors::is_exit;
+use crate::errors::{is_exit, try_later};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::pyrefs;
 use crate::watch::IoWatcher;
+
+/// What both ends keep: the file object, the protocol and where the transport is in its life.
+struct End {
+    /// The file object; closed and dropped once `connection_lost` has run (or set by `_pipe`).
+    pipe: Option<Py<PyAny>>,
+    /// The protocol; dropped once `connection_lost` has run.
+    protocol: Option<Py<PyAny>>,
+    /// Open; closing (`close()`, `write_eof()`, end of file, an error): no more reading, writes
+    /// dropped; lost: `connection_lost` is scheduled (once).
+    life: Lifecycle,
+}
+
+impl End {
+    fn new(pipe: &Bound<'_, PyAny>, protocol: &Bound<'_, PyAny>) -> Self {
+        Self { pipe: Some(pipe.clone().unbind()), protocol: Some(protocol.clone().unbind()), life: Lifecycle::Open }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.pipe)?;
+        visit.call(&self.protocol)
+    }
+
+    /// The words `__repr__` adds for the lifecycle: `closed` once the file object is released,
+    /// `closing` before.
+    fn status(&self) -> Option<&'static str> {
+        if self.pipe.is_none() {
+            Some("closed")
+        } else if self.life.is_closing() {
+            Some("closing")
+        } else {
+            None
+        }
+    }
+}
+
+/// One end of a pipe, as the rules both ends share read it.
+trait PipeEnd: Core + pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
+    fn fd(&self) -> RawFd;
+
+    fn extra(&self) -> &Py<PyDict>;
+
+    /// Runs `f` on the end's shared state, under the state's borrow.
+    fn end<R>(&self, py: Python<'_>, f: impl FnOnce(&mut End) -> R) -> R;
+
+    /// Stops watching the descriptor in every direction it is watched.
+    fn unwatch_all(&self, py: Python<'_>) -> PyResult<()>;
+
+    /// asyncio's `_close(exc)`: stop, and schedule `connection_lost(exc)` (once).
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()>;
+}
+
+/// asyncio's pipe `_fatal_error`: when `quiet`, the error is only logged in debug mode;
+/// otherwise it goes to the exception handler. Then the transport closes with it.
+fn fatal_error<T: PipeEnd>(slf: &Bound<'_, T>, err: PyErr, message: &str, quiet: bool) -> PyResult<()> {
+    let py = slf.py();
+    if is_exit(py, &err) {
+        return Err(err);
+    }
+    let this = slf.get();
+    let exc = err.into_value(py).into_bound(py).into_any();
+    if quiet {
+        if this.event_loop(py).get().debug() {
+            log(py, "debug", ("%r: %s", slf, message), Some(&exc));
+        }
+    } else {
+        super::report_error(this.event_loop(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
+    }
+    T::close_with(slf, Some(&exc))
+}
+
+/// Marks the end lost; true the first time, when the caller schedules `connection_lost`.
+fn lose<T: PipeEnd>(this: &T, py: Python<'_>) -> bool {
+    this.end(py, |end| end.life.lose())
+}
+
+/// The transport core's methods for a pipe end, and what both ends add: `_pipe`, `_fileno`,
+/// `_call_connection_lost`.
+macro_rules! pipe_end {
+    ($ty:ty, $marker:literal) => {
+        impl Core for $ty {
+            fn loop_ref(&self) -> &Py<EventLoop> {
+                &self.event_loop
+            }
+
+            fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.end(py, |end| end.protocol.as_ref().map(|p| p.clone_ref(py)))
+            }
+
+            fn replace_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+                Ok(self.end(protocol.py(), |end| end.protocol.replace(protocol.clone().unbind())))
+            }
+
+            fn closing(&self, py: Python<'_>) -> bool {
+                self.end(py, |end| end.life.is_closing())
+            }
+
+            fn extra_info<'py>(
+                &self,
+                py: Python<'py>,
+                name: &Bound<'py, PyAny>,
+                default: Option<Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                base::extra_from(self.extra().bind(py), name, default)
+            }
+        }
+
+        base::core_methods!($ty, $marker);
+
+        #[pymethods]
+        impl $ty {
+            /// Tells the protocol the pipe is closed, then closes the pipe object (once).
+            #[pyo3(signature = (exc))]
+            fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+                self.unwatch_all(py)?;
+                let (protocol, pipe) = self.end(py, |end| {
+                    end.life.lose();
+                    (end.protocol.take(), end.pipe.take())
+                });
+                connection_lost(py, protocol, pipe, exc)
+            }
+
+            /// The file object; `None` once closed. Setting it to `None` silences the
+            /// `ResourceWarning` of a transport dropped while open (asyncio's tests do so).
+            #[getter(_pipe)]
+            fn pipe_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+                self.end(py, |end| end.pipe.as_ref().map(|p| p.clone_ref(py)))
+            }
+
+            #[setter(_pipe)]
+            fn set_pipe_attr(&self, py: Python<'_>, pipe: Option<Py<PyAny>>) {
+                let old = self.end(py, |end| std::mem::replace(&mut end.pipe, pipe));
+                drop(old);
+            }
+
+            #[getter]
+            fn _fileno(&self) -> RawFd {
+                self.fd()
+            }
+        }
+
+        impl Drop for $ty {
+            fn drop(&mut self) {
+                if let Some(pipe) = self.state.get_mut().end.pipe.take() {
+                    Python::attach(|py| close_on_drop(py, $marker, self.fd, &pipe));
+                }
+            }
+        }
+    };
+}
 
 mod read;
 mod write;
@@ -75,10 +224,6 @@ pub const MAX_READ: usize = 256 * 1024;
 thread_local! {
     /// The buffer reads land in before they are copied into a `bytes` object.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 /// What both constructors do first, in asyncio's order: the extra info (the caller's dictionary

@@ -4,24 +4,12 @@ use pyo3::prelude::*;
 
 use super::*;
 
-fn read_marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.import(py, "ferroloop._transports", "ReadPipeTransport")
-}
-
 struct ReadState {
-    /// The file object; closed and dropped once `connection_lost` has run (or set by `_pipe`).
-    pipe: Option<Py<PyAny>>,
-    /// The protocol; dropped once `connection_lost` has run.
-    protocol: Option<Py<PyAny>>,
-    /// `close()` was called, end of file was read, or reading failed.
-    closing: bool,
+    end: End,
     /// `pause_reading()` is in effect.
     paused: bool,
     /// The descriptor is registered with the loop for reading.
     watching: bool,
-    /// `connection_lost` is scheduled (or ran).
-    lost_scheduled: bool,
 }
 
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
@@ -29,44 +17,27 @@ pub struct ReadPipeTransport {
     /// Counts the object in leak-check builds (`live`).
     _live: crate::live::Token,
     event_loop: Py<EventLoop>,
-    /// The pipe's descriptor (valid while `state.pipe` is open).
+    /// The pipe's descriptor (valid while `state.end.pipe` is open).
     fd: RawFd,
     /// `get_extra_info`'s answers.
     extra: Py<PyDict>,
     state: GilCell<ReadState>,
 }
 
-struct ReadWatch(Py<ReadPipeTransport>);
-
-impl IoWatcher for ReadWatch {
-    fn io_ready(&self, py: Python<'_>, _write: bool) -> PyResult<()> {
-        ReadPipeTransport::read_ready(self.0.bind(py))
+impl PipeEnd for ReadPipeTransport {
+    fn fd(&self) -> RawFd {
+        self.fd
     }
 
-    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
-    }
-}
-
-impl ReadPipeTransport {
-    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
-        self.event_loop.bind(py)
+    fn extra(&self) -> &Py<PyDict> {
+        &self.extra
     }
 
-    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
+    fn end<R>(&self, py: Python<'_>, f: impl FnOnce(&mut End) -> R) -> R {
+        f(&mut self.state.borrow_mut(py).end)
     }
 
-    fn watch(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let watcher: Arc<dyn IoWatcher> = Arc::new(ReadWatch(slf.clone().unbind()));
-        this.event_loop(py).get().add_native(py, this.fd, watcher, false, None)?;
-        this.state.borrow_mut(py).watching = true;
-        Ok(())
-    }
-
-    fn unwatch(&self, py: Python<'_>) -> PyResult<()> {
+    fn unwatch_all(&self, py: Python<'_>) -> PyResult<()> {
         let watching = std::mem::replace(&mut self.state.borrow_mut(py).watching, false);
         if watching {
             self.event_loop(py).get().remove_native(py, self.fd, false)?;
@@ -74,21 +45,55 @@ impl ReadPipeTransport {
         Ok(())
     }
 
-    fn call_soon_self(slf: &Bound<'_, Self>, method: &str, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    /// Stops reading and schedules `connection_lost(exc)` (once).
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let cb = slf.getattr(method)?;
-        slf.get().event_loop(py).get().call_soon_native(py, &cb, args)
+        let this = slf.get();
+        this.end(py, |end| end.life.close());
+        this.unwatch_all(py)?;
+        if lose(this, py) {
+            base::schedule_connection_lost(slf, exc)?;
+        }
+        Ok(())
+    }
+}
+
+pipe_end!(ReadPipeTransport, "ReadPipeTransport");
+
+impl ReadSide for ReadPipeTransport {
+    fn with_paused<R>(&self, py: Python<'_>, f: impl FnOnce(&mut bool, bool) -> R) -> R {
+        let mut st = self.state.borrow_mut(py);
+        let closing = st.end.life.is_closing();
+        f(&mut st.paused, closing)
     }
 
+    fn watch_reading(slf: &Bound<'_, Self>, on: bool) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !on {
+            return this.unwatch_all(py);
+        }
+        let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
+        this.event_loop(py).get().add_native(py, this.fd, watcher, false, None)?;
+        this.state.borrow_mut(py).watching = true;
+        Ok(())
+    }
+}
+
+base::read_methods!(ReadPipeTransport);
+
+impl Readiness for ReadPipeTransport {
+    /// One `read(2)` to `data_received`; end of file; a read error (`EIO`, what a
+    /// pseudo-terminal's master reads once the other side is closed, only logged in debug mode).
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let protocol = {
             let st = this.state.borrow(py);
-            if !st.watching || st.closing || st.paused {
+            if !st.watching || st.end.life.is_closing() || st.paused {
                 return Ok(());
             }
-            match &st.protocol {
+            match &st.end.protocol {
                 Some(p) => p.clone_ref(py),
                 None => return Ok(()),
             }
@@ -106,69 +111,36 @@ impl ReadPipeTransport {
             net::read(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
         });
         match received {
-            Err(e) if would_block(&e) => Ok(()),
+            Err(e) if try_later(&e) => Ok(()),
             Err(e) => {
                 let quiet = e.raw_os_error() == Some(libc::EIO);
-                Self::fatal_error(slf, os_error(&e), "Fatal read error on pipe transport", quiet)
+                fatal_error(slf, os_error(&e), "Fatal read error on pipe transport", quiet)
             }
             Ok(Some(data)) => protocol.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
             Ok(None) => Self::on_eof(slf, protocol.bind(py)),
         }
     }
 
+    fn write_ready(_slf: &Bound<'_, Self>) -> PyResult<()> {
+        Ok(())
+    }
+}
+
+impl ReadPipeTransport {
     fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         if this.event_loop(py).get().debug() {
             log(py, "info", ("%r was closed by peer", slf), None);
         }
-        this.state.borrow_mut(py).closing = true;
-        this.unwatch(py)?;
+        this.end(py, |end| end.life.close());
+        this.unwatch_all(py)?;
         let eof_received = protocol.getattr(intern!(py, "eof_received"))?;
         this.event_loop(py).get().call_soon_native(py, &eof_received, &PyTuple::empty(py))?;
-        Self::schedule_connection_lost(slf, None)
-    }
-
-    /// asyncio's `_fatal_error`: report (or, when `quiet`, log in debug mode), then close.
-    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str, quiet: bool) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit(py, &err) {
-            return Err(err);
+        if lose(this, py) {
+            base::schedule_connection_lost(slf, None)?;
         }
-        let this = slf.get();
-        let exc = err.into_value(py).into_bound(py).into_any();
-        if quiet {
-            if this.event_loop(py).get().debug() {
-                log(py, "debug", ("%r: %s", slf, message), Some(&exc));
-            }
-        } else {
-            crate::transports::report_error(
-                this.event_loop(py),
-                slf.as_any(),
-                this.protocol(py).as_ref(),
-                &exc,
-                message,
-            )?;
-        }
-        Self::close_with(slf, Some(&exc))
-    }
-
-    /// asyncio's `_close`: stop reading and schedule `connection_lost(exc)`.
-    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.state.borrow_mut(py).closing = true;
-        this.unwatch(py)?;
-        Self::schedule_connection_lost(slf, exc)
-    }
-
-    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        if std::mem::replace(&mut slf.get().state.borrow_mut(py).lost_scheduled, true) {
-            return Ok(());
-        }
-        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
-        Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [exc])?)
+        Ok(())
     }
 }
 
@@ -180,152 +152,19 @@ impl ReadPipeTransport {
         MAX_READ
     }
 
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info<'py>(
-        &self,
-        py: Python<'py>,
-        name: &Bound<'py, PyAny>,
-        default: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v),
-            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
-        }
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        let st = self.state.borrow(py);
-        !st.paused && !st.closing
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.paused || st.closing {
-                return Ok(());
-            }
-            st.paused = true;
-        }
-        this.unwatch(py)?;
-        if this.event_loop(py).get().debug() {
-            log(py, "debug", ("%r pauses reading", slf), None);
-        }
-        Ok(())
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.closing || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::watch(slf)?;
-        if this.event_loop(py).get().debug() {
-            log(py, "debug", ("%r resumes reading", slf), None);
-        }
-        Ok(())
-    }
-
-    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
-        let old = self.state.borrow_mut(py).protocol.replace(protocol.clone().unbind());
-        drop(old);
-    }
-
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
-    }
-
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().state.borrow(slf.py()).closing {
+        if slf.get().closing(slf.py()) {
             return Ok(());
         }
         Self::close_with(slf, None)
     }
 
-    /// Starts reading (scheduled by the constructor, after `connection_made`).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().is_reading(slf.py()) {
-            Self::watch(slf)?;
-        }
-        Ok(())
-    }
-
-    /// Tells the protocol the pipe is closed, then closes the pipe object (once).
-    #[pyo3(signature = (exc))]
-    fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        self.unwatch(py)?;
-        let (protocol, pipe) = {
-            let mut st = self.state.borrow_mut(py);
-            st.lost_scheduled = true;
-            (st.protocol.take(), st.pipe.take())
-        };
-        connection_lost(py, protocol, pipe, exc)
-    }
-
-    /// The file object; `None` once closed. Setting it to `None` silences the `ResourceWarning`
-    /// of a transport dropped while open (asyncio's tests do so).
-    #[getter(_pipe)]
-    fn pipe_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).pipe.as_ref().map(|p| p.clone_ref(py))
-    }
-
-    #[setter(_pipe)]
-    fn set_pipe_attr(&self, py: Python<'_>, pipe: Option<Py<PyAny>>) {
-        let old = std::mem::replace(&mut self.state.borrow_mut(py).pipe, pipe);
-        drop(old);
-    }
-
-    #[getter]
-    fn _fileno(&self) -> RawFd {
-        self.fd
-    }
-
-    #[getter]
-    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
-    }
-
-    #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
-        self.event_loop.clone_ref(py)
-    }
-
-    #[getter]
-    fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
-    }
-
-    #[getter]
-    fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).paused
-    }
-
-    /// `ferroloop._transports.ReadPipeTransport`, a subclass of `asyncio.ReadTransport`.
-    #[getter(__class__)]
-    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
-        read_marker_class(py).cloned()
-    }
-
     fn __repr__(&self, py: Python<'_>) -> String {
         let st = self.state.borrow(py);
         let mut info = vec!["ReadPipeTransport".to_owned()];
-        if st.pipe.is_none() {
-            info.push("closed".into());
-        } else if st.closing {
-            info.push("closing".into());
-        }
+        info.extend(st.end.status().map(str::to_owned));
         info.push(format!("fd={}", self.fd));
-        if st.pipe.is_some() {
+        if st.end.pipe.is_some() {
             if self.event_loop.get().closed() {
                 info.push("open".into());
             } else {
@@ -339,18 +178,9 @@ impl ReadPipeTransport {
         visit.call(&self.event_loop)?;
         visit.call(&self.extra)?;
         if let Some(st) = self.state.try_borrow() {
-            visit.call(&st.pipe)?;
-            visit.call(&st.protocol)?;
+            st.end.traverse(&visit)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for ReadPipeTransport {
-    fn drop(&mut self) {
-        if let Some(pipe) = self.state.get_mut().pipe.take() {
-            Python::attach(|py| close_on_drop(py, "ReadPipeTransport", self.fd, &pipe));
-        }
     }
 }
 
@@ -368,14 +198,7 @@ pub fn make_read_pipe_transport<'py>(
 ) -> PyResult<Bound<'py, ReadPipeTransport>> {
     let py = event_loop.py();
     let (extra, fd, _) = open_pipe(pipe, extra, "Pipe transport is for pipes/sockets only.")?;
-    let state = ReadState {
-        pipe: Some(pipe.clone().unbind()),
-        protocol: Some(protocol.clone().unbind()),
-        closing: false,
-        paused: false,
-        watching: false,
-        lost_scheduled: false,
-    };
+    let state = ReadState { end: End::new(pipe, protocol), paused: false, watching: false };
     let transport = crate::transports::new_transport(
         py,
         ReadPipeTransport {

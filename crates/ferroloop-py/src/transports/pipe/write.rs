@@ -4,28 +4,17 @@ use pyo3::prelude::*;
 
 use super::*;
 
-fn write_marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.import(py, "ferroloop._transports", "WritePipeTransport")
-}
-
 struct WriteState {
-    /// The file object; closed and dropped once `connection_lost` has run (or set by `_pipe`).
-    pipe: Option<Py<PyAny>>,
-    /// The protocol; dropped once `connection_lost` has run.
-    protocol: Option<Py<PyAny>>,
+    end: End,
     /// Bytes accepted by `write()` and not yet written.
     buffer: WriteBuffer,
-    /// asyncio's `_conn_lost`: counts failed writes and writes made after closing.
+    /// asyncio's `_conn_lost`: counts failed writes and writes made after closing (a pipe
+    /// drops writes from closing on, not only once lost as a socket does).
     conn_lost: u32,
-    /// `close()`, `write_eof()` or `abort()` was called, or the pipe failed.
-    closing: bool,
     /// The descriptor is watched for writing (the buffer is not empty).
     writing: bool,
     /// The descriptor is watched for reading, to see the reader go (FIFOs and sockets).
     reading: bool,
-    /// `connection_lost` is scheduled (or ran).
-    lost_scheduled: bool,
     /// Write flow control: the watermarks, and whether the protocol is paused.
     flow: WriteFlow,
 }
@@ -44,23 +33,6 @@ pub struct WritePipeTransport {
     state: GilCell<WriteState>,
 }
 
-struct WriteWatch(Py<WritePipeTransport>);
-
-impl IoWatcher for WriteWatch {
-    fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()> {
-        let t = self.0.bind(py);
-        if write {
-            WritePipeTransport::write_ready(t)
-        } else {
-            WritePipeTransport::reader_gone(t)
-        }
-    }
-
-    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
-    }
-}
-
 /// What `write()` did with the data, decided without calling into Python.
 enum WriteOutcome {
     /// Nothing to do (empty data, or everything was written).
@@ -75,19 +47,70 @@ enum WriteOutcome {
     Failed(io::Error),
 }
 
+impl PipeEnd for WritePipeTransport {
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn extra(&self) -> &Py<PyDict> {
+        &self.extra
+    }
+
+    fn end<R>(&self, py: Python<'_>, f: impl FnOnce(&mut End) -> R) -> R {
+        f(&mut self.state.borrow_mut(py).end)
+    }
+
+    fn unwatch_all(&self, py: Python<'_>) -> PyResult<()> {
+        self.unwatch(py, true)?;
+        self.unwatch(py, false)
+    }
+
+    /// Drops the buffer, stops watching, and schedules `connection_lost(exc)` (once).
+    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let schedule = {
+            let mut st = this.state.borrow_mut(py);
+            st.end.life.close();
+            st.buffer.clear();
+            st.end.life.lose()
+        };
+        this.unwatch_all(py)?;
+        if schedule {
+            base::schedule_connection_lost(slf, exc)?;
+        }
+        Ok(())
+    }
+}
+
+pipe_end!(WritePipeTransport, "WritePipeTransport");
+
+impl WriteSide for WritePipeTransport {
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut WriteFlow, usize) -> R) -> R {
+        let mut st = self.state.borrow_mut(py);
+        let size = st.buffer.len();
+        f(&mut st.flow, size)
+    }
+}
+
+base::write_methods!(WritePipeTransport);
+
+impl Readiness for WritePipeTransport {
+    /// The descriptor became readable: the reading end was closed.
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::reader_gone(slf)
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flush(slf)
+    }
+}
+
 impl WritePipeTransport {
-    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
-        self.event_loop.bind(py)
-    }
-
-    fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
-    }
-
     fn watch(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let watcher: Arc<dyn IoWatcher> = Arc::new(WriteWatch(slf.clone().unbind()));
+        let watcher: Arc<dyn IoWatcher> = Arc::new(Watch(slf.clone().unbind()));
         this.event_loop(py).get().add_native(py, this.fd, watcher, write, None)?;
         let mut st = this.state.borrow_mut(py);
         if write {
@@ -115,7 +138,7 @@ impl WritePipeTransport {
             return WriteOutcome::Done;
         }
         let mut st = self.state.borrow_mut(py);
-        if st.conn_lost > 0 || st.closing {
+        if st.conn_lost > 0 || st.end.life.is_closing() {
             st.conn_lost += 1;
             return WriteOutcome::Dropped(st.conn_lost - 1);
         }
@@ -125,7 +148,7 @@ impl WritePipeTransport {
         }
         let written = match net::write(self.fd, data) {
             Ok(n) => n,
-            Err(e) if would_block(&e) => 0,
+            Err(e) if try_later(&e) => 0,
             Err(e) => {
                 st.conn_lost += 1;
                 return WriteOutcome::Failed(e);
@@ -138,7 +161,9 @@ impl WritePipeTransport {
         WriteOutcome::StartWriting
     }
 
-    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// One `writev` of the buffer; once drained, the protocol may resume, and a closing
+    /// transport is lost.
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let result = {
@@ -153,7 +178,7 @@ impl WritePipeTransport {
             res
         };
         match result {
-            Err(e) if would_block(&e) => Ok(()),
+            Err(e) if try_later(&e) => Ok(()),
             Err(e) => {
                 {
                     let mut st = this.state.borrow_mut(py);
@@ -161,7 +186,7 @@ impl WritePipeTransport {
                     st.conn_lost += 1;
                 }
                 this.unwatch(py, true)?;
-                Self::fatal_error(slf, os_error(&e), "Fatal write error on pipe transport")
+                Self::fatal_error(slf, os_error(&e))
             }
             Ok(_) => {
                 if !this.state.borrow(py).buffer.is_empty() {
@@ -169,10 +194,10 @@ impl WritePipeTransport {
                 }
                 this.unwatch(py, true)?;
                 // May write again, or close.
-                Self::control_flow(slf, false)?;
+                control_flow(slf, false)?;
                 let lost_now = {
                     let mut st = this.state.borrow_mut(py);
-                    st.closing && st.buffer.is_empty() && !std::mem::replace(&mut st.lost_scheduled, true)
+                    st.end.life.is_closing() && st.buffer.is_empty() && st.end.life.lose()
                 };
                 if lost_now {
                     this.unwatch(py, false)?;
@@ -183,13 +208,13 @@ impl WritePipeTransport {
         }
     }
 
-    /// The descriptor became readable: the reading end was closed.
+    /// The reading end was closed: close, with `BrokenPipeError` when data was still buffered.
     fn reader_gone(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let buffered = {
             let st = this.state.borrow(py);
-            if !st.reading || st.lost_scheduled {
+            if !st.reading || st.end.life.is_lost() {
                 return Ok(());
             }
             !st.buffer.is_empty()
@@ -205,65 +230,10 @@ impl WritePipeTransport {
         }
     }
 
-    /// asyncio's `_fatal_error`: an `OSError` is only logged in debug mode, anything else goes
-    /// to the exception handler; then the transport closes.
-    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit(py, &err) {
-            return Err(err);
-        }
-        let this = slf.get();
-        let exc = err.into_value(py).into_bound(py).into_any();
-        if exc.is_instance_of::<PyOSError>() {
-            if this.event_loop(py).get().debug() {
-                log(py, "debug", ("%r: %s", slf, message), Some(&exc));
-            }
-        } else {
-            crate::transports::report_error(
-                this.event_loop(py),
-                slf.as_any(),
-                this.protocol(py).as_ref(),
-                &exc,
-                message,
-            )?;
-        }
-        Self::close_with(slf, Some(&exc))
-    }
-
-    /// asyncio's `_close`: drop the buffer, stop watching, schedule `connection_lost(exc)`.
-    fn close_with(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let schedule = {
-            let mut st = this.state.borrow_mut(py);
-            st.closing = true;
-            st.buffer.clear();
-            !std::mem::replace(&mut st.lost_scheduled, true)
-        };
-        this.unwatch(py, true)?;
-        this.unwatch(py, false)?;
-        if !schedule {
-            return Ok(());
-        }
-        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
-        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        this.event_loop(py).get().call_soon_native(py, &cb, &PyTuple::new(py, [exc])?)
-    }
-
-    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
-    /// buffer crosses a watermark.
-    fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            let size = st.buffer.len();
-            if !st.flow.update(size, grew) {
-                return Ok(());
-            }
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        crate::transports::tell_flow(this.event_loop(py), slf.as_any(), protocol, grew)
+    /// asyncio's write pipe `_fatal_error`: an `OSError` is only logged in debug mode.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
+        let quiet = err.is_instance_of::<PyOSError>(slf.py());
+        fatal_error(slf, err, "Fatal write error on pipe transport", quiet)
     }
 }
 
@@ -283,32 +253,6 @@ impl WritePipeTransport {
         Err(PyNotImplementedError::new_err(()))
     }
 
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info<'py>(
-        &self,
-        py: Python<'py>,
-        name: &Bound<'py, PyAny>,
-        default: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v),
-            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
-        }
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
-    }
-
-    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
-        let old = self.state.borrow_mut(py).protocol.replace(protocol.clone().unbind());
-        drop(old);
-    }
-
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
-    }
-
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -316,7 +260,7 @@ impl WritePipeTransport {
             Ok(d) => d,
             Err(DataError::Type(e)) => return Err(e),
             // As asyncio's `os.write(fd, data)` failing: a fatal write error.
-            Err(DataError::Export(e)) => return Self::fatal_error(slf, e, "Fatal write error on pipe transport"),
+            Err(DataError::Export(e)) => return Self::fatal_error(slf, e),
         };
         match this.write_now(py, data.as_bytes()) {
             WriteOutcome::Done => Ok(()),
@@ -326,16 +270,16 @@ impl WritePipeTransport {
                 }
                 Ok(())
             }
-            WriteOutcome::Failed(e) => Self::fatal_error(slf, os_error(&e), "Fatal write error on pipe transport"),
+            WriteOutcome::Failed(e) => Self::fatal_error(slf, os_error(&e)),
             WriteOutcome::StartWriting => {
                 if let Err(e) = Self::watch(slf, true) {
                     // As in asyncio, data is only buffered once the descriptor is watched.
                     this.state.borrow_mut(py).buffer.clear();
                     return Err(e);
                 }
-                Self::control_flow(slf, true)
+                control_flow(slf, true)
             }
-            WriteOutcome::Buffered => Self::control_flow(slf, true),
+            WriteOutcome::Buffered => control_flow(slf, true),
         }
     }
 
@@ -356,16 +300,14 @@ impl WritePipeTransport {
         let this = slf.get();
         let lost_now = {
             let mut st = this.state.borrow_mut(py);
-            if st.closing {
+            if !st.end.life.close() {
                 return Ok(());
             }
-            st.closing = true;
-            st.buffer.is_empty() && !std::mem::replace(&mut st.lost_scheduled, true)
+            st.buffer.is_empty() && st.end.life.lose()
         };
         if lost_now {
             this.unwatch(py, false)?;
-            let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
-            this.event_loop(py).get().call_soon_native(py, &cb, &PyTuple::new(py, [py.None()])?)?;
+            base::schedule_connection_lost(slf, None)?;
         }
         Ok(())
     }
@@ -373,7 +315,7 @@ impl WritePipeTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let open = {
             let st = slf.get().state.borrow(slf.py());
-            st.pipe.is_some() && !st.closing
+            st.end.pipe.is_some() && !st.end.life.is_closing()
         };
         if open {
             Self::write_eof(slf)?;
@@ -385,88 +327,14 @@ impl WritePipeTransport {
         Self::close_with(slf, None)
     }
 
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).buffer.len()
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        st.flow.limits()
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let (high, low) = crate::transports::water_marks(
-            slf.py(),
-            high.as_ref(),
-            low.as_ref(),
-            crate::transports::DEFAULT_HIGH_WATER,
-        )?;
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py());
-            st.flow.set_limits(high, low);
-        }
-        Self::control_flow(slf, true)
-    }
-
     /// Starts watching for the reader going, for FIFOs and sockets (scheduled by the
     /// constructor, after `connection_made`).
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        if this.detects_reader_gone && !this.state.borrow(slf.py()).lost_scheduled {
+        if this.detects_reader_gone && !this.state.borrow(slf.py()).end.life.is_lost() {
             Self::watch(slf, false)?;
         }
         Ok(())
-    }
-
-    /// Tells the protocol the pipe is closed, then closes the pipe object (once).
-    #[pyo3(signature = (exc))]
-    fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        self.unwatch(py, true)?;
-        self.unwatch(py, false)?;
-        let (protocol, pipe) = {
-            let mut st = self.state.borrow_mut(py);
-            st.lost_scheduled = true;
-            (st.protocol.take(), st.pipe.take())
-        };
-        connection_lost(py, protocol, pipe, exc)
-    }
-
-    /// The file object; `None` once closed. Setting it to `None` silences the `ResourceWarning`
-    /// of a transport dropped while open (asyncio's tests do so).
-    #[getter(_pipe)]
-    fn pipe_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).pipe.as_ref().map(|p| p.clone_ref(py))
-    }
-
-    #[setter(_pipe)]
-    fn set_pipe_attr(&self, py: Python<'_>, pipe: Option<Py<PyAny>>) {
-        let old = std::mem::replace(&mut self.state.borrow_mut(py).pipe, pipe);
-        drop(old);
-    }
-
-    #[getter]
-    fn _fileno(&self) -> RawFd {
-        self.fd
-    }
-
-    #[getter]
-    fn _protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
-    }
-
-    #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
-        self.event_loop.clone_ref(py)
-    }
-
-    #[getter]
-    fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
     }
 
     #[getter]
@@ -474,37 +342,12 @@ impl WritePipeTransport {
         self.state.borrow(py).conn_lost
     }
 
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).flow.is_paused()
-    }
-
-    #[getter]
-    fn _high_water(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).flow.limits().1
-    }
-
-    #[getter]
-    fn _low_water(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).flow.limits().0
-    }
-
-    /// `ferroloop._transports.WritePipeTransport`, a subclass of `asyncio.WriteTransport`.
-    #[getter(__class__)]
-    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
-        write_marker_class(py).cloned()
-    }
-
     fn __repr__(&self, py: Python<'_>) -> String {
         let st = self.state.borrow(py);
         let mut info = vec!["WritePipeTransport".to_owned()];
-        if st.pipe.is_none() {
-            info.push("closed".into());
-        } else if st.closing {
-            info.push("closing".into());
-        }
+        info.extend(st.end.status().map(str::to_owned));
         info.push(format!("fd={}", self.fd));
-        if st.pipe.is_some() {
+        if st.end.pipe.is_some() {
             if self.event_loop.get().closed() {
                 info.push("open".into());
             } else {
@@ -519,18 +362,9 @@ impl WritePipeTransport {
         visit.call(&self.event_loop)?;
         visit.call(&self.extra)?;
         if let Some(st) = self.state.try_borrow() {
-            visit.call(&st.pipe)?;
-            visit.call(&st.protocol)?;
+            st.end.traverse(&visit)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for WritePipeTransport {
-    fn drop(&mut self) {
-        if let Some(pipe) = self.state.get_mut().pipe.take() {
-            Python::attach(|py| close_on_drop(py, "WritePipeTransport", self.fd, &pipe));
-        }
     }
 }
 
@@ -549,14 +383,11 @@ pub fn make_write_pipe_transport<'py>(
     let py = event_loop.py();
     let (extra, fd, kind) = open_pipe(pipe, extra, "Pipe transport is only for pipes, sockets and character devices")?;
     let state = WriteState {
-        pipe: Some(pipe.clone().unbind()),
-        protocol: Some(protocol.clone().unbind()),
+        end: End::new(pipe, protocol),
         buffer: WriteBuffer::new(),
         conn_lost: 0,
-        closing: false,
         writing: false,
         reading: false,
-        lost_scheduled: false,
         flow: WriteFlow::default(),
     };
     let transport = crate::transports::new_transport(

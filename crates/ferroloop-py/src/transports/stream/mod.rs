@@ -18,12 +18,12 @@
 //! buffer with one `sendmsg`. Flow control calls `pause_writing` above the high watermark and
 //! `resume_writing` at or below the low one.
 //!
-//! Files: this one has the transport's state, its lifecycle and its Python-visible methods (one
-//! `#[pymethods]` block, as PyO3 allows one per class: that block is why this file is longer
-//! than about 500 lines); `read` and `write` the two directions.
+//! Files: this one has the transport's state, its lifecycle and the methods that are neither
+//! direction's; `read` and `write` the two directions (the write side's Python methods too).
+//! What every transport shares (`get_protocol`, the reading and write-buffer methods, ...) comes
+//! from [`super::base`].
 
 use std::cell::RefCell;
-use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -32,13 +32,15 @@ use ferroloop_core::net;
 use ferroloop_core::write_buffer::WriteBuffer;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use super::{report_fatal, ExtraSnapshot, SocketExtra};
+use super::base::{
+    self, control_flow, core_methods, read_methods, write_methods, Core, ReadSide, Readiness, Watch, WriteSide,
+};
+use super::{ExtraSnapshot, SocketExtra};
 use crate::buffers::{Data, DataError, Export};
-use crate::errors::is_exit;
+use crate::errors::try_later;
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;
@@ -100,34 +102,6 @@ pub struct StreamTransport {
     state: GilCell<State>,
 }
 
-/// The watcher the loop calls when the descriptor is ready.
-struct Watch(Py<StreamTransport>);
-
-impl IoWatcher for Watch {
-    fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()> {
-        let t = self.0.bind(py);
-        if write {
-            StreamTransport::write_ready(t)
-        } else {
-            StreamTransport::read_ready(t)
-        }
-    }
-
-    fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.0)
-    }
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
-}
-
-/// `ferroloop._transports.StreamTransport`, the `asyncio.Transport` subclass shown as `__class__`.
-fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.import(py, "ferroloop._transports", "StreamTransport")
-}
-
 /// How received data reaches a protocol; decided when the protocol is set, not per read.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Delivery {
@@ -170,22 +144,86 @@ impl Delivery {
     }
 }
 
-/// `isinstance(protocol, asyncio.BufferedProtocol)`, with the class looked up once.
+/// `isinstance(protocol, asyncio.BufferedProtocol)`.
 pub(crate) fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let cls = CELL.import(protocol.py(), "asyncio", "BufferedProtocol")?;
-    protocol.is_instance(cls)
+    protocol.is_instance(crate::pyrefs::buffered_protocol_type(protocol.py())?)
 }
 
-impl StreamTransport {
-    fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, EventLoop> {
-        self.event_loop.bind(py)
+impl Core for StreamTransport {
+    fn loop_ref(&self) -> &Py<EventLoop> {
+        &self.event_loop
+    }
+
+    fn context(&self) -> Option<&Py<PyAny>> {
+        self.context.as_ref()
     }
 
     fn protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state.borrow(py).protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
+    fn replace_protocol(&self, protocol: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let delivery = Delivery::of(protocol)?;
+        let mut st = self.state.borrow_mut(protocol.py());
+        st.delivery = delivery;
+        st.protocol_connected = true;
+        Ok(st.protocol.replace(protocol.clone().unbind()))
+    }
+
+    fn closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).life.is_closing()
+    }
+
+    /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`).
+    fn extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.socket_extra_info(py, name, default, None)
+    }
+}
+
+impl WriteSide for StreamTransport {
+    fn with_flow<R>(&self, py: Python<'_>, f: impl FnOnce(&mut WriteFlow, usize) -> R) -> R {
+        let mut st = self.state.borrow_mut(py);
+        let size = st.buffer.len();
+        f(&mut st.flow, size)
+    }
+}
+
+impl ReadSide for StreamTransport {
+    fn with_paused<R>(&self, py: Python<'_>, f: impl FnOnce(&mut bool, bool) -> R) -> R {
+        let mut st = self.state.borrow_mut(py);
+        let closing = st.life.is_closing();
+        f(&mut st.paused, closing)
+    }
+
+    fn watch_reading(slf: &Bound<'_, Self>, on: bool) -> PyResult<()> {
+        if on {
+            Self::watch(slf, false)
+        } else {
+            slf.get().unwatch(slf.py(), false)
+        }
+    }
+}
+
+impl Readiness for StreamTransport {
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::on_readable(slf)
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::on_writable(slf)
+    }
+}
+
+core_methods!(StreamTransport, "StreamTransport");
+read_methods!(StreamTransport);
+write_methods!(StreamTransport);
+
+impl StreamTransport {
     fn watch(slf: &Bound<'_, Self>, write: bool) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -198,24 +236,9 @@ impl StreamTransport {
         Ok(())
     }
 
-    /// Schedules `self.<method>(*args)` on the loop.
-    fn call_soon_self(slf: &Bound<'_, Self>, method: &str, args: &Bound<'_, PyTuple>) -> PyResult<()> {
-        let py = slf.py();
-        let cb = slf.getattr(method)?;
-        let this = slf.get();
-        this.event_loop(py).get().call_soon_in(py, &cb, args, this.context.as_ref())
-    }
-
     /// asyncio's `_fatal_error`.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if is_exit(py, &err) {
-            return Err(err);
-        }
-        let this = slf.get();
-        let exc = err.into_value(py).into_bound(py).into_any();
-        report_fatal(this.event_loop(py), slf.as_any(), this.protocol(py).as_ref(), &exc, message)?;
-        Self::force_close(slf, Some(&exc))
+        base::fatal_error(slf, err, message, Self::force_close)
     }
 
     /// asyncio's `_force_close`: drop the buffer, stop reading, schedule `connection_lost(exc)`.
@@ -240,13 +263,12 @@ impl StreamTransport {
         if stop_reading {
             this.unwatch(py, false)?;
         }
-        let exc = exc.map_or_else(|| py.None().into_bound(py), Clone::clone);
-        Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [exc])?)
+        base::schedule_connection_lost(slf, exc)
     }
 
     /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`); `sock`
     /// stands in for the socket once the state no longer holds it (while it is being closed).
-    fn extra_info<'py>(
+    fn socket_extra_info<'py>(
         &self,
         py: Python<'py>,
         name: &Bound<'py, PyAny>,
@@ -268,86 +290,6 @@ impl StreamTransport {
 
 #[pymethods]
 impl StreamTransport {
-    #[pyo3(signature = (name, default=None))]
-    fn get_extra_info<'py>(
-        &self,
-        py: Python<'py>,
-        name: &Bound<'py, PyAny>,
-        default: Option<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.extra_info(py, name, default, None)
-    }
-
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).life.is_closing()
-    }
-
-    fn is_reading(&self, py: Python<'_>) -> bool {
-        let st = self.state.borrow(py);
-        !st.life.is_closing() && !st.paused
-    }
-
-    /// asyncio's private flags, which tests and libraries read.
-    #[getter]
-    fn _paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).paused
-    }
-
-    #[getter]
-    fn _closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).life.is_closing()
-    }
-
-    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.life.is_closing() || st.paused {
-                return Ok(());
-            }
-            st.paused = true;
-        }
-        this.unwatch(py, false)?;
-        if this.event_loop(py).get().debug() {
-            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r pauses reading", slf))?;
-        }
-        Ok(())
-    }
-
-    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.life.is_closing() || !st.paused {
-                return Ok(());
-            }
-            st.paused = false;
-        }
-        Self::watch(slf, false)?;
-        if this.event_loop(py).get().debug() {
-            crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r resumes reading", slf))?;
-        }
-        Ok(())
-    }
-
-    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let delivery = Delivery::of(protocol)?;
-        let old = {
-            let mut st = self.state.borrow_mut(py);
-            st.delivery = delivery;
-            st.protocol_connected = true;
-            st.protocol.replace(protocol.clone().unbind())
-        };
-        drop(old);
-        Ok(())
-    }
-
-    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol(py)
-    }
-
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
@@ -366,7 +308,7 @@ impl StreamTransport {
         this.unwatch(py, false)?;
         if lost_now {
             this.unwatch(py, true)?;
-            Self::call_soon_self(slf, "_call_connection_lost", &PyTuple::new(py, [py.None()])?)?;
+            base::schedule_connection_lost(slf, None)?;
         }
         Ok(())
     }
@@ -379,103 +321,6 @@ impl StreamTransport {
     #[pyo3(name = "_force_close")]
     fn force_close_py(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         Self::force_close(slf, exc.as_ref().filter(|e| !e.is_none()))
-    }
-
-    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let data = match Data::of(data) {
-            Ok(d) => Ok(d),
-            Err(DataError::Type(e)) => return Err(e),
-            Err(DataError::Export(e)) => Err(e),
-        };
-        this.check_writable(py, "write")?;
-        match data {
-            Ok(d) if d.as_bytes().is_empty() => Ok(()),
-            _ if this.drop_lost_write(py)? => Ok(()),
-            Ok(d) => Self::write_bytes(slf, d.as_bytes()),
-            // asyncio's `sock.send(data)` fails the same way: a fatal write error.
-            Err(e) => Self::fatal_error(slf, e, "Fatal write error on socket transport"),
-        }
-    }
-
-    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if crate::compat::writelines_joins_first(py) {
-            // The items are checked first.
-            let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
-            return Self::write(slf, &joined);
-        }
-        let st_eof = this.state.borrow(py).eof;
-        if st_eof {
-            return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
-        }
-        if this.state.borrow(py).empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
-        }
-        let mut joined = Vec::new();
-        for item in list_of_data.try_iter()? {
-            joined.extend_from_slice(Export::joinable(&item?)?.as_bytes());
-        }
-        if joined.is_empty() || this.drop_lost_write(py)? {
-            return Ok(());
-        }
-        Self::write_bytes(slf, &joined)
-    }
-
-    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
-        let shutdown_now = {
-            let mut st = self.state.borrow_mut(py);
-            if st.life.is_closing() || st.eof {
-                return Ok(());
-            }
-            st.eof = true;
-            st.buffer.is_empty()
-        };
-        if shutdown_now {
-            net::shutdown_write(self.fd).map_err(|e| super::os_error(&e))?;
-        }
-        Ok(())
-    }
-
-    fn can_write_eof(&self) -> bool {
-        true
-    }
-
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.state.borrow(py).buffer.len()
-    }
-
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.state.borrow(py);
-        st.flow.limits()
-    }
-
-    #[pyo3(signature = (high=None, low=None))]
-    fn set_write_buffer_limits(
-        slf: &Bound<'_, Self>,
-        high: Option<Bound<'_, PyAny>>,
-        low: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let (high, low) = super::water_marks(slf.py(), high.as_ref(), low.as_ref(), super::DEFAULT_HIGH_WATER)?;
-        {
-            let mut st = slf.get().state.borrow_mut(slf.py());
-            st.flow.set_limits(high, low);
-        }
-        Self::control_flow(slf, true)
-    }
-
-    /// Starts reading (scheduled by the constructor, after `connection_made`).
-    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let st_reading = {
-            let st = slf.get().state.borrow(slf.py());
-            !st.life.is_closing() && !st.paused
-        };
-        if st_reading {
-            Self::watch(slf, false)?;
-        }
-        Ok(())
     }
 
     /// Tells the protocol the connection is lost, then releases the socket.
@@ -498,7 +343,7 @@ impl StreamTransport {
         if let Some(sock) = sock {
             // What get_extra_info answers from the socket must outlive it, as with asyncio.
             for name in [intern!(py, "sockname"), intern!(py, "socket")] {
-                this.extra_info(py, name, None, Some(&sock))?;
+                this.socket_extra_info(py, name, None, Some(&sock))?;
             }
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
@@ -517,27 +362,6 @@ impl StreamTransport {
         result
     }
 
-    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.state.borrow(py).empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
-        }
-        let waiter = EventLoop::create_future(self.event_loop(py))?;
-        let empty = {
-            let mut st = self.state.borrow_mut(py);
-            st.empty_waiter = Some(waiter.clone_ref(py));
-            st.buffer.is_empty()
-        };
-        if empty {
-            waiter.bind(py).call_method1("set_result", (py.None(),))?;
-        }
-        Ok(waiter)
-    }
-
-    fn _reset_empty_waiter(&self, py: Python<'_>) {
-        let old = self.state.borrow_mut(py).empty_waiter.take();
-        drop(old);
-    }
-
     #[getter]
     fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
@@ -546,16 +370,6 @@ impl StreamTransport {
     #[getter]
     fn _sock_fd(&self) -> RawFd {
         self.fd
-    }
-
-    #[getter]
-    fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).flow.is_paused()
-    }
-
-    #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<EventLoop> {
-        self.event_loop.clone_ref(py)
     }
 
     /// `loop.start_tls` may wrap this transport.
@@ -568,12 +382,6 @@ impl StreamTransport {
     #[getter]
     fn _sendfile_compatible<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         crate::compat::sendfile_try_native(py).cloned()
-    }
-
-    /// `ferroloop._transports.StreamTransport`, a subclass of `asyncio.Transport`.
-    #[getter(__class__)]
-    fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
-        marker_class(py).cloned()
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

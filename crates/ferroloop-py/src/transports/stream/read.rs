@@ -4,7 +4,7 @@
 use super::*;
 
 impl StreamTransport {
-    pub(super) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(super) fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let (protocol, delivery) = {
@@ -34,7 +34,7 @@ impl StreamTransport {
             net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
         });
         match received {
-            Err(e) if would_block(&e) => Ok(()),
+            Err(e) if try_later(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal read error on socket transport"),
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
@@ -74,7 +74,7 @@ impl StreamTransport {
         let res = net::recv(this.fd, unsafe { buf.as_mut_bytes() });
         drop(buf);
         match res {
-            Err(e) if would_block(&e) => Ok(()),
+            Err(e) if try_later(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal read error on socket transport"),
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {

@@ -4,7 +4,7 @@
 use super::*;
 
 impl StreamTransport {
-    pub(super) fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(super) fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let result = {
@@ -19,7 +19,7 @@ impl StreamTransport {
             res
         };
         match result {
-            Err(e) if would_block(&e) => Ok(()),
+            Err(e) if try_later(&e) => Ok(()),
             Err(e) => {
                 let waiter = {
                     let mut st = this.state.borrow_mut(py);
@@ -37,7 +37,7 @@ impl StreamTransport {
                 Ok(())
             }
             Ok(_) => {
-                Self::control_flow(slf, false)?;
+                control_flow(slf, false)?;
                 let (drained, waiter, closing, eof) = {
                     let mut st = this.state.borrow_mut(py);
                     let drained = st.buffer.is_empty();
@@ -76,7 +76,7 @@ impl StreamTransport {
             } else {
                 let sent = match net::send(this.fd, data) {
                     Ok(n) => n,
-                    Err(e) if would_block(&e) => 0,
+                    Err(e) if try_later(&e) => 0,
                     Err(e) => {
                         drop(st);
                         return Self::fatal_error(
@@ -97,23 +97,7 @@ impl StreamTransport {
         if start_writing {
             Self::watch(slf, true)?;
         }
-        Self::control_flow(slf, true)
-    }
-
-    /// Pauses (after a write: `grew`) or resumes (after a flush) the protocol's writing when the
-    /// buffer crosses a watermark.
-    pub(super) fn control_flow(slf: &Bound<'_, Self>, grew: bool) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let protocol = {
-            let mut st = this.state.borrow_mut(py);
-            let size = st.buffer.len();
-            if !st.flow.update(size, grew) {
-                return Ok(());
-            }
-            st.protocol.as_ref().map(|p| p.clone_ref(py))
-        };
-        crate::transports::tell_flow(this.event_loop(py), slf.as_any(), protocol, grew)
+        control_flow(slf, true)
     }
 
     /// Whether a write should be dropped because the connection is lost (asyncio logs a warning
@@ -137,5 +121,87 @@ impl StreamTransport {
             return Err(PyRuntimeError::new_err(format!("unable to {what}; sendfile is in progress")));
         }
         Ok(())
+    }
+}
+
+/// The Python methods of the write side.
+#[pymethods]
+impl StreamTransport {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let data = match Data::of(data) {
+            Ok(d) => Ok(d),
+            Err(DataError::Type(e)) => return Err(e),
+            Err(DataError::Export(e)) => Err(e),
+        };
+        this.check_writable(py, "write")?;
+        match data {
+            Ok(d) if d.as_bytes().is_empty() => Ok(()),
+            _ if this.drop_lost_write(py)? => Ok(()),
+            Ok(d) => Self::write_bytes(slf, d.as_bytes()),
+            // asyncio's `sock.send(data)` fails the same way: a fatal write error.
+            Err(e) => Self::fatal_error(slf, e, "Fatal write error on socket transport"),
+        }
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if crate::compat::writelines_joins_first(py) {
+            // The items are checked first.
+            let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+            return Self::write(slf, &joined);
+        }
+        this.check_writable(py, "writelines")?;
+        let mut joined = Vec::new();
+        for item in list_of_data.try_iter()? {
+            joined.extend_from_slice(Export::joinable(&item?)?.as_bytes());
+        }
+        if joined.is_empty() || this.drop_lost_write(py)? {
+            return Ok(());
+        }
+        Self::write_bytes(slf, &joined)
+    }
+
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        let shutdown_now = {
+            let mut st = self.state.borrow_mut(py);
+            if st.life.is_closing() || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.buffer.is_empty()
+        };
+        if shutdown_now {
+            net::shutdown_write(self.fd).map_err(|e| crate::transports::os_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// A future resolved once the buffer drains (asyncio's, for `loop.sendfile`).
+    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let waiter = EventLoop::create_future(self.event_loop(py))?;
+        let empty = {
+            let mut st = self.state.borrow_mut(py);
+            st.empty_waiter = Some(waiter.clone_ref(py));
+            st.buffer.is_empty()
+        };
+        if empty {
+            waiter.bind(py).call_method1("set_result", (py.None(),))?;
+        }
+        Ok(waiter)
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
     }
 }

@@ -93,3 +93,120 @@ impl TlsProtocol {
         Self::do_read(slf)
     }
 }
+
+#[pymethods]
+impl TlsProtocol {
+    /// The handshake timer's callback.
+    fn _check_handshake_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().tls(py) != Tls::Handshake {
+            return Ok(());
+        }
+        let msg = format!(
+            "SSL handshake is taking longer than {} seconds: aborting the connection",
+            slf.get().handshake_timeout
+        );
+        let exc = pyo3::exceptions::PyConnectionAbortedError::new_err(msg).into_value(py).into_bound(py).into_any();
+        Self::fatal_error(slf, &exc, "Fatal error on transport")
+    }
+}
+
+/// Creates the TLS protocol and its application transport. The caller makes `protocol` the
+/// protocol of a raw transport (whose `connection_made` starts the handshake). With
+/// `call_connection_made=False` (`start_tls`), the application protocol already had it.
+#[pyfunction]
+#[pyo3(signature = (event_loop, app_protocol, sslcontext, waiter, server_side=false, server_hostname=None,
+                    call_connection_made=true, ssl_handshake_timeout=None, ssl_shutdown_timeout=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn make_tls_protocol<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    app_protocol: &Bound<'py, PyAny>,
+    sslcontext: Option<Bound<'py, PyAny>>,
+    waiter: Option<Bound<'py, PyAny>>,
+    server_side: bool,
+    server_hostname: Option<Bound<'py, PyAny>>,
+    call_connection_made: bool,
+    ssl_handshake_timeout: Option<f64>,
+    ssl_shutdown_timeout: Option<f64>,
+) -> PyResult<Bound<'py, TlsProtocol>> {
+    let py = event_loop.py();
+    let constants = py.import("asyncio.constants")?;
+    let handshake_timeout = match ssl_handshake_timeout {
+        None => constants.getattr("SSL_HANDSHAKE_TIMEOUT")?.extract()?,
+        Some(t) if t <= 0.0 => {
+            return Err(PyValueError::new_err(format!("ssl_handshake_timeout should be a positive number, got {t}")))
+        }
+        Some(t) => t,
+    };
+    let shutdown_timeout = match ssl_shutdown_timeout {
+        None => constants.getattr("SSL_SHUTDOWN_TIMEOUT")?.extract()?,
+        Some(t) if t <= 0.0 => {
+            return Err(PyValueError::new_err(format!("ssl_shutdown_timeout should be a positive number, got {t}")))
+        }
+        Some(t) => t,
+    };
+    let hostname = server_hostname.filter(|h| !server_side && h.is_truthy().unwrap_or(false));
+    let sslcontext = match sslcontext.filter(|c| c.is_truthy().unwrap_or(false)) {
+        Some(c) => c,
+        None => crate::compat::create_transport_context(py)?.call1((server_side, &hostname))?,
+    };
+    let types = ssl_types(py)?;
+    let incoming = types.memory_bio.bind(py).call0()?;
+    let outgoing = types.memory_bio.bind(py).call0()?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("server_side", server_side)?;
+    kwargs.set_item("server_hostname", &hostname)?;
+    let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
+    let extra = PyDict::new(py);
+    extra.set_item("sslcontext", &sslcontext)?;
+    let (in_hi, in_lo) = (HIGH_WATER_READ_KIB * 1024, HIGH_WATER_READ_KIB * 1024 / 4);
+    let (out_hi, out_lo) = (HIGH_WATER_WRITE_KIB * 1024, HIGH_WATER_WRITE_KIB * 1024 / 4);
+    let state = State {
+        tls: Tls::Unwrapped,
+        app: if call_connection_made { App::Init } else { App::Made },
+        app_protocol: Some(app_protocol.clone().unbind()),
+        app_buffered: crate::transports::stream::is_buffered_protocol(app_protocol)?,
+        transport: None,
+        app_transport: None,
+        app_closed: false,
+        waiter: waiter.filter(|w| !w.is_none()).map(Bound::unbind),
+        extra: extra.unbind(),
+        backlog: VecDeque::new(),
+        backlog_bytes: 0,
+        conn_lost: 0,
+        eof_received: false,
+        ssl_writing_paused: false,
+        read_since_outgoing: false,
+        app_reading_paused: false,
+        ssl_reading: WriteFlow::new(in_hi, in_lo),
+        app_writing: WriteFlow::new(out_hi, out_lo),
+        handshake_timer: None,
+        shutdown_timer: None,
+        handshake_started: 0.0,
+    };
+    let calls = RecordCalls::new(&sslobj, &incoming, &outgoing)?;
+    let protocol = Bound::new(
+        py,
+        TlsProtocol {
+            _live: crate::live::Token::new(crate::live::Kind::SslProtocol),
+            event_loop: event_loop.clone().unbind(),
+            sslobj: sslobj.unbind(),
+            calls,
+            incoming: incoming.unbind(),
+            outgoing: outgoing.unbind(),
+            handshake_timeout,
+            shutdown_timeout,
+            state: GilCell::new(state),
+        },
+    )?;
+    let app_transport = crate::transports::new_transport(
+        py,
+        TlsTransport {
+            _live: crate::live::Token::new(crate::live::Kind::SslTransport),
+            protocol: GilCell::new(Some(protocol.clone().unbind())),
+        },
+    )?
+    .unbind();
+    protocol.get().state.borrow_mut(py).app_transport = Some(app_transport);
+    Ok(protocol)
+}

@@ -28,9 +28,9 @@
 //! application is paused while unsent ciphertext plus unencrypted backlog exceeds the write
 //! high-water mark (asyncio's defaults: 256 KiB and 512 KiB).
 //!
-//! Files: this one has the protocol's state, its transitions and its Python-visible methods (one
-//! `#[pymethods]` block, as PyO3 allows one per class: that block is why this file is longer
-//! than about 500 lines); `handshake`, `read`, `write` and `shutdown` the stages of a connection;
+//! Files: this one has the protocol's state, its transitions and its Python-visible methods as a
+//! protocol; `handshake` (with `make_tls_protocol`, which starts a connection), `read`, `write`
+//! and `shutdown` the stages of a connection, each with the timeouts and methods of its own;
 //! `transport` the application's side.
 
 use std::collections::VecDeque;
@@ -51,6 +51,7 @@ mod read;
 mod shutdown;
 mod transport;
 mod write;
+pub use handshake::make_tls_protocol;
 pub use transport::TlsTransport;
 
 /// Most plaintext one `SSLObject.read` call returns (asyncio's `max_size`).
@@ -424,31 +425,6 @@ impl TlsProtocol {
         Self::process_outgoing(slf)
     }
 
-    fn _check_handshake_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        if slf.get().tls(py) != Tls::Handshake {
-            return Ok(());
-        }
-        let msg = format!(
-            "SSL handshake is taking longer than {} seconds: aborting the connection",
-            slf.get().handshake_timeout
-        );
-        let exc = pyo3::exceptions::PyConnectionAbortedError::new_err(msg).into_value(py).into_bound(py).into_any();
-        Self::fatal_error(slf, &exc, "Fatal error on transport")
-    }
-
-    fn _check_shutdown_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        if !matches!(slf.get().tls(py), Tls::Flushing | Tls::Shutdown) {
-            return Ok(());
-        }
-        if let Some(t) = slf.get().transport(py) {
-            let exc = py.import("asyncio")?.getattr("TimeoutError")?.call1(("SSL shutdown timed out",))?;
-            t.bind(py).call_method1(intern!(py, "_force_close"), (exc,))?;
-        }
-        Ok(())
-    }
-
     /// Reads again (scheduled when the application's buffer filled up, or on resume_reading).
     fn _do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::do_read(slf)
@@ -529,106 +505,6 @@ impl TlsProtocol {
         });
         drop(taken);
     }
-}
-
-/// Creates the TLS protocol and its application transport. The caller makes `protocol` the
-/// protocol of a raw transport (whose `connection_made` starts the handshake). With
-/// `call_connection_made=False` (`start_tls`), the application protocol already had it.
-#[pyfunction]
-#[pyo3(signature = (event_loop, app_protocol, sslcontext, waiter, server_side=false, server_hostname=None,
-                    call_connection_made=true, ssl_handshake_timeout=None, ssl_shutdown_timeout=None))]
-#[allow(clippy::too_many_arguments)]
-pub fn make_tls_protocol<'py>(
-    event_loop: &Bound<'py, EventLoop>,
-    app_protocol: &Bound<'py, PyAny>,
-    sslcontext: Option<Bound<'py, PyAny>>,
-    waiter: Option<Bound<'py, PyAny>>,
-    server_side: bool,
-    server_hostname: Option<Bound<'py, PyAny>>,
-    call_connection_made: bool,
-    ssl_handshake_timeout: Option<f64>,
-    ssl_shutdown_timeout: Option<f64>,
-) -> PyResult<Bound<'py, TlsProtocol>> {
-    let py = event_loop.py();
-    let constants = py.import("asyncio.constants")?;
-    let handshake_timeout = match ssl_handshake_timeout {
-        None => constants.getattr("SSL_HANDSHAKE_TIMEOUT")?.extract()?,
-        Some(t) if t <= 0.0 => {
-            return Err(PyValueError::new_err(format!("ssl_handshake_timeout should be a positive number, got {t}")))
-        }
-        Some(t) => t,
-    };
-    let shutdown_timeout = match ssl_shutdown_timeout {
-        None => constants.getattr("SSL_SHUTDOWN_TIMEOUT")?.extract()?,
-        Some(t) if t <= 0.0 => {
-            return Err(PyValueError::new_err(format!("ssl_shutdown_timeout should be a positive number, got {t}")))
-        }
-        Some(t) => t,
-    };
-    let hostname = server_hostname.filter(|h| !server_side && h.is_truthy().unwrap_or(false));
-    let sslcontext = match sslcontext.filter(|c| c.is_truthy().unwrap_or(false)) {
-        Some(c) => c,
-        None => crate::compat::create_transport_context(py)?.call1((server_side, &hostname))?,
-    };
-    let types = ssl_types(py)?;
-    let incoming = types.memory_bio.bind(py).call0()?;
-    let outgoing = types.memory_bio.bind(py).call0()?;
-    let kwargs = PyDict::new(py);
-    kwargs.set_item("server_side", server_side)?;
-    kwargs.set_item("server_hostname", &hostname)?;
-    let sslobj = sslcontext.call_method("wrap_bio", (&incoming, &outgoing), Some(&kwargs))?;
-    let extra = PyDict::new(py);
-    extra.set_item("sslcontext", &sslcontext)?;
-    let (in_hi, in_lo) = (HIGH_WATER_READ_KIB * 1024, HIGH_WATER_READ_KIB * 1024 / 4);
-    let (out_hi, out_lo) = (HIGH_WATER_WRITE_KIB * 1024, HIGH_WATER_WRITE_KIB * 1024 / 4);
-    let state = State {
-        tls: Tls::Unwrapped,
-        app: if call_connection_made { App::Init } else { App::Made },
-        app_protocol: Some(app_protocol.clone().unbind()),
-        app_buffered: super::stream::is_buffered_protocol(app_protocol)?,
-        transport: None,
-        app_transport: None,
-        app_closed: false,
-        waiter: waiter.filter(|w| !w.is_none()).map(Bound::unbind),
-        extra: extra.unbind(),
-        backlog: VecDeque::new(),
-        backlog_bytes: 0,
-        conn_lost: 0,
-        eof_received: false,
-        ssl_writing_paused: false,
-        read_since_outgoing: false,
-        app_reading_paused: false,
-        ssl_reading: WriteFlow::new(in_hi, in_lo),
-        app_writing: WriteFlow::new(out_hi, out_lo),
-        handshake_timer: None,
-        shutdown_timer: None,
-        handshake_started: 0.0,
-    };
-    let calls = RecordCalls::new(&sslobj, &incoming, &outgoing)?;
-    let protocol = Bound::new(
-        py,
-        TlsProtocol {
-            _live: crate::live::Token::new(crate::live::Kind::SslProtocol),
-            event_loop: event_loop.clone().unbind(),
-            sslobj: sslobj.unbind(),
-            calls,
-            incoming: incoming.unbind(),
-            outgoing: outgoing.unbind(),
-            handshake_timeout,
-            shutdown_timeout,
-            state: GilCell::new(state),
-        },
-    )?;
-    let app_transport = super::new_transport(
-        py,
-        TlsTransport {
-            _live: crate::live::Token::new(crate::live::Kind::SslTransport),
-            protocol: GilCell::new(Some(protocol.clone().unbind())),
-        },
-    )?
-    .unbind();
-    protocol.get().state.borrow_mut(py).app_transport = Some(app_transport);
-    Ok(protocol)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -90,3 +90,19 @@ impl TlsProtocol {
         Ok(())
     }
 }
+
+#[pymethods]
+impl TlsProtocol {
+    /// The shutdown timer's callback.
+    fn _check_shutdown_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if !matches!(slf.get().tls(py), Tls::Flushing | Tls::Shutdown) {
+            return Ok(());
+        }
+        if let Some(t) = slf.get().transport(py) {
+            let exc = py.import("asyncio")?.getattr("TimeoutError")?.call1(("SSL shutdown timed out",))?;
+            t.bind(py).call_method1(intern!(py, "_force_close"), (exc,))?;
+        }
+        Ok(())
+    }
+}

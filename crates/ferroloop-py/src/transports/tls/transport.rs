@@ -4,17 +4,11 @@
 
 use pyo3::exceptions::{PyNotImplementedError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple, PyType};
+use pyo3::types::{PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::*;
 use crate::gil_cell::GilCell;
-
-fn marker_class(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    CELL.import(py, "ferroloop._transports", "SSLTransport")
-}
 
 /// The application-facing transport (named like asyncio's, which code may look for).
 #[pyclass(module = "ferroloop._ferroloop", name = "SSLTransport", frozen, weakref, dict)]
@@ -36,8 +30,7 @@ impl TlsTransport {
 }
 
 fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
-    if data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
-    {
+    if crate::buffers::is_bytes_like(data) {
         return Ok(());
     }
     Err(PyTypeError::new_err(format!("data: expecting a bytes-like instance, got {}", data.get_type().name()?)))
@@ -244,7 +237,7 @@ impl TlsTransport {
     /// `ferroloop._transports.SSLTransport`, a subclass of `asyncio.Transport`.
     #[getter(__class__)]
     fn class_attr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyType>> {
-        marker_class(py).cloned()
+        crate::transports::base::marker_class!(py, "SSLTransport")
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
