@@ -5,7 +5,7 @@
 //! the write buffer size, compared with the high and low watermarks for flow control.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 
 /// At most this many chunks go to one `writev` (Linux's `IOV_MAX` is 1024).
 pub const MAX_IOV: usize = 64;
@@ -65,6 +65,14 @@ impl WriteBuffer {
             .collect()
     }
 
+    /// Hands the unsent bytes to `write` as one gather list and forgets what it wrote; its
+    /// error as it is.
+    pub fn flush_with(&mut self, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>) -> io::Result<usize> {
+        let n = write(&self.io_slices())?;
+        self.consume(n);
+        Ok(n)
+    }
+
     /// Forgets the first `n` bytes, which were sent.
     pub fn consume(&mut self, mut n: usize) {
         self.len -= n.min(self.len);
@@ -96,6 +104,22 @@ mod tests {
 
     fn contents(b: &WriteBuffer) -> Vec<u8> {
         b.io_slices().iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn flush_with_forgets_what_was_written_and_keeps_it_on_error() {
+        let mut b = WriteBuffer::new();
+        b.push(b"abc");
+        b.push(b"def");
+        let n = b.flush_with(|slices| {
+            assert_eq!(slices.iter().map(|s| s.len()).sum::<usize>(), 6, "all of it, in order");
+            Ok(4)
+        });
+        assert_eq!(n.unwrap(), 4);
+        assert_eq!(contents(&b), b"ef");
+        let err = b.flush_with(|_| Err(io::Error::from(io::ErrorKind::WouldBlock)));
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(b.len(), 2, "nothing forgotten on error");
     }
 
     #[test]

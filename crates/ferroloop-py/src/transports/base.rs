@@ -33,6 +33,23 @@ use crate::errors::is_exit;
 use crate::event_loop::EventLoop;
 use crate::watch::IoWatcher;
 
+/// The most one read event takes from a socket or a pipe (asyncio's `max_size`).
+pub(crate) const MAX_READ: usize = 256 * 1024;
+
+thread_local! {
+    /// Where reads land before they are copied into a `bytes` object.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_READ]);
+}
+
+/// Runs `read` on the thread's read buffer ([`MAX_READ`] bytes), or on a new one when a
+/// protocol called back into a read while the buffer was in use.
+pub(crate) fn with_read_buf<R>(read: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => read(&mut buf),
+        Err(_) => read(&mut vec![0; MAX_READ]),
+    })
+}
+
 /// What a transport does when its descriptor is ready.
 pub(crate) trait Readiness: pyo3::PyClass {
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()>;

@@ -8,7 +8,7 @@
 //! once; a transport dropped while still open warns with `ResourceWarning` and closes it then.
 //!
 //! Read side: while the transport is open and not paused, the descriptor is watched for reading;
-//! each readiness event does one `read(2)` of up to [`MAX_READ`] bytes and passes a new `bytes`
+//! each readiness event does one `read(2)` of up to [`MAX_READ`](base::MAX_READ) bytes and passes a new `bytes`
 //! to `data_received` (an exception from the protocol goes to the loop's exception handler and
 //! the transport stays open, as in asyncio). End of file stops reading and schedules
 //! `eof_received()` (its result is ignored) and then `connection_lost(None)`. A read error closes
@@ -42,7 +42,6 @@
 //! `data_received` reaches the exception handler as the loop's "Unhandled exception in an I/O
 //! callback" rather than asyncio's "Exception in callback ...".
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -100,10 +99,6 @@ impl End {
 
 /// One end of a pipe, as the rules both ends share read it.
 trait PipeEnd: Core + pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
-    fn fd(&self) -> RawFd;
-
-    fn extra(&self) -> &Py<PyDict>;
-
     /// Runs `f` on the end's shared state, under the state's borrow.
     fn end<R>(&self, py: Python<'_>, f: impl FnOnce(&mut End) -> R) -> R;
 
@@ -165,7 +160,7 @@ macro_rules! pipe_end {
                 name: &Bound<'py, PyAny>,
                 default: Option<Bound<'py, PyAny>>,
             ) -> PyResult<Bound<'py, PyAny>> {
-                base::extra_from(self.extra().bind(py), name, default)
+                base::extra_from(self.extra.bind(py), name, default)
             }
         }
 
@@ -199,7 +194,31 @@ macro_rules! pipe_end {
 
             #[getter]
             fn _fileno(&self) -> RawFd {
-                self.fd()
+                self.fd
+            }
+
+            fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+                visit.call(&self.event_loop)?;
+                visit.call(&self.extra)?;
+                if let Some(st) = self.state.try_borrow() {
+                    st.end.traverse(&visit)?;
+                }
+                Ok(())
+            }
+
+            fn __repr__(&self, py: Python<'_>) -> String {
+                let st = self.state.borrow(py);
+                let mut info = vec![$marker.to_owned()];
+                info.extend(st.end.status().map(str::to_owned));
+                info.push(format!("fd={}", self.fd));
+                if st.end.pipe.is_some() {
+                    if self.event_loop.get().closed() {
+                        info.push("open".into());
+                    } else {
+                        info.extend(st.polling());
+                    }
+                }
+                format!("<{}>", info.join(" "))
             }
         }
 
@@ -217,14 +236,6 @@ mod read;
 mod write;
 pub use read::{make_read_pipe_transport, ReadPipeTransport};
 pub use write::{make_write_pipe_transport, WritePipeTransport};
-
-/// The most one read event takes from the pipe (asyncio's `max_size`).
-pub const MAX_READ: usize = 256 * 1024;
-
-thread_local! {
-    /// The buffer reads land in before they are copied into a `bytes` object.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
 
 /// What both constructors do first, in asyncio's order: the extra info (the caller's dictionary
 /// itself, as asyncio keeps it) gets `pipe`, then the descriptor's type is checked and the

@@ -12,6 +12,13 @@ struct ReadState {
     watching: bool,
 }
 
+impl ReadState {
+    /// What `__repr__` says of the descriptor's watching.
+    fn polling(&self) -> Vec<String> {
+        vec![if self.watching { "polling" } else { "idle" }.into()]
+    }
+}
+
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
 pub struct ReadPipeTransport {
     /// Counts the object in leak-check builds (`live`).
@@ -25,14 +32,6 @@ pub struct ReadPipeTransport {
 }
 
 impl PipeEnd for ReadPipeTransport {
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn extra(&self) -> &Py<PyDict> {
-        &self.extra
-    }
-
     fn end<R>(&self, py: Python<'_>, f: impl FnOnce(&mut End) -> R) -> R {
         f(&mut self.state.borrow_mut(py).end)
     }
@@ -98,18 +97,8 @@ impl Readiness for ReadPipeTransport {
                 None => return Ok(()),
             }
         };
-        let received = READ_BUF.with(|cell| {
-            let mut fallback;
-            let mut guard = cell.try_borrow_mut();
-            let buf: &mut Vec<u8> = match guard.as_mut() {
-                Ok(b) => b,
-                Err(_) => {
-                    fallback = vec![0; MAX_READ];
-                    &mut fallback
-                }
-            };
-            net::read(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
-        });
+        let received =
+            base::with_read_buf(|buf| net::read(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
         match received {
             Err(e) if try_later(&e) => Ok(()),
             Err(e) => {
@@ -149,7 +138,7 @@ impl ReadPipeTransport {
     /// The most one read takes from the pipe.
     #[classattr]
     fn max_size() -> usize {
-        MAX_READ
+        base::MAX_READ
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -157,30 +146,6 @@ impl ReadPipeTransport {
             return Ok(());
         }
         Self::close_with(slf, None)
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let st = self.state.borrow(py);
-        let mut info = vec!["ReadPipeTransport".to_owned()];
-        info.extend(st.end.status().map(str::to_owned));
-        info.push(format!("fd={}", self.fd));
-        if st.end.pipe.is_some() {
-            if self.event_loop.get().closed() {
-                info.push("open".into());
-            } else {
-                info.push(if st.watching { "polling" } else { "idle" }.into());
-            }
-        }
-        format!("<{}>", info.join(" "))
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.event_loop)?;
-        visit.call(&self.extra)?;
-        if let Some(st) = self.state.try_borrow() {
-            st.end.traverse(&visit)?;
-        }
-        Ok(())
     }
 }
 

@@ -19,6 +19,13 @@ struct WriteState {
     flow: WriteFlow,
 }
 
+impl WriteState {
+    /// What `__repr__` says of the descriptor's watching and the buffer.
+    fn polling(&self) -> Vec<String> {
+        vec![if self.writing { "polling" } else { "idle" }.into(), format!("bufsize={}", self.buffer.len())]
+    }
+}
+
 #[pyclass(module = "ferroloop._ferroloop", frozen, weakref, dict)]
 pub struct WritePipeTransport {
     /// Counts the object in leak-check builds (`live`).
@@ -48,14 +55,6 @@ enum WriteOutcome {
 }
 
 impl PipeEnd for WritePipeTransport {
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    fn extra(&self) -> &Py<PyDict> {
-        &self.extra
-    }
-
     fn end<R>(&self, py: Python<'_>, f: impl FnOnce(&mut End) -> R) -> R {
         f(&mut self.state.borrow_mut(py).end)
     }
@@ -171,11 +170,7 @@ impl WritePipeTransport {
             if !st.writing || st.buffer.is_empty() {
                 return Ok(());
             }
-            let res = net::write_vectored(this.fd, &st.buffer.io_slices());
-            if let Ok(n) = res {
-                st.buffer.consume(n);
-            }
-            res
+            st.buffer.flush_with(|slices| net::write_vectored(this.fd, slices))
         };
         match result {
             Err(e) if try_later(&e) => Ok(()),
@@ -340,31 +335,6 @@ impl WritePipeTransport {
     #[getter]
     fn _conn_lost(&self, py: Python<'_>) -> u32 {
         self.state.borrow(py).conn_lost
-    }
-
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let st = self.state.borrow(py);
-        let mut info = vec!["WritePipeTransport".to_owned()];
-        info.extend(st.end.status().map(str::to_owned));
-        info.push(format!("fd={}", self.fd));
-        if st.end.pipe.is_some() {
-            if self.event_loop.get().closed() {
-                info.push("open".into());
-            } else {
-                info.push(if st.writing { "polling" } else { "idle" }.into());
-                info.push(format!("bufsize={}", st.buffer.len()));
-            }
-        }
-        format!("<{}>", info.join(" "))
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.event_loop)?;
-        visit.call(&self.extra)?;
-        if let Some(st) = self.state.try_borrow() {
-            st.end.traverse(&visit)?;
-        }
-        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Reading: the descriptor is watched for reading while the transport is open and not paused;
-//! each readiness event does one `recv` of up to [`MAX_READ`] bytes into a reused buffer and
+//! each readiness event does one `recv` of up to [`MAX_READ`](base::MAX_READ) bytes into a reused buffer and
 //! passes a new `bytes` to `data_received` (or receives straight into the `BufferedProtocol`'s
 //! buffer). Writing: `write()` first tries `send` at once; what is left is buffered, and the
 //! descriptor is watched for writing until the buffer drains, each event flushing the whole
@@ -23,7 +23,6 @@
 //! What every transport shares (`get_protocol`, the reading and write-buffer methods, ...) comes
 //! from [`super::base`].
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -47,14 +46,6 @@ use crate::watch::IoWatcher;
 
 mod read;
 mod write;
-
-/// The most one read event takes from the socket (asyncio's `max_size`).
-pub const MAX_READ: usize = 256 * 1024;
-
-thread_local! {
-    /// The buffer reads land in before they are copied into a `bytes` object.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
 
 struct State {
     /// The Python socket; closed and dropped when `connection_lost` has run.

@@ -21,18 +21,8 @@ impl StreamTransport {
         if delivery == Delivery::Buffered {
             return Self::read_into_buffer(slf, protocol);
         }
-        let received = READ_BUF.with(|cell| {
-            let mut fallback;
-            let mut guard = cell.try_borrow_mut();
-            let buf: &mut Vec<u8> = match guard.as_mut() {
-                Ok(b) => b,
-                Err(_) => {
-                    fallback = vec![0; MAX_READ];
-                    &mut fallback
-                }
-            };
-            net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n])))
-        });
+        let received =
+            base::with_read_buf(|buf| net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
         match received {
             Err(e) if try_later(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal read error on socket transport"),

@@ -12,11 +12,7 @@ impl StreamTransport {
             if st.life.is_lost() || st.buffer.is_empty() {
                 return Ok(());
             }
-            let res = net::send_vectored(this.fd, &st.buffer.io_slices());
-            if let Ok(n) = res {
-                st.buffer.consume(n);
-            }
-            res
+            st.buffer.flush_with(|slices| net::send_vectored(this.fd, slices))
         };
         match result {
             Err(e) if try_later(&e) => Ok(()),

@@ -54,8 +54,8 @@ mod write;
 pub use handshake::make_tls_protocol;
 pub use transport::TlsTransport;
 
-/// Most plaintext one `SSLObject.read` call returns (asyncio's `max_size`).
-const MAX_READ: usize = 256 * 1024;
+// Most plaintext one `SSLObject.read` call returns: asyncio's `max_size`, as for raw reads.
+use crate::transports::base::MAX_READ;
 /// asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ` and `..._WRITE`, in KiB.
 const HIGH_WATER_READ_KIB: usize = 256;
 const HIGH_WATER_WRITE_KIB: usize = 512;
