@@ -10,6 +10,18 @@ use std::io::{self, IoSlice};
 /// At most this many chunks go to one `writev` (Linux's `IOV_MAX` is 1024).
 pub const MAX_IOV: usize = 64;
 
+/// Where a write's data went ([`WriteBuffer::write_or_push`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// All of it was written at once.
+    Written,
+    /// Appended behind what was already waiting (the descriptor is being watched already).
+    Appended,
+    /// Nothing was waiting and not all of it could be written: the rest is buffered, and the
+    /// caller starts watching the descriptor for writing.
+    Started,
+}
+
 #[derive(Default)]
 pub struct WriteBuffer {
     /// Pending chunks, oldest first.
@@ -65,6 +77,26 @@ impl WriteBuffer {
             .collect()
     }
 
+    /// A transport's `write(data)`: when nothing is waiting, `write` is tried at once (a call that
+    /// would block or was interrupted wrote nothing); what it did not take is buffered. Another
+    /// error is returned as it is, and nothing is buffered.
+    pub fn write_or_push(&mut self, data: &[u8], write: impl FnOnce(&[u8]) -> io::Result<usize>) -> io::Result<Pushed> {
+        if !self.is_empty() {
+            self.push(data);
+            return Ok(Pushed::Appended);
+        }
+        let written = match write(data) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+            Err(e) => return Err(e),
+        };
+        if written >= data.len() {
+            return Ok(Pushed::Written);
+        }
+        self.push(&data[written..]);
+        Ok(Pushed::Started)
+    }
+
     /// Hands the unsent bytes to `write` as one gather list and forgets what it wrote; its
     /// error as it is.
     pub fn flush_with(&mut self, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>) -> io::Result<usize> {
@@ -104,6 +136,31 @@ mod tests {
 
     fn contents(b: &WriteBuffer) -> Vec<u8> {
         b.io_slices().iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn write_or_push_writes_at_once_then_buffers_behind_what_waits() {
+        let mut b = WriteBuffer::new();
+        assert_eq!(b.write_or_push(b"all", |d| Ok(d.len())).unwrap(), Pushed::Written);
+        assert!(b.is_empty());
+        assert_eq!(b.write_or_push(b"partial", |_| Ok(3)).unwrap(), Pushed::Started);
+        assert_eq!(contents(&b), b"tial");
+        let appended = b.write_or_push(b"!", |_| panic!("no write while data waits")).unwrap();
+        assert_eq!(appended, Pushed::Appended);
+        assert_eq!(contents(&b), b"tial!");
+    }
+
+    #[test]
+    fn write_or_push_buffers_all_when_the_write_would_block_and_nothing_on_error() {
+        for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::Interrupted] {
+            let mut b = WriteBuffer::new();
+            assert_eq!(b.write_or_push(b"abc", |_| Err(kind.into())).unwrap(), Pushed::Started);
+            assert_eq!(contents(&b), b"abc");
+        }
+        let mut b = WriteBuffer::new();
+        let err = b.write_or_push(b"abc", |_| Err(io::ErrorKind::BrokenPipe.into())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert!(b.is_empty());
     }
 
     #[test]

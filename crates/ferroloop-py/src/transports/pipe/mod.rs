@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use ferroloop_core::flow::{Lifecycle, WriteFlow, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use ferroloop_core::net::{self, FileType};
-use ferroloop_core::write_buffer::WriteBuffer;
+use ferroloop_core::write_buffer::{Pushed, WriteBuffer};
 use pyo3::exceptions::{PyBrokenPipeError, PyNotImplementedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};

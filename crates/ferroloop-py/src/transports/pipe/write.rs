@@ -141,23 +141,15 @@ impl WritePipeTransport {
             st.conn_lost += 1;
             return WriteOutcome::Dropped(st.conn_lost - 1);
         }
-        if !st.buffer.is_empty() {
-            st.buffer.push(data);
-            return WriteOutcome::Buffered;
-        }
-        let written = match net::write(self.fd, data) {
-            Ok(n) => n,
-            Err(e) if try_later(&e) => 0,
+        match st.buffer.write_or_push(data, |d| net::write(self.fd, d)) {
+            Ok(Pushed::Written) => WriteOutcome::Done,
+            Ok(Pushed::Appended) => WriteOutcome::Buffered,
+            Ok(Pushed::Started) => WriteOutcome::StartWriting,
             Err(e) => {
                 st.conn_lost += 1;
-                return WriteOutcome::Failed(e);
+                WriteOutcome::Failed(e)
             }
-        };
-        if written >= data.len() {
-            return WriteOutcome::Done;
         }
-        st.buffer.push(&data[written..]);
-        WriteOutcome::StartWriting
     }
 
     /// One `writev` of the buffer; once drained, the protocol may resume, and a closing

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use ferroloop_core::flow::{Lifecycle, WriteFlow};
 use ferroloop_core::net;
-use ferroloop_core::write_buffer::WriteBuffer;
+use ferroloop_core::write_buffer::{Pushed, WriteBuffer};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};

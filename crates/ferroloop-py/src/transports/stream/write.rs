@@ -64,36 +64,23 @@ impl StreamTransport {
     pub(super) fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let start_writing = {
+        let pushed = {
             let mut st = this.state.borrow_mut(py);
-            if !st.buffer.is_empty() {
-                st.buffer.push(data);
-                false
-            } else {
-                let sent = match net::send(this.fd, data) {
-                    Ok(n) => n,
-                    Err(e) if try_later(&e) => 0,
-                    Err(e) => {
-                        drop(st);
-                        return Self::fatal_error(
-                            slf,
-                            crate::transports::os_error(&e),
-                            "Fatal write error on socket transport",
-                        );
-                    }
-                };
-                if sent == data.len() {
-                    return Ok(());
-                }
-                st.buffer.push(&data[sent..]);
+            let pushed = st.buffer.write_or_push(data, |d| net::send(this.fd, d));
+            if pushed.as_ref().is_ok_and(|p| *p == Pushed::Started) {
                 st.writing = true;
-                true
             }
+            pushed
         };
-        if start_writing {
-            Self::watch(slf, true)?;
+        match pushed {
+            Ok(Pushed::Written) => Ok(()),
+            Ok(Pushed::Appended) => control_flow(slf, true),
+            Ok(Pushed::Started) => {
+                Self::watch(slf, true)?;
+                control_flow(slf, true)
+            }
+            Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal write error on socket transport"),
         }
-        control_flow(slf, true)
     }
 
     /// Whether a write should be dropped because the connection is lost (asyncio logs a warning
