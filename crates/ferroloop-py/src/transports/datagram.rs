@@ -59,6 +59,12 @@ pub struct DatagramTransport {
     state: GilCell<State>,
 }
 
+/// What a queued datagram of `nbytes` adds to the write buffer size: its bytes, plus asyncio
+/// 3.13's 8 bytes of header per datagram.
+fn queued_size(py: Python<'_>, nbytes: usize) -> usize {
+    nbytes + if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 }
+}
+
 enum SendOutcome {
     Sent,
     WouldBlock,
@@ -229,7 +235,6 @@ impl DatagramTransport {
     fn send_queued(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let header = if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 };
         loop {
             let (sock, head) = {
                 let mut st = this.state.borrow_mut(py);
@@ -242,7 +247,7 @@ impl DatagramTransport {
                 }
             };
             let (data, addr) = head;
-            let len = data.bind(py).as_bytes().len() + header;
+            let len = queued_size(py, data.bind(py).as_bytes().len());
             match this.try_send(py, sock.bind(py), data.bind(py).as_any(), addr.bind(py)) {
                 SendOutcome::Sent => {
                     let mut st = this.state.borrow_mut(py);
@@ -328,7 +333,7 @@ impl DatagramTransport {
             let nbytes = owned.as_bytes().len();
             let mut st = this.state.borrow_mut(py);
             st.queue.push_back((owned.unbind(), addr.unbind()));
-            st.queued_bytes += nbytes + if crate::compat::datagram_modern_accounting(py) { 8 } else { 0 };
+            st.queued_bytes += queued_size(py, nbytes);
         }
         control_flow(slf, true)
     }

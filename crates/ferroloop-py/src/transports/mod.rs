@@ -24,8 +24,6 @@
 //! asyncio's do: a read error other than `EIO` is reported too, and a protocol method's exception
 //! goes to the exception handler without closing the pipe (see [`pipe`]).
 
-pub(crate) use crate::errors::{is_exit, os_error};
-
 pub(crate) mod base;
 pub mod datagram;
 pub mod pipe;
@@ -37,6 +35,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::errors::is_exit;
 use crate::event_loop::{report_exception, EventLoop};
 
 /// asyncio's `_fatal_error`: report (unless it is an `OSError`), then the caller force-closes.

@@ -55,9 +55,8 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::base::{self, control_flow, Core, ReadSide, Readiness, Watch, WriteSide};
-use super::os_error;
 use crate::buffers::{Data, DataError};
-use crate::errors::{is_exit, try_later};
+use crate::errors::{is_exit, os_error, try_later};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::pyrefs;

@@ -39,7 +39,7 @@ use super::base::{
 };
 use super::{ExtraSnapshot, SocketExtra};
 use crate::buffers::{Data, DataError, Export};
-use crate::errors::try_later;
+use crate::errors::{os_error, try_later};
 use crate::event_loop::EventLoop;
 use crate::gil_cell::GilCell;
 use crate::watch::IoWatcher;

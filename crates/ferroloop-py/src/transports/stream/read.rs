@@ -25,7 +25,7 @@ impl StreamTransport {
             base::with_read_buf(|buf| net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
         match received {
             Err(e) if try_later(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal read error on socket transport"),
+            Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport"),
             Ok(None) => Self::on_eof(slf, protocol),
             Ok(Some(data)) => {
                 // TLS over this transport: hand the ciphertext over without a Python call.
@@ -65,7 +65,7 @@ impl StreamTransport {
         drop(buf);
         match res {
             Err(e) if try_later(&e) => Ok(()),
-            Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal read error on socket transport"),
+            Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport"),
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {
                 if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {

@@ -24,7 +24,7 @@ impl StreamTransport {
                     st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
                 };
                 this.unwatch(py, true)?;
-                let err: PyErr = crate::transports::os_error(&e);
+                let err: PyErr = os_error(&e);
                 let exc = err.value(py).clone();
                 Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
                 if let Some(w) = waiter {
@@ -52,7 +52,7 @@ impl StreamTransport {
                 if closing {
                     Self::_call_connection_lost(slf, None)
                 } else if eof {
-                    net::shutdown_write(this.fd).map_err(|e| crate::transports::os_error(&e))
+                    net::shutdown_write(this.fd).map_err(|e| os_error(&e))
                 } else {
                     Ok(())
                 }
@@ -79,7 +79,7 @@ impl StreamTransport {
                 Self::watch(slf, true)?;
                 control_flow(slf, true)
             }
-            Err(e) => Self::fatal_error(slf, crate::transports::os_error(&e), "Fatal write error on socket transport"),
+            Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal write error on socket transport"),
         }
     }
 
@@ -157,7 +157,7 @@ impl StreamTransport {
             st.buffer.is_empty()
         };
         if shutdown_now {
-            net::shutdown_write(self.fd).map_err(|e| crate::transports::os_error(&e))?;
+            net::shutdown_write(self.fd).map_err(|e| os_error(&e))?;
         }
         Ok(())
     }
