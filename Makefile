@@ -92,8 +92,22 @@ test-memcheck: build-debug ## The transport, socket and TLS tests under valgrind
 stubtest: build ## Check python/ferroloop/_ferroloop.pyi against the built module (mypy.stubtest)
 	$(VPY) -m mypy.stubtest ferroloop._ferroloop
 
+# Wheels for every glibc Linux users run: manylinux2014 (glibc 2.17), as uvloop's and the other
+# loops' are. rustc compiles as for any build; zig (maturin --zig, ziglang from requirements-wheel.txt)
+# links against glibc 2.17's symbols, so the one build runs on RHEL/Alma 8, Amazon Linux 2, Ubuntu
+# 20.04 and newer. Each wheel is built where its Python is (3.14 and 3.15 in the sid chroot), checked
+# by tests/wheels/check.py (auditwheel show, and every glibc symbol version read from the binary),
+# then installed alone into a clean venv and smoke-tested with no Rust toolchain visible.
+WHEEL_GLIBC := 2.17
+# The host's other Pythons, and no ~/.cargo/bin: what the smoke tests see.
+BARE_PATH := /usr/local/bin:/usr/bin:/bin
+
+$(VENV)/.wheel-deps: requirements-wheel.txt $(VSTAMP)
+	$(VPY) -m pip install --quiet -r requirements-wheel.txt
+	touch $@
+
 .PHONY: wheel
-wheel: $(VSTAMP) ## A wheel for every supported Python (3.11-3.15) and an sdist into dist/, each installed in a clean venv and smoke-tested
+wheel: $(VSTAMP) $(VENV)/.wheel-deps ## manylinux2014 wheels for Python 3.11-3.15 and an sdist into dist/, checked (auditwheel) and smoke-tested
 	rm -rf dist
 	$(VENV)/bin/maturin sdist --out dist >/dev/null
 	rm -rf dist/venv-sdist; $(PYTHON) -m venv dist/venv-sdist
@@ -109,16 +123,24 @@ wheel: $(VSTAMP) ## A wheel for every supported Python (3.11-3.15) and an sdist 
 	  CARGO_TARGET_DIR=$(CURDIR)/target/variants/$$v \
 	    bash tests/pythons/sid.sh run make --no-print-directory PYTHON=python$$v VENV=.venv-$$v wheel-one; \
 	done
+	@set -e; host=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  PATH=$(abspath $(VENV))/bin:$$PATH $(VPY) tests/wheels/check.py --glibc $(WHEEL_GLIBC) \
+	    --versions "$$host $(OTHER_PYTHONS) $(SID_PYTHONS)" dist/*.whl
+	@set -e; for python in $$($(PYTHON) -c 'import sys; print(sys.executable)') \
+	    $$(for v in $(OTHER_PYTHONS); do echo $$(pyenv prefix $$v)/bin/python3; done); do \
+	  env -i HOME=$$HOME PATH=$(BARE_PATH) LANG=C.UTF-8 bash tests/wheels/smoke.sh $$python dist; \
+	done
+	@set -e; for v in $(SID_PYTHONS); do \
+	  bash tests/pythons/sid.sh run-bare bash tests/wheels/smoke.sh python$$v dist; \
+	done
 
-# One wheel, $(PYTHON)'s (built in $(CARGO_TARGET_DIR), where its release build already is), into
-# dist/, installed from there alone into a clean venv and smoke-tested.
+# One wheel, $(PYTHON)'s, into dist/: built in a target directory of its own beside
+# $(CARGO_TARGET_DIR)'s release build (zig links differently, and sharing one would rebuild both).
 .PHONY: wheel-one
-wheel-one: $(VSTAMP)
-	$(VENV)/bin/maturin build --release --quiet --interpreter $(PYTHON) --out dist
-	@set -e; v=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	  rm -rf dist/venv-$$v; $(PYTHON) -m venv dist/venv-$$v; \
-	  dist/venv-$$v/bin/pip install --quiet --no-index --only-binary :all: --find-links dist ferroloop; \
-	  (cd dist && venv-$$v/bin/python ../tests/smoke.py) && echo "wheel for $$v: smoke test passed"
+wheel-one: $(VSTAMP) $(VENV)/.wheel-deps
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin build --release --quiet --zig \
+	  --compatibility manylinux2014 --interpreter $(PYTHON) \
+	  --target-dir $${CARGO_TARGET_DIR:-$(CURDIR)/target}/manylinux --out dist
 
 .PHONY: cargo-test
 cargo-test: ## Rust unit tests of the core crate

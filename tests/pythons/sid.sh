@@ -9,6 +9,8 @@
 #
 #   tests/pythons/sid.sh create           make the chroot when it is missing (root; ~1 min, ~1 GB)
 #   tests/pythons/sid.sh run CMD...       run CMD in the checkout inside the chroot (binds, then unbinds)
+#   tests/pythons/sid.sh run-bare CMD...  the same without the Rust toolchain: ~/.cargo and ~/.rustup are
+#                                         not bound in, so nothing there can build (the wheels' smoke tests)
 #
 # sid moves daily, so packages are installed by name, not pinned; `create` records what it got in
 # $ROOT/ferroloop-packages.txt.
@@ -50,17 +52,25 @@ create() {
 
 # Each run mounts in a mount namespace of its own (unshare -m): the mounts are seen by nothing else
 # and vanish with the run, however it ends, and runs at the same time do not disturb one another.
-inside() {  # the run's body, in its own mount namespace
-  local home=${HOME:-/root} src
+inside() {  # the run's body, in its own mount namespace; $1: "rust" or "bare"
+  local home=${HOME:-/root} src toolchain=$1
+  shift
+  local binds=(/dev /dev/pts "$CHECKOUT")
+  local path=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+  local rust_env=()
+  if [ "$toolchain" = rust ]; then
+    binds+=("${CARGO_HOME:-$home/.cargo}" "${RUSTUP_HOME:-$home/.rustup}")
+    path="${CARGO_HOME:-$home/.cargo}/bin:$path"
+    rust_env=(CARGO_HOME="${CARGO_HOME:-$home/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}")
+  fi
   mount --make-rprivate /
   mount -t proc proc "$ROOT/proc"
-  for src in /dev /dev/pts "${CARGO_HOME:-$home/.cargo}" "${RUSTUP_HOME:-$home/.rustup}" "$CHECKOUT"; do
+  for src in "${binds[@]}"; do
     mkdir -p "$ROOT$src"
     mount --bind "$src" "$ROOT$src"
   done
   mount -t tmpfs tmpfs "$ROOT/dev/shm"
   cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
-  local path="${CARGO_HOME:-$home/.cargo}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
   local quoted
   printf -v quoted '%q ' "$@"
   # A clean environment but for what a build and the tests read: HOME, the cargo and rustup
@@ -70,11 +80,10 @@ inside() {  # the run's body, in its own mount namespace
     case $var in FERROLOOP_*|CARGO_TARGET_DIR|PYTEST_ADDOPTS) keep+=("$var=${!var}") ;; esac
   done
   exec chroot "$ROOT" /usr/bin/env -i HOME="$home" PATH="$path" TERM="${TERM:-dumb}" LANG=C.UTF-8 \
-    CARGO_HOME="${CARGO_HOME:-$home/.cargo}" RUSTUP_HOME="${RUSTUP_HOME:-$home/.rustup}" \
-    "${keep[@]}" FERROLOOP_IN_SID=1 bash -c "cd $(printf %q "$PWD") && $quoted"
+    "${rust_env[@]}" "${keep[@]}" FERROLOOP_IN_SID=1 bash -c "cd $(printf %q "$PWD") && $quoted"
 }
 
-run() {
+run() {  # $1: "rust" or "bare", then the command
   create
   need_root
   exec unshare --mount "$CHECKOUT/tests/pythons/sid.sh" _inside "$@"
@@ -82,7 +91,8 @@ run() {
 
 case "${1:-}" in
   create) create ;;
-  run) shift; run "$@" ;;
+  run) shift; run rust "$@" ;;
+  run-bare) shift; run bare "$@" ;;
   _inside) shift; inside "$@" ;;
-  *) echo "usage: $0 create | run CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 create | run CMD... | run-bare CMD..." >&2; exit 2 ;;
 esac
