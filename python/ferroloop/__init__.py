@@ -12,8 +12,9 @@ import os as _os
 
 from . import _compat
 from ._loop import Loop
+from ._stats import LoopStats, stats
 
-__all__ = ("Loop", "enable_ps", "new_event_loop", "run")
+__all__ = ("Loop", "LoopStats", "enable_ps", "new_event_loop", "run", "stats")
 if not _compat.POLICIES_DEPRECATED:
     __all__ += ("EventLoopPolicy",)
 __version__ = "0.1.0"

@@ -33,6 +33,23 @@ def format_handle(handle):
     return str(handle)
 
 
+def describe_callback(handle):
+    """What a slow callback was, for ``ferroloop.stats()``: the task it stepped (name and where its
+    coroutine is now), or the callback as asyncio names it."""
+    owner = getattr(handle._callback, "__self__", None)
+    if isinstance(owner, tasks.Task):
+        coro = owner.get_coro()
+        code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if code is None:
+            return f"Task {owner.get_name()!r} {coro!r}"
+        line = frame.f_lineno if frame is not None else code.co_firstlineno
+        return f"Task {owner.get_name()!r} {code.co_qualname}() at {code.co_filename}:{line}"
+    if handle._callback is None:
+        return type(handle).__name__
+    return _callback_source(handle._callback, handle._args)
+
+
 def callback_error_context(handle, exc, debug):
     """The exception handler's context for a callback that raised ``exc``."""
     source = _callback_source(handle._callback, handle._args, debug)

@@ -8,6 +8,8 @@
 //! - [`flow`]: what every transport shares: write flow control and its lifecycle.
 //! - [`poller`]: level-triggered readiness of file descriptors, plus a [`poller::Waker`] that
 //!   another thread uses to interrupt a blocked poll.
+//! - [`stats`]: the loop's statistics (counters, busy and idle time, the lag histogram), written
+//!   by the loop's thread and read by snapshots from any thread.
 //! - [`timers`]: the timer queue behind `call_at`, ordered by (deadline, scheduling order).
 //! - [`write_buffer`]: a transport's unsent bytes, flushed with one gather write.
 //! - [`net`]: the system calls transports make (`recv`, `send`, `sendmsg`, `read`, `writev`, ...)
@@ -21,6 +23,7 @@ pub mod clock;
 pub mod fd_map;
 pub mod flow;
 pub mod poller;
+pub mod stats;
 mod sys;
 pub mod timers;
 pub mod write_buffer;

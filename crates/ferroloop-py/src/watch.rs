@@ -32,6 +32,14 @@ pub trait IoWatcher: Send + Sync {
     fn completes(&self, _fut: &Bound<'_, PyAny>) -> bool {
         false
     }
+
+    /// What ran when this watcher was called for readiness (a `str`, for the loop's list of
+    /// slow callbacks).
+    #[cold]
+    fn describe(&self, py: Python<'_>, write: bool) -> PyResult<Py<PyAny>> {
+        let what = if write { "a native writer" } else { "a native reader" };
+        Ok(pyo3::types::PyString::new(py, what).into_any().unbind())
+    }
 }
 
 /// Who is called when a descriptor is ready.
@@ -47,12 +55,13 @@ pub enum Watcher {
     Op(Arc<dyn IoWatcher>),
 }
 
-/// An entry of the ready queue.
+/// An entry of the ready queue. Each ends with when it became ready, in the statistics' ticks
+/// (its timer's deadline, or when it was queued; see `event_loop::stats`).
 pub enum Ready {
-    Handle(Py<Handle>),
+    Handle(Py<Handle>, u64),
     /// A native watcher, the direction it is ready for (`true`: writable), and the context to
     /// run it in (none for a socket operation: it runs no user code but the socket's own).
-    Io(Arc<dyn IoWatcher>, bool, Option<Py<PyAny>>),
+    Io(Arc<dyn IoWatcher>, bool, Option<Py<PyAny>>, u64),
 }
 
 impl Watcher {
@@ -71,8 +80,8 @@ impl Watcher {
 impl Ready {
     pub fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Self::Handle(h) => visit.call(h),
-            Self::Io(w, _, context) => {
+            Self::Handle(h, _) => visit.call(h),
+            Self::Io(w, _, context, _) => {
                 visit.call(context)?;
                 w.traverse(visit)
             }

@@ -1,9 +1,38 @@
 //! One iteration of the loop (see the parent module's documentation): timers pruned, the poll,
 //! due timers queued, and the ready callbacks run within the fairness budget.
 
+use super::stats::Ran;
 use super::*;
 
 impl EventLoop {
+    /// One iteration (see the module documentation).
+    pub(super) fn run_iteration(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // One clock reading per iteration, two when it waited in the poll: they are a good part
+        // of its cost.
+        let now = this.now(py)?;
+        let now_ticks = this.stats.iteration_started();
+        let timeout = this.prune_timers_and_timeout(py, now);
+        // Every iteration polls, as asyncio's does: what a peer sent before the iteration began
+        // is seen in it (code that yields with `await asyncio.sleep(0)` relies on this). A poll
+        // that would not wait and has no descriptor to report is skipped: it could find nothing.
+        let nothing_watched = {
+            let q = this.queues.borrow(py);
+            q.readers.is_empty() && q.writers.is_empty()
+        };
+        let (now, now_ticks) = if timeout == Some(Duration::ZERO) && nothing_watched {
+            (now, now_ticks)
+        } else {
+            match this.poll(py, timeout)? {
+                Some(waited) => (this.now(py)?, waited),
+                None => (now, now_ticks),
+            }
+        };
+        this.queue_due_timers(py, now, now_ticks);
+        Self::run_ready(slf, py)
+    }
+
     /// Step 1 of an iteration: drops cancelled timers; returns how long the poll may wait.
     pub(super) fn prune_timers_and_timeout(&self, py: Python<'_>, now: f64) -> Option<Duration> {
         let mut dropped: Vec<Py<TimerHandle>> = Vec::new();
@@ -48,9 +77,9 @@ impl EventLoop {
         timeout
     }
 
-    /// Step 2: polls, and queues the callbacks of ready file descriptors. Returns whether it
-    /// waited (the clock has moved).
-    pub(super) fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<bool> {
+    /// Step 2: polls, and queues the callbacks of ready file descriptors. Returns, when it
+    /// waited (the clock has moved), the statistics' reading after the wait.
+    pub(super) fn poll(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<u64>> {
         let blocking = timeout != Some(Duration::ZERO);
         {
             let mut guard = self.poller.borrow_mut(py);
@@ -64,11 +93,15 @@ impl EventLoop {
                 poller.poll(timeout).map_err(|e| os_error(&e))?;
             }
         }
+        // The time the reports below became ready (a blocked wait's end), for the statistics.
+        let waited = blocking.then(|| self.stats.waited());
+        let ready_at = waited.unwrap_or_else(|| self.stats.stamp());
         if blocking {
             // A signal may have cut the wait short: run Python's handlers now (they may raise
             // KeyboardInterrupt), not whenever the next callback happens to run.
             py.check_signals()?;
         }
+        let queued_before = self.queues.borrow(py).ready.len();
         // Stays unallocated unless a cancelled reader handle is found.
         let mut stale: Vec<(RawFd, bool)> = Vec::new();
         {
@@ -85,24 +118,30 @@ impl EventLoop {
                     match map.get(&ev.fd) {
                         None => {}
                         Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
-                        Some(Watcher::Handle(h)) => ready.push_back(Ready::Handle(h.clone_ref(py))),
+                        Some(Watcher::Handle(h)) => ready.push_back(Ready::Handle(h.clone_ref(py), ready_at)),
                         Some(Watcher::Native(w, context)) => {
-                            ready.push_back(Ready::Io(Arc::clone(w), write, Some(context.clone_ref(py))));
+                            let context = Some(context.clone_ref(py));
+                            ready.push_back(Ready::Io(Arc::clone(w), write, context, ready_at));
                         }
-                        Some(Watcher::Op(w)) => ready.push_back(Ready::Io(Arc::clone(w), write, None)),
+                        Some(Watcher::Op(w)) => ready.push_back(Ready::Io(Arc::clone(w), write, None, ready_at)),
                     }
                 }
             }
+            self.stats.io_events(ready.len() - queued_before);
         }
         for (fd, write) in stale {
             self.unwatch(py, fd, write)?;
         }
-        Ok(blocking)
+        Ok(waited)
     }
 
-    /// Step 3: moves the timers due by now to the ready queue.
-    pub(super) fn queue_due_timers(&self, py: Python<'_>, now: f64) {
+    /// Step 3: moves the timers due by `now` (`now_ticks` is the statistics' reading taken with
+    /// it) to the ready queue.
+    pub(super) fn queue_due_timers(&self, py: Python<'_>, now: f64, now_ticks: u64) {
         let end = now + self.clock_resolution;
+        // A deadline on a patched clock says nothing of the real lag: the reading stands in.
+        let real_deadlines = !self.custom_time.load(Relaxed);
+        let mut due = 0;
         let mut q = self.queues.borrow_mut(py);
         while let Some((when, _)) = q.timers.peek() {
             if when >= end {
@@ -111,43 +150,75 @@ impl EventLoop {
             let Some((_, t)) = q.timers.pop() else { break };
             t.get().unschedule();
             let h: Py<Handle> = t.into_bound(py).into_super().unbind();
-            q.ready.push_back(Ready::Handle(h));
+            due += usize::from(!h.get().is_cancelled());
+            let ready_at = if real_deadlines { self.stats.deadline(when, now, now_ticks) } else { now_ticks };
+            q.ready.push_back(Ready::Handle(h, ready_at));
         }
+        drop(q);
+        self.stats.timers_due(due);
     }
 
     /// Step 4: runs the callbacks that were ready when the iteration began.
-    pub(super) fn run_ready(slf: &Bound<'_, Self>, py: Python<'_>, started: f64) -> PyResult<()> {
+    pub(super) fn run_ready(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
         let this = slf.get();
         let ntodo = this.queues.borrow(py).ready.len();
         let debug = this.debug.load(Relaxed);
+        let mut batch = this.stats.batch();
         for i in 0..ntodo {
-            if i % 64 == 63 && clock::monotonic() - started > POLL_INTERVAL && !this.stopping.load(Relaxed) {
+            if i % 64 == 63 && this.stats.ticks.seconds(batch.elapsed()) > POLL_INTERVAL && !this.stopping.load(Relaxed)
+            {
                 break;
             }
             let Some(item) = this.queues.borrow_mut(py).ready.pop_front() else {
                 break;
             };
-            let handle = match item {
-                Ready::Handle(handle) => handle,
-                Ready::Io(watcher, write, context) => {
-                    let outcome = match &context {
-                        Some(c) => handles::run_in_context(py, c, || watcher.io_ready(py, write)),
-                        None => watcher.io_ready(py, write),
-                    };
-                    drop(context);
-                    if let Err(err) = outcome {
-                        if is_exit(py, &err) {
-                            return Err(err);
-                        }
-                        report_watcher_error(slf, err)?;
-                    }
+            let outcome = match item {
+                Ready::Handle(handle, _) if handle.get().is_cancelled() => {
+                    this.retire(py, handle);
                     continue;
                 }
+                Ready::Handle(handle, ready_at) => {
+                    batch.starting(ready_at);
+                    let outcome = Self::run_handle(slf, py, &handle, debug)
+                        .and_then(|()| batch.ended(&this.stats, py, Ran::Handle(&handle)));
+                    // Every way out of running the handle goes through `retire` (see `handles`).
+                    this.retire(py, handle);
+                    outcome
+                }
+                Ready::Io(watcher, write, context, ready_at) => {
+                    batch.starting(ready_at);
+                    let outcome = Self::run_io(slf, py, &watcher, write, context.as_ref());
+                    drop(context);
+                    outcome.and_then(|()| batch.ended(&this.stats, py, Ran::Io(&watcher, write)))
+                }
             };
-            // Every way out of running the handle goes through `retire` (see `handles`).
-            let outcome = Self::run_handle(slf, py, &handle, debug);
-            this.retire(py, handle);
-            outcome?;
+            if let Err(err) = outcome {
+                batch.finish(&this.stats);
+                return Err(err);
+            }
+        }
+        batch.finish(&this.stats);
+        Ok(())
+    }
+
+    /// Runs a native watcher's readiness callback in its context; its error goes to the
+    /// exception handler (`Err` leaves the loop).
+    fn run_io(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        watcher: &Arc<dyn IoWatcher>,
+        write: bool,
+        context: Option<&Py<PyAny>>,
+    ) -> PyResult<()> {
+        let outcome = match context {
+            Some(c) => handles::run_in_context(py, c, || watcher.io_ready(py, write)),
+            None => watcher.io_ready(py, write),
+        };
+        if let Err(err) = outcome {
+            if is_exit(py, &err) {
+                return Err(err);
+            }
+            report_watcher_error(slf, err)?;
         }
         Ok(())
     }
@@ -157,9 +228,6 @@ impl EventLoop {
     pub(super) fn run_handle(slf: &Bound<'_, Self>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
         let this = slf.get();
         let h = handle.get();
-        if h.is_cancelled() {
-            return Ok(());
-        }
         let t0 = if debug {
             let previous = this.current_handle.borrow_mut(py).replace(handle.clone_ref(py));
             drop(previous);

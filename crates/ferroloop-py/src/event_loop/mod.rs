@@ -29,8 +29,9 @@
 //! closing, debug); `iteration` runs one iteration; `io` watches file descriptors (readers,
 //! writers, native transports, socket operations) and has `add_reader` and its kin; `schedule`
 //! makes and reuses handles and tasks and has `call_soon`, `call_later`, `call_at`,
-//! `create_task` and `create_future`. Each file's Python methods are a `#[pymethods]` block of
-//! its own (PyO3's `multiple-pymethods`).
+//! `create_task` and `create_future`; `stats` keeps the statistics `ferroloop.stats()` reads
+//! (each queued entry carries when it became ready, for the lag). Each file's Python methods are
+//! a `#[pymethods]` block of its own (PyO3's `multiple-pymethods`).
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -58,6 +59,7 @@ use crate::watch::{IoWatcher, Ready, Watcher};
 mod io;
 mod iteration;
 mod schedule;
+mod stats;
 
 /// The promise: while callbacks keep the loop busy, file descriptors are still polled at least
 /// this often (seconds).
@@ -111,7 +113,7 @@ impl Queues {
     /// about to drop its references (see `handles`).
     fn track_shared_handles(&self) {
         for r in &self.ready {
-            if let Ready::Handle(h) = r {
+            if let Ready::Handle(h, _) = r {
                 handles::track_if_shared(h);
             }
         }
@@ -160,6 +162,8 @@ pub struct EventLoop {
     /// a handle's allocation, initialisation and deallocation were a good part of what the loop
     /// spends on a task step (callgrind).
     spare_handles: GilCell<Vec<Py<Handle>>>,
+    /// The loop's statistics (`ferroloop.stats()`; see `stats`).
+    stats: stats::Stats,
 }
 
 /// `RuntimeError('Event loop is closed')`, as asyncio raises it.
@@ -218,6 +222,7 @@ struct StopOnExit<'a>(&'a EventLoop);
 
 impl Drop for StopOnExit<'_> {
     fn drop(&mut self) {
+        self.0.stats.run_ended();
         self.0.stopping.store(false, Relaxed);
         self.0.thread_id.store(0, Relaxed);
     }
@@ -293,6 +298,7 @@ impl EventLoop {
             spare_handles: GilCell::new(Vec::new()),
             time_source: GilCell::new(None),
             custom_time: AtomicBool::new(false),
+            stats: stats::Stats::new(0.1),
         })
     }
 
@@ -330,6 +336,7 @@ impl EventLoop {
     #[setter]
     fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
         *self.slow_callback_duration.borrow_mut(py) = value;
+        self.stats.set_slow_threshold(value);
     }
 
     /// `threading.get_ident()` of the thread running the loop, or None.
@@ -373,41 +380,22 @@ impl EventLoop {
     fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.thread_id.store(current_thread_id(), Relaxed);
+        this.stats.run_started();
         // However the run ends, a panic included, the loop is left stopped: not running, and
         // closable or runnable again.
         let _stopped = StopOnExit(this);
         loop {
-            Self::_run_once(slf)?;
+            Self::run_iteration(slf)?;
             if this.stopping.load(Relaxed) {
                 return Ok(());
             }
         }
     }
 
-    /// One iteration (see the module documentation).
+    /// One iteration, outside `run_forever` (asyncio's tests call it).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        // One clock reading per iteration, two when it waited in the poll: they are a good part
-        // of its cost.
-        let now = this.now(py)?;
-        let timeout = this.prune_timers_and_timeout(py, now);
-        // Every iteration polls, as asyncio's does: what a peer sent before the iteration began
-        // is seen in it (code that yields with `await asyncio.sleep(0)` relies on this). A poll
-        // that would not wait and has no descriptor to report is skipped: it could find nothing.
-        let nothing_watched = {
-            let q = this.queues.borrow(py);
-            q.readers.is_empty() && q.writers.is_empty()
-        };
-        let now = if timeout == Some(Duration::ZERO) && nothing_watched {
-            now
-        } else if this.poll(py, timeout)? {
-            this.now(py)?
-        } else {
-            now
-        };
-        this.queue_due_timers(py, now);
-        Self::run_ready(slf, py, now)
+        slf.get().stats.restamp();
+        Self::run_iteration(slf)
     }
 
     /// Sets the callable `time()` stands for (None: the loop's own clock); see `time_source`.
@@ -444,7 +432,7 @@ impl EventLoop {
 
     /// Queues an existing handle, from any thread (signal delivery).
     fn _call_handle(&self, py: Python<'_>, handle: Py<Handle>) {
-        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle, self.stats.now()));
         if self.polling.load(Relaxed) {
             self.wake(py);
         }
@@ -469,7 +457,7 @@ impl EventLoop {
         if let Some(q) = self.queues.try_borrow() {
             for r in &q.ready {
                 match r {
-                    Ready::Handle(h) => handles::traverse_queued(h, &visit)?,
+                    Ready::Handle(h, _) => handles::traverse_queued(h, &visit)?,
                     Ready::Io(..) => r.traverse(visit)?,
                 }
             }
@@ -508,5 +496,6 @@ impl EventLoop {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EventLoop>()?;
+    stats::register(m)?;
     m.add("FAIRNESS_BUDGET", FAIRNESS_BUDGET)
 }

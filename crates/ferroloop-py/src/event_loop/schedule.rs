@@ -84,6 +84,7 @@ impl EventLoop {
 
     /// The loop is done with a handle it ran or skipped: kept for reuse if nobody else can see
     /// it and there is room, else released (see `handles`).
+    #[inline(always)]
     pub(super) fn retire(&self, py: Python<'_>, handle: Py<Handle>) {
         let mut spare = self.spare_handles.borrow_mut(py);
         if spare.len() < SPARE_HANDLES && !self.closed.load(Relaxed) {
@@ -148,8 +149,20 @@ impl EventLoop {
         self.check_closed()?;
         let parts = self.handle_parts(py, callback, args, context.map(|c| c.bind(py)))?;
         let handle = self.queued_handle(py, parts)?;
-        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle));
+        let queued = self.queued_at();
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle, queued));
         Ok(())
+    }
+
+    /// When a handle `call_soon` queues now became ready, for the lag statistics (see
+    /// `stats`): the stamp while the loop runs, no lag while it does not.
+    #[inline]
+    fn queued_at(&self) -> u64 {
+        if self.thread_id.load(Relaxed) == 0 {
+            stats::NO_LAG
+        } else {
+            self.stats.stamp()
+        }
     }
 
     /// The loop's time: `time.monotonic()`, or what the patched or overridden `time()` says.
@@ -189,7 +202,8 @@ impl EventLoop {
             self.debug_checks(py, callback, "call_soon", true)?;
         }
         let handle = self.queued_handle(py, self.handle_parts(py, callback, args, context)?)?;
-        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
+        let queued = self.queued_at();
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py), queued));
         Ok(handle)
     }
 
@@ -210,7 +224,9 @@ impl EventLoop {
             parts = parts.thread_safe();
         }
         let handle = self.queued_handle(py, parts)?;
-        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py)));
+        // Another thread: the loop's stamp may be the start of a long wait.
+        let queued = self.stats.now();
+        self.queues.borrow_mut(py).ready.push_back(Ready::Handle(handle.clone_ref(py), queued));
         if self.polling.load(Relaxed) {
             self.wake(py);
         }

@@ -26,7 +26,7 @@
 use ferroloop_core::flow::WriteFlow;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::is_exit;
@@ -59,7 +59,7 @@ pub(crate) trait Readiness: pyo3::PyClass {
 /// The watcher the loop calls when a transport's descriptor is ready.
 pub(crate) struct Watch<T>(pub(crate) Py<T>);
 
-impl<T: Readiness + Send + Sync> IoWatcher for Watch<T> {
+impl<T: Readiness + Core + pyo3::PyClass<Frozen = True> + Send + Sync> IoWatcher for Watch<T> {
     fn io_ready(&self, py: Python<'_>, write: bool) -> PyResult<()> {
         let t = self.0.bind(py);
         if write {
@@ -71,6 +71,19 @@ impl<T: Readiness + Send + Sync> IoWatcher for Watch<T> {
 
     fn traverse(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.0)
+    }
+
+    /// `"<protocol repr> (readable StreamTransport)"`: the protocol is the user's code that ran.
+    #[cold]
+    fn describe(&self, py: Python<'_>, write: bool) -> PyResult<Py<PyAny>> {
+        let t = self.0.bind(py);
+        let kind = t.as_any().get_type().name()?;
+        let direction = if write { "writable" } else { "readable" };
+        let protocol = match t.get().protocol(py) {
+            Some(p) => p.bind(py).repr()?.to_string(),
+            None => "no protocol".to_owned(),
+        };
+        Ok(PyString::new(py, &format!("{protocol} ({direction} {kind})")).into_any().unbind())
     }
 }
 

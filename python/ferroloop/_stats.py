@@ -1,0 +1,123 @@
+"""``ferroloop.stats()``: what a loop has been doing, kept by the Rust loop at all times.
+
+Every figure is counted by the loop's thread on paths it already runs (one more reading of the
+CPU's time-stamp counter per callback); a snapshot reads them from any thread without stopping
+the loop. What they mean (docs/observability.md has more, and what they cost):
+
+``busy``, ``idle`` (seconds), ``utilization``
+    As Node's event-loop utilization: idle is the time the loop waited in its poller for I/O or
+    a timer; busy is the rest of the time it ran (callbacks and its own work); utilization is
+    busy / (busy + idle). Time outside ``run_forever``/``run_until_complete`` is neither.
+``iterations``, ``callbacks``, ``io_events``, ``timers``
+    Loop iterations; callbacks run (handles and native I/O callbacks; not cancelled handles);
+    I/O readiness reports queued; timers that fell due.
+``lag``
+    For each iteration that ran callbacks, the longest any of them waited between becoming
+    ready (scheduled with ``call_soon``, its timer due, its descriptor ready) and starting: one
+    sample per iteration, in a histogram of log-spaced buckets (each at most 12.5 % wide), read
+    as ``p50``/``p90``/``p99`` (the upper bound of the bucket holding that rank, never above the
+    maximum) and ``max`` (exact since the loop was made; over an interval, its bucket's bound).
+``slow_callbacks``, ``slowest``
+    Callbacks that ran longer than the loop's ``slow_callback_duration`` (asyncio's debug-mode
+    threshold, 0.1 s by default; debug mode need not be on), and the slowest few: how long, when
+    they ended, and what they were (a task's name and where its coroutine is, or the callback).
+
+A snapshot covers the loop's life; ``later.since(earlier)`` (or ``later - earlier``) covers the
+interval between two snapshots of the same loop, so every reader keeps its own intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from ._ferroloop import EventLoop, StatsSnapshot
+
+
+@dataclasses.dataclass(frozen=True)
+class Lag:
+    """Loop lag, in seconds (see the module documentation)."""
+
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    samples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowCallback:
+    """A callback that ran longer than the loop's ``slow_callback_duration``."""
+
+    seconds: float
+    ended: float  # the loop's clock (time.monotonic()) when it returned
+    what: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopStats:
+    """A loop's statistics since it was made, or over an interval (``since``)."""
+
+    busy: float
+    idle: float
+    iterations: int
+    callbacks: int
+    io_events: int
+    timers: int
+    slow_callbacks: int
+    slowest: tuple[SlowCallback, ...]
+    lag: Lag
+    taken: float  # the loop's clock (time.monotonic()) when the snapshot was taken
+    _raw: StatsSnapshot = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def utilization(self) -> float:
+        """busy / (busy + idle); 0.0 before the loop has run."""
+        total = self.busy + self.idle
+        return self.busy / total if total > 0 else 0.0
+
+    def since(self, earlier: LoopStats) -> LoopStats:
+        """The figures of the interval from ``earlier`` (a snapshot of the same loop) to this one."""
+        if not isinstance(earlier, LoopStats):
+            raise TypeError(f"since() takes a LoopStats, not {type(earlier).__name__}")
+        return _from_raw(self._raw.since(earlier._raw))
+
+    def __sub__(self, earlier: LoopStats) -> LoopStats:
+        if not isinstance(earlier, LoopStats):
+            return NotImplemented
+        return self.since(earlier)
+
+
+def _from_raw(raw: StatsSnapshot) -> LoopStats:
+    return LoopStats(
+        busy=raw.busy,
+        idle=raw.idle,
+        iterations=raw.iterations,
+        callbacks=raw.callbacks,
+        io_events=raw.io_events,
+        timers=raw.timers,
+        slow_callbacks=raw.slow_callbacks,
+        slowest=tuple(SlowCallback(seconds, ended, what) for seconds, ended, what in raw.slowest),
+        lag=Lag(
+            p50=raw.lag_quantile(0.5),
+            p90=raw.lag_quantile(0.9),
+            p99=raw.lag_quantile(0.99),
+            max=raw.lag_max,
+            samples=raw.lag_samples,
+        ),
+        taken=raw.taken,
+        _raw=raw,
+    )
+
+
+def stats(loop: asyncio.AbstractEventLoop | None = None) -> LoopStats:
+    """The statistics of ``loop`` (the running loop by default) since it was made, up to now
+    (the callback running now, the caller's own included, counts as busy so far).
+
+    Callable from any thread: a ferroloop loop is never stopped to read them.
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    if not isinstance(loop, EventLoop):
+        raise TypeError(f"ferroloop.stats() needs a ferroloop loop, not {type(loop).__name__}")
+    return _from_raw(loop._stats())

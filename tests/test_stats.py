@@ -1,0 +1,318 @@
+"""``ferroloop.stats()``: the loop's statistics, checked against ground truth.
+
+Stock asyncio keeps no such figures, so these tests run on ferroloop only: the reference is what
+the test made the loop do (waits and blocking of known durations, known numbers of callbacks and
+timers). Durations are checked with a stated tolerance: at least what was slept (a clock never
+runs short), and at most that plus SLACK, which absorbs a loaded machine's scheduling delays.
+"""
+
+import asyncio
+import itertools
+import socket
+import threading
+import time
+
+import ferroloop
+import pytest
+
+# How much more than the known duration a figure may show (seconds).
+SLACK = 0.08
+
+
+def between(value, low, slack=SLACK):
+    return low <= value <= low + slack
+
+
+def run(main, **kwargs):
+    return ferroloop.run(main(), **kwargs)
+
+
+def test_idle_and_busy_are_the_known_waits_and_blocks():
+    async def main():
+        before = ferroloop.stats()
+        await asyncio.sleep(0.2)  # idle: the loop waits for the timer in its poller
+        time.sleep(0.2)  # noqa: ASYNC251 (busy: a task blocks the loop)
+        return ferroloop.stats().since(before)
+
+    interval = run(main)
+    assert between(interval.idle, 0.2), interval
+    assert between(interval.busy, 0.2), interval
+    assert 0.35 <= interval.utilization <= 0.65, interval
+    assert interval.iterations >= 2 and interval.callbacks >= 2 and interval.timers == 1
+
+
+def test_utilization_of_a_busy_loop_is_near_one():
+    async def main():
+        before = ferroloop.stats()
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:
+            await asyncio.sleep(0)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert interval.utilization > 0.95, interval
+    assert interval.idle < 0.01, interval
+    assert interval.callbacks >= 100
+
+
+def test_a_timer_due_behind_a_blocking_callback_reports_its_lag():
+    fired = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = ferroloop.stats()
+        loop.call_later(0.01, lambda: fired.append(loop.time()))
+        loop.call_soon(time.sleep, 0.12)
+        await asyncio.sleep(0.2)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert fired
+    # Due 0.01 s after scheduling, run after the 0.12 s block: 0.11 s late at least.
+    assert between(interval.lag.max, 0.11 * 0.875), interval.lag
+    assert interval.lag.p99 <= interval.lag.max
+
+
+def test_call_soon_behind_a_blocking_callback_reports_its_lag():
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = ferroloop.stats()
+        done = loop.create_future()
+        loop.call_soon(time.sleep, 0.1)
+        loop.call_soon(done.set_result, None)
+        await done
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert between(interval.lag.max, 0.1 * 0.875), interval.lag
+    assert interval.lag.samples >= 1
+
+
+def test_an_idle_loop_has_no_lag():
+    async def main():
+        before = ferroloop.stats()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert interval.lag.samples >= 20
+    # Each sleep's timer runs when it is due, give or take the wake-up: a few ms at most.
+    assert interval.lag.p50 < 0.005, interval.lag
+
+
+def blocks_on_sleep():
+    time.sleep(0.15)
+
+
+def blocks_on_cpu():
+    end = time.monotonic() + 0.15
+    while time.monotonic() < end:
+        pass
+
+
+def blocks_on_socket():
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(0.15)
+        with pytest.raises(TimeoutError):
+            a.recv(1)
+
+
+@pytest.mark.parametrize("block", [blocks_on_sleep, blocks_on_cpu, blocks_on_socket])
+def test_a_slow_task_step_is_named(block):
+    async def slow_worker():
+        block()
+
+    async def main():
+        before = ferroloop.stats()
+        await asyncio.create_task(slow_worker(), name="the-slow-one")
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert interval.slow_callbacks == 1, interval
+    (slow,) = interval.slowest
+    assert between(slow.seconds, 0.15), slow
+    assert "the-slow-one" in slow.what and "slow_worker" in slow.what and __file__ in slow.what, slow
+
+
+def test_a_slow_plain_callback_is_named():
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = ferroloop.stats()
+        loop.call_soon(blocks_on_sleep)
+        await asyncio.sleep(0.2)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert [s.what for s in interval.slowest] == [
+        f"blocks_on_sleep() at {__file__}:{blocks_on_sleep.__code__.co_firstlineno}"
+    ]
+
+
+def test_a_slow_protocol_callback_is_named():
+    class Slow(asyncio.Protocol):
+        def __init__(self, done):
+            self.done = done
+
+        def data_received(self, data):
+            time.sleep(0.15)
+            self.done.set_result(data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        done = loop.create_future()
+        transport, _ = await loop.connect_accepted_socket(lambda: Slow(done), a)
+        before = ferroloop.stats()
+        b.send(b"x")
+        await done
+        after = ferroloop.stats()
+        transport.close()
+        b.close()
+        return after - before
+
+    interval = run(main)
+    assert interval.slow_callbacks == 1, interval
+    (slow,) = interval.slowest
+    assert between(slow.seconds, 0.15)
+    assert "Slow object" in slow.what and "readable" in slow.what, slow
+    assert interval.io_events >= 1
+
+
+def test_the_threshold_is_slow_callback_duration():
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.02
+        before = ferroloop.stats()
+        loop.call_soon(time.sleep, 0.05)
+        loop.call_soon(time.sleep, 0.001)
+        await asyncio.sleep(0.1)
+        loop.slow_callback_duration = 1.0
+        loop.call_soon(time.sleep, 0.05)
+        await asyncio.sleep(0.1)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert interval.slow_callbacks == 1, interval
+
+
+def test_the_slowest_are_kept_slowest_first():
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.001
+        for ms in (3, 9, 2, 7, 5, 4, 8):
+            loop.call_soon(time.sleep, ms / 1000)
+        await asyncio.sleep(0.1)
+        return ferroloop.stats()
+
+    stats = run(main)
+    assert stats.slow_callbacks == 7
+    seconds = [s.seconds for s in stats.slowest]
+    assert len(seconds) == 5 and seconds == sorted(seconds, reverse=True) and seconds[-1] >= 0.004, seconds
+
+
+def test_counts_of_callbacks_timers_and_iterations():
+    def main():
+        loop = ferroloop.new_event_loop()
+        try:
+            before = ferroloop.stats(loop)
+            hits = []
+            for i in range(100):
+                loop.call_soon(hits.append, i)
+            cancelled = loop.call_soon(hits.append, -1)
+            cancelled.cancel()
+            for i in range(10):
+                loop.call_later(0.001 * i, hits.append, i)
+            loop.call_later(0.001, hits.append, -1).cancel()
+            loop.call_later(0.05, loop.stop)
+            loop.run_forever()
+            interval = ferroloop.stats(loop) - before
+        finally:
+            loop.close()
+        return hits, interval
+
+    hits, interval = main()
+    assert len(hits) == 110
+    assert interval.callbacks == 111  # the stop callback too; the cancelled ones are not run
+    assert interval.timers == 11
+    assert 1 <= interval.iterations <= interval.callbacks
+
+
+def test_time_outside_run_is_not_counted():
+    loop = ferroloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+        first = ferroloop.stats(loop)
+        time.sleep(0.1)
+        loop.run_until_complete(asyncio.sleep(0))
+        interval = ferroloop.stats(loop) - first
+    finally:
+        loop.close()
+    assert interval.busy + interval.idle < 0.05, interval
+
+
+def test_a_patched_loop_time_does_not_change_the_figures():
+    async def main():
+        loop = asyncio.get_running_loop()
+        real = loop.time
+        loop.time = lambda: real() + 1000.0
+        before = ferroloop.stats()
+        await asyncio.sleep(0.1)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    assert between(interval.idle, 0.1), interval
+    assert interval.lag.max < 0.05, interval.lag
+
+
+def test_each_loop_its_own_and_readable_from_other_threads():
+    results = {}
+    ready = threading.Barrier(3)
+
+    def worker(name, blocks):
+        async def main():
+            loop = asyncio.get_running_loop()
+            results[name, "loop"] = loop
+            ready.wait()
+            for _ in range(blocks):
+                loop.call_soon(time.sleep, 0.12)
+            await asyncio.sleep(0.5)
+
+        ferroloop.run(main())
+
+    threads = [threading.Thread(target=worker, args=(name, n)) for name, n in (("one", 1), ("two", 2))]
+    for t in threads:
+        t.start()
+    ready.wait()
+    seen = []
+    while any(t.is_alive() for t in threads):
+        seen.append({name: ferroloop.stats(results[name, "loop"]) for name in ("one", "two")})
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    for name, blocks in (("one", 1), ("two", 2)):
+        final = seen[-1][name]
+        assert final.slow_callbacks == blocks, (name, final)
+        assert between(final.busy, 0.12 * blocks, slack=0.2), (name, final)
+        for earlier, later in itertools.pairwise(seen):
+            assert later[name].callbacks >= earlier[name].callbacks
+            assert later[name].busy + later[name].idle >= earlier[name].busy + earlier[name].idle
+
+
+def test_bad_calls():
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        ferroloop.stats()
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(TypeError, match="ferroloop loop"):
+            ferroloop.stats(loop)
+    finally:
+        loop.close()
+    fl = ferroloop.new_event_loop()
+    try:
+        with pytest.raises(TypeError, match="LoopStats"):
+            ferroloop.stats(fl).since(42)
+        assert ferroloop.stats(fl).utilization == 0.0
+    finally:
+        fl.close()
