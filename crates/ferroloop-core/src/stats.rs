@@ -58,42 +58,49 @@ impl Counter {
 
 /// Buckets per doubling: a bucket's largest value is at most 12.5 % above its smallest.
 const SUB_BITS: u32 = 3;
-/// The bits of an `f64` below its exponent's and its mantissa's first `SUB_BITS`: dropping them
-/// leaves a number that grows by one from bucket to bucket (positive `f64`s order as their bits).
-const SHIFT: u32 = 52 - SUB_BITS;
-/// Lags below 2^-20 s (0.95 µs) share the first bucket.
-const MIN_LAG: f64 = 1.0 / (1u64 << 20) as f64;
-/// Lags of 2^10 s (17 minutes) and more share the last bucket.
-const MAX_LAG: f64 = (1u64 << 10) as f64;
+const SUB: usize = 1 << SUB_BITS;
+/// Lags below 2^10 units (the loop's ticks: about 0.4 µs at 2.5 GHz, 1 µs where a tick is a
+/// nanosecond) share the first bucket.
+const MIN_EXP: u32 = 10;
+/// Lags of 2^42 units (30 minutes at 2.5 GHz) and more share the last bucket.
+const MAX_EXP: u32 = 42;
 /// The number of histogram buckets.
-pub const BUCKETS: usize = 2 + ((MAX_LAG.to_bits() - MIN_LAG.to_bits()) >> SHIFT) as usize;
+pub const BUCKETS: usize = 2 + (MAX_EXP - MIN_EXP) as usize * SUB;
 
-/// The bucket of a lag of `seconds` (a few instructions: no conversion, no logarithm).
+/// The bucket of a lag of `units` (a few integer instructions).
 #[inline]
 #[must_use]
-pub fn bucket_of(seconds: f64) -> usize {
-    // NaN, negative, or under a microsecond.
-    if seconds.is_nan() || seconds < MIN_LAG {
+pub fn bucket_of(units: u64) -> usize {
+    if units < 1 << MIN_EXP {
         return 0;
     }
-    let index = 1 + ((seconds.to_bits() - MIN_LAG.to_bits()) >> SHIFT);
+    let exp = 63 - units.leading_zeros();
+    if exp >= MAX_EXP {
+        return BUCKETS - 1;
+    }
     #[allow(clippy::cast_possible_truncation)]
-    let index = index.min(BUCKETS as u64 - 1) as usize;
-    index
+    let sub = ((units >> (exp - SUB_BITS)) as usize) & (SUB - 1);
+    1 + (exp - MIN_EXP) as usize * SUB + sub
 }
 
-/// The smallest lag (seconds) that falls beyond bucket `index`: its exclusive upper bound
-/// (infinite for the last).
+/// The smallest lag, in units, beyond bucket `index`: its exclusive upper bound (`u64::MAX`
+/// for the last).
 #[must_use]
-pub fn bucket_upper_bound(index: usize) -> f64 {
-    if index >= BUCKETS - 1 {
-        return f64::INFINITY;
+pub fn bucket_upper_bound(index: usize) -> u64 {
+    if index == 0 {
+        return 1 << MIN_EXP;
     }
-    f64::from_bits(MIN_LAG.to_bits() + ((index as u64) << SHIFT))
+    if index >= BUCKETS - 1 {
+        return u64::MAX;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let exp = MIN_EXP + ((index - 1) / SUB) as u32;
+    let sub = ((index - 1) % SUB) as u64;
+    (1u64 << exp) + ((sub + 1) << (exp - SUB_BITS))
 }
 
 /// The loop's statistics (see the module documentation). Times are in nanoseconds, lags in
-/// seconds.
+/// the loop's units (ticks; a [`Snapshot`] knows how many seconds one is).
 #[derive(Debug)]
 pub struct LoopStats {
     pub iterations: Counter,
@@ -105,8 +112,7 @@ pub struct LoopStats {
     pub idle_ns: Counter,
     /// Callbacks slower than the threshold.
     pub slow: Counter,
-    /// The longest lag seen since the loop was made (seconds, `f64` bits: non-negative `f64`s
-    /// order as their bits).
+    /// The longest lag seen since the loop was made (units).
     pub lag_max: Counter,
     lag: Box<[Counter; BUCKETS]>,
 }
@@ -140,17 +146,16 @@ pub fn nanos(seconds: f64) -> u64 {
 }
 
 impl LoopStats {
-    /// Records one iteration's lag sample (seconds).
+    /// Records one iteration's lag sample (units).
     #[inline]
-    pub fn record_lag(&self, seconds: f64) {
-        let seconds = seconds.max(0.0);
-        self.lag[bucket_of(seconds)].add(1);
-        self.lag_max.raise_to(seconds.to_bits());
+    pub fn record_lag(&self, units: u64) {
+        self.lag[bucket_of(units)].add(1);
+        self.lag_max.raise_to(units);
     }
 
-    /// The figures as they are now.
+    /// The figures as they are now; a lag unit is `unit` seconds.
     #[must_use]
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn snapshot(&self, unit: f64) -> Snapshot {
         Snapshot {
             iterations: self.iterations.get(),
             callbacks: self.callbacks.get(),
@@ -159,7 +164,8 @@ impl LoopStats {
             run_ns: self.run_ns.get(),
             idle_ns: self.idle_ns.get(),
             slow: self.slow.get(),
-            lag_max: f64::from_bits(self.lag_max.get()),
+            lag_max: self.lag_max.get(),
+            unit,
             lag: self.lag.iter().map(Counter::get).collect(),
         }
     }
@@ -175,9 +181,11 @@ pub struct Snapshot {
     pub run_ns: u64,
     pub idle_ns: u64,
     pub slow: u64,
-    /// The longest lag (seconds): exact since the loop was made; over an interval, the upper
+    /// The longest lag (units): exact since the loop was made; over an interval, the upper
     /// bound of the highest bucket that gained a sample, capped by the exact maximum.
-    pub lag_max: f64,
+    pub lag_max: u64,
+    /// Seconds per lag unit.
+    pub unit: f64,
     /// Lag samples per bucket ([`bucket_of`]).
     pub lag: Vec<u64>,
 }
@@ -196,7 +204,8 @@ impl Snapshot {
             run_ns: self.run_ns.saturating_sub(earlier.run_ns),
             idle_ns: self.idle_ns.saturating_sub(earlier.idle_ns),
             slow: self.slow.saturating_sub(earlier.slow),
-            lag_max: highest.map_or(0.0, |i| bucket_upper_bound(i).min(self.lag_max)),
+            lag_max: highest.map_or(0, |i| bucket_upper_bound(i).min(self.lag_max)),
+            unit: self.unit,
             lag,
         }
     }
@@ -213,13 +222,27 @@ impl Snapshot {
         self.lag.iter().sum()
     }
 
+    /// The longest lag, in seconds.
+    #[must_use]
+    pub fn lag_max_seconds(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let max = self.lag_max as f64;
+        max * self.unit
+    }
+
     /// The lag at quantile `q` (0 to 1), in seconds: the upper bound of the bucket holding the
     /// sample of that rank, capped by the maximum; 0 without samples.
     #[must_use]
     pub fn lag_quantile(&self, q: f64) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = self.lag_quantile_units(q) as f64 * self.unit;
+        seconds
+    }
+
+    fn lag_quantile_units(&self, q: f64) -> u64 {
         let total = self.lag_samples();
         if total == 0 {
-            return 0.0;
+            return 0;
         }
         #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
@@ -241,60 +264,59 @@ mod tests {
     #[test]
     fn buckets_cover_every_lag_in_order() {
         let mut last = 0;
-        for seconds in [0.0, 1e-9, 9e-7, 9.6e-7, 1e-6, 2e-6, 5e-5, 1e-3, 0.05, 1.0, 1000.0, 1024.0, 1e9, f64::INFINITY]
-        {
-            let b = bucket_of(seconds);
-            assert!(b >= last, "{seconds}: bucket {b} before {last}");
-            assert!(seconds < bucket_upper_bound(b) || b == BUCKETS - 1, "{seconds} not below its bucket {b}'s bound");
+        for units in [0, 1, 1023, 1024, 1100, 2047, 2048, 5_000, 1_000_000, 50_000_000, 1 << 41, 1 << 42, u64::MAX] {
+            let b = bucket_of(units);
+            assert!(b >= last, "{units}: bucket {b} before {last}");
+            assert!(units < bucket_upper_bound(b) || b == BUCKETS - 1, "{units} not below its bucket {b}'s bound");
             if b > 0 {
-                assert!(seconds >= bucket_upper_bound(b - 1), "{seconds} fits bucket {}", b - 1);
+                assert!(units >= bucket_upper_bound(b - 1), "{units} fits bucket {}", b - 1);
             }
             last = b;
         }
-        assert_eq!(bucket_of(-1.0), 0);
-        assert_eq!(bucket_of(f64::NAN), 0);
-        assert_eq!(bucket_of(f64::INFINITY), BUCKETS - 1);
-        assert_eq!(BUCKETS, 242);
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
     }
 
     #[test]
     fn buckets_are_at_most_an_eighth_wide() {
         for b in 2..BUCKETS - 1 {
-            let ratio = bucket_upper_bound(b) / bucket_upper_bound(b - 1);
-            assert!(ratio <= 1.125 + 1e-12, "bucket {b}: ratio {ratio}");
+            let (low, high) = (bucket_upper_bound(b - 1), bucket_upper_bound(b));
+            #[allow(clippy::cast_precision_loss)]
+            let ratio = high as f64 / low as f64;
+            assert!(ratio <= 1.125, "bucket {b}: {low}..{high}");
         }
     }
 
     #[test]
     fn quantiles_and_intervals() {
         let stats = LoopStats::default();
+        let unit = 1e-9; // a unit is a nanosecond here
         for _ in 0..90 {
-            stats.record_lag(2e-6);
+            stats.record_lag(2_000);
         }
         for _ in 0..10 {
-            stats.record_lag(0.05);
+            stats.record_lag(50_000_000);
         }
-        let first = stats.snapshot();
+        let first = stats.snapshot(unit);
         assert_eq!(first.lag_samples(), 100);
         for q in [0.5, 0.9] {
             let lag = first.lag_quantile(q);
             assert!((2e-6..2.25e-6).contains(&lag), "{q}: {lag}");
         }
-        assert_eq!(first.lag_quantile(0.99), 0.05, "capped by the max");
-        assert_eq!(first.lag_max, 0.05);
+        assert!((first.lag_quantile(0.99) - 0.05).abs() < 1e-12, "capped by the max");
+        assert!((first.lag_max_seconds() - 0.05).abs() < 1e-12);
 
-        stats.record_lag(3e-3);
+        stats.record_lag(3_000_000);
         stats.iterations.add(7);
         stats.run_ns.add(40);
         stats.idle_ns.add(15);
-        let interval = stats.snapshot().since(&first);
+        let interval = stats.snapshot(unit).since(&first);
         assert_eq!(interval.lag_samples(), 1);
         assert_eq!(interval.iterations, 7);
         assert_eq!(interval.busy_ns(), 25);
-        let max = interval.lag_max;
+        let max = interval.lag_max_seconds();
         assert!((3e-3..3.4e-3).contains(&max), "the interval's max is its bucket's bound: {max}");
-        assert_eq!(interval.lag_quantile(0.5), max);
-        assert_eq!(stats.snapshot().since(&stats.snapshot()).lag_quantile(0.5), 0.0);
+        assert!((interval.lag_quantile(0.5) - max).abs() < 1e-12);
+        assert!(stats.snapshot(unit).since(&stats.snapshot(unit)).lag_quantile(0.5) == 0.0);
     }
 
     #[test]

@@ -141,7 +141,9 @@ impl Stats {
 
     #[inline]
     pub(super) fn timers_due(&self, n: usize) {
-        self.figures.timers.add(n as u64);
+        if n > 0 {
+            self.figures.timers.add(n as u64);
+        }
     }
 
     /// When a timer due at `when` became ready (ticks), given the clock's `now` and the reading
@@ -232,7 +234,7 @@ impl Batch {
     pub(super) fn finish(&self, stats: &Stats) {
         if self.ran > 0 {
             stats.figures.callbacks.add(self.ran);
-            stats.figures.record_lag(stats.ticks.seconds(self.lag));
+            stats.figures.record_lag(self.lag);
         }
     }
 }
@@ -292,7 +294,7 @@ impl StatsSnapshot {
     /// Seconds.
     #[getter]
     fn lag_max(&self) -> f64 {
-        self.figures.lag_max
+        self.figures.lag_max_seconds()
     }
     /// The lag at quantile `q` (0 to 1), in seconds (see `ferroloop_core::stats`).
     fn lag_quantile(&self, q: f64) -> f64 {
@@ -329,7 +331,7 @@ impl EventLoop {
         let taken = clock::monotonic();
         let stats = &self.stats;
         let now = stats.ticks.now();
-        let mut figures = stats.figures.snapshot();
+        let mut figures = stats.figures.snapshot(stats.ticks.seconds(1));
         if self.thread_id.load(Relaxed) != 0 {
             figures.run_ns += stats.ticks.nanos(now.saturating_sub(stats.run_began.load(Relaxed)));
             if self.polling.load(Relaxed) {
