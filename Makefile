@@ -106,13 +106,23 @@ $(VENV)/.wheel-deps: requirements-wheel.txt $(VSTAMP)
 	$(VPY) -m pip install --quiet -r requirements-wheel.txt
 	touch $@
 
-.PHONY: wheel
+.PHONY: wheel wheel-sdist wheel-binary
 wheel: $(VSTAMP) $(VENV)/.wheel-deps ## manylinux2014 wheels for Python 3.11-3.15 and an sdist into dist/, checked (auditwheel) and smoke-tested
 	rm -rf dist
+	$(MAKE) --no-print-directory wheel-sdist wheel-binary
+
+# The sdist, installed (so built from source) into a clean venv and smoke-tested. `make test` runs
+# it in lane 1 and wheel-binary in lane 2, so that the lanes end together.
+wheel-sdist: $(VSTAMP)
+	rm -rf dist/*.tar.gz dist/venv-sdist
 	$(VENV)/bin/maturin sdist --out dist >/dev/null
-	rm -rf dist/venv-sdist; $(PYTHON) -m venv dist/venv-sdist
+	$(PYTHON) -m venv dist/venv-sdist
 	dist/venv-sdist/bin/pip install --quiet dist/*.tar.gz
 	cd dist && venv-sdist/bin/python ../tests/smoke.py && echo "sdist: smoke test passed"
+
+# The wheels, each built where its Python is, checked, then installed alone and smoke-tested.
+wheel-binary: $(VSTAMP) $(VENV)/.wheel-deps
+	rm -f dist/*.whl
 	$(MAKE) --no-print-directory wheel-one
 	@set -e; for v in $(OTHER_PYTHONS); do \
 	  prefix=$$(pyenv prefix $$v 2>/dev/null) || { echo "Python $$v is not installed (pyenv prefix $$v)"; exit 1; }; \
@@ -210,21 +220,23 @@ test-sid-pythons: sid ## The behaviour suite, conformance and the third-party su
 # `make test` runs its suites in two lanes at once: each suite keeps about one of the machine's two
 # cores busy. What the lanes share is prepared first (lint's build, the services, the third-party
 # sdists, the sid chroot); then lane 1 runs the release build's suites on $(PYTHON), the debug
-# build's (leak check, memcheck) and the suites on the first of $(OTHER_PYTHONS); lane 2 the suites
-# on the rest of them and on $(SID_PYTHONS) (in the chroot), and the wheels. Each lane's steps run
+# build's (leak check, memcheck), the suites on the first of $(OTHER_PYTHONS) and the sdist; lane 2
+# the suites on the rest of them and on $(SID_PYTHONS) (in the chroot), and the wheels. Each lane's steps run
 # in order, each in its own venv and cargo target directory; a lane's output is shown when it ends.
 .PHONY: test
 test: lint cargo-test stubtest services thirdparty-fetch sid ## Everything CI runs
+	rm -rf dist
 	$(MAKE) --no-print-directory -j2 --output-sync=recurse test-lane-main test-lane-others
 
 .PHONY: test-lane-main test-lane-others thirdparty-fetch
 test-lane-main:
 	$(MAKE) --no-print-directory -j1 pytest conformance test-thirdparty test-debug test-memcheck
 	$(MAKE) --no-print-directory -j1 test-pythons OTHER_PYTHONS="$(LANE_MAIN_PYTHONS)"
+	$(MAKE) --no-print-directory -j1 wheel-sdist
 
 test-lane-others:
 	$(MAKE) --no-print-directory -j1 test-pythons OTHER_PYTHONS="$(filter-out $(LANE_MAIN_PYTHONS),$(OTHER_PYTHONS))"
-	$(MAKE) --no-print-directory -j1 test-sid-pythons wheel
+	$(MAKE) --no-print-directory -j1 test-sid-pythons wheel-binary
 
 # Which of $(OTHER_PYTHONS) lane 1 tests, after the debug build's suites (the lanes take about as long).
 LANE_MAIN_PYTHONS ?= $(firstword $(OTHER_PYTHONS))

@@ -33,8 +33,10 @@ LOOP_NAMES = ["asyncio", "ferroloop"]
 
 # Generous bound used when waiting for something that should happen "soon".
 # Tests never assert tight durations; this only keeps a broken loop from
-# hanging a test until the global pytest-timeout fires.
-WAIT = 10.0
+# hanging a test until the global pytest-timeout fires. Under valgrind
+# (tests/memcheck/run.sh) everything runs tens of times slower: the runner
+# scales the bound with FERROLOOP_TEST_TIME_SCALE.
+WAIT = 10.0 * float(os.environ.get("FERROLOOP_TEST_TIME_SCALE", "1"))
 
 
 # ---------------------------------------------------------------------------

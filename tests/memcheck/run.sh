@@ -31,6 +31,10 @@ status=86
 # (pymalloc's arenas would hide overruns). Reports go to descriptor 3, the terminal: pytest
 # captures 1 and 2, and with -v each report appears under the test that caused it.
 export PYTHONMALLOC=malloc
+# A test's bound on waiting for something that should happen soon (conftest.WAIT) is for a loop at
+# full speed: under valgrind, and two lanes of `make test` beside it, a TLS handshake alone can take
+# seconds. A broken loop is still caught: pytest-timeout stops any test after its 60 s.
+export FERROLOOP_TEST_TIME_SCALE=3
 valgrind=(valgrind -q --error-exitcode=$status --leak-check=no --num-callers=40
   --suppressions=tests/memcheck/cpython.supp --log-fd=3)
 

@@ -1,7 +1,7 @@
 //! One iteration of the loop (see the parent module's documentation): timers pruned, the poll,
 //! due timers queued, and the ready callbacks run within the fairness budget.
 
-use super::stats::Ran;
+use super::stats::{Batch, Ran};
 use super::*;
 
 impl EventLoop {
@@ -160,10 +160,17 @@ impl EventLoop {
 
     /// Step 4: runs the callbacks that were ready when the iteration began.
     pub(super) fn run_ready(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        let stats = &slf.get().stats;
+        let mut batch = stats.batch();
+        let outcome = Self::run_batch(slf, py, &mut batch);
+        batch.finish(stats);
+        outcome
+    }
+
+    fn run_batch(slf: &Bound<'_, Self>, py: Python<'_>, batch: &mut Batch) -> PyResult<()> {
         let this = slf.get();
         let ntodo = this.queues.borrow(py).ready.len();
         let debug = this.debug.load(Relaxed);
-        let mut batch = this.stats.batch();
         for i in 0..ntodo {
             if i % 64 == 63 && this.stats.ticks.seconds(batch.elapsed()) > POLL_INTERVAL && !this.stopping.load(Relaxed)
             {
@@ -172,32 +179,35 @@ impl EventLoop {
             let Some(item) = this.queues.borrow_mut(py).ready.pop_front() else {
                 break;
             };
-            let outcome = match item {
+            let handle = match item {
                 Ready::Handle(handle, _) if handle.get().is_cancelled() => {
                     this.retire(py, handle);
                     continue;
                 }
                 Ready::Handle(handle, ready_at) => {
                     batch.starting(ready_at);
-                    let outcome = Self::run_handle(slf, py, &handle, debug)
-                        .and_then(|()| batch.ended(&this.stats, py, Ran::Handle(&handle)));
-                    // Every way out of running the handle goes through `retire` (see `handles`).
-                    this.retire(py, handle);
-                    outcome
+                    handle
                 }
                 Ready::Io(watcher, write, context, ready_at) => {
                     batch.starting(ready_at);
-                    let outcome = Self::run_io(slf, py, &watcher, write, context.as_ref());
+                    Self::run_io(slf, py, &watcher, write, context.as_ref())?;
                     drop(context);
-                    outcome.and_then(|()| batch.ended(&this.stats, py, Ran::Io(&watcher, write)))
+                    if let Some(took) = batch.ended(&this.stats) {
+                        this.stats.record_slow(py, Ran::Io(&watcher, write), took)?;
+                    }
+                    continue;
                 }
             };
-            if let Err(err) = outcome {
-                batch.finish(&this.stats);
-                return Err(err);
+            let mut outcome = Self::run_handle(slf, py, &handle, debug);
+            if let Some(took) = batch.ended(&this.stats) {
+                if outcome.is_ok() {
+                    outcome = this.stats.record_slow(py, Ran::Handle(&handle), took);
+                }
             }
+            // Every way out of running the handle goes through `retire` (see `handles`).
+            this.retire(py, handle);
+            outcome?;
         }
-        batch.finish(&this.stats);
         Ok(())
     }
 

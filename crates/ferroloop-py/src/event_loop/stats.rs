@@ -163,7 +163,7 @@ impl Stats {
     /// A callback ran for `took` ticks, more than the threshold.
     #[cold]
     #[inline(never)]
-    fn record_slow(&self, py: Python<'_>, what: Ran<'_>, took: u64) -> PyResult<()> {
+    pub(super) fn record_slow(&self, py: Python<'_>, what: Ran<'_>, took: u64) -> PyResult<()> {
         self.figures.slow.add(1);
         let seconds = self.ticks.seconds(took);
         let kept = self.slowest.borrow(py);
@@ -215,18 +215,16 @@ impl Batch {
         self.lag = self.lag.max(self.last.saturating_sub(ready_at));
     }
 
-    /// The callback `what` returned: its end is the stamp; a slow one is recorded.
+    /// A callback returned: its end is the stamp. Returns how long it ran (ticks) when that
+    /// was more than the threshold (the caller records it with [`Stats::record_slow`]).
     #[inline]
-    pub(super) fn ended(&mut self, stats: &Stats, py: Python<'_>, what: Ran<'_>) -> PyResult<()> {
+    pub(super) fn ended(&mut self, stats: &Stats) -> Option<u64> {
         let end = stats.ticks.now();
         stats.set_stamp(end);
         let took = end.wrapping_sub(self.last);
         self.last = end;
         self.ran += 1;
-        if took > self.slow {
-            return stats.record_slow(py, what, took);
-        }
-        Ok(())
+        (took > self.slow).then_some(took)
     }
 
     /// The batch is over (or cut short by an error).
