@@ -287,6 +287,8 @@ def run(args, report):
         return
 
     tests = list(iter_tests(unittest.defaultTestLoader.loadTestsFromModule(module)))
+    if args.only:
+        tests = [t for t in tests if test_id(t) in args.only]
     report(plan=[test_id(t) for t in tests])
     duplicates = duplicate_variants(module, {type(t) for t in tests})
     runnable = []
@@ -320,6 +322,7 @@ def main():
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--report-fd", type=int, required=True)
     parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--only", action="append", help="run only this test id (repeatable)")
     args = parser.parse_args()
 
     os.set_inheritable(args.report_fd, False)

@@ -32,6 +32,9 @@ Expected results
     can be kept as expected/3.11-asyncio.json) maps test id to outcome.  A
     test of a module run now that FILE records as "passed" but that does not
     pass now is a regression: the runner lists it and exits with status 1.
+    Each runs again alone first: one that passes then and is listed in
+    flaky.txt (tests that fail at random whatever the loop, each with why) is
+    reported as flaky and not counted; flaky on ferroloop alone still counts.
     Passing tests not recorded as passed are listed as improvements.
     ``--update-expected`` rewrites FILE with the outcomes of the modules run
     (entries of other modules are kept).  A missing FILE is not an error.
@@ -58,6 +61,8 @@ import _child
 
 HERE = pathlib.Path(__file__).resolve().parent
 EXCLUSIONS = HERE / "exclusions.txt"
+# Tests that fail at random whatever the loop, for a reason the file gives (see compare_expected).
+FLAKY = HERE / "flaky.txt"
 # Seconds a hung child gets beyond --timeout to dump its tracebacks.
 GRACE = 2.0
 COLUMNS = (
@@ -118,6 +123,8 @@ def run_child(module, start, opts, workdir, log, results):
         "--start",
         str(start),
     ]
+    for test in getattr(opts, "only", None) or ():
+        command += ["--only", test]
     # Each child works in a directory of its own: some tests remove their working directory.
     cwd = workdir / f"cwd-{module}-{start}"
     cwd.mkdir(parents=True, exist_ok=True)
@@ -223,21 +230,44 @@ def print_details(results):
             print(f"    {result['outcome']:8} {test}: {lines[-1]}")
 
 
-def compare_expected(opts, results, modules):
-    """Print regressions and improvements; return the number of regressions."""
+def rerun_alone(test, opts, workdir):
+    """The outcome of `test` run again by itself, in a child of its own."""
+    results = {}
+    alone = argparse.Namespace(**{**vars(opts), "only": [test]})
+    with open(workdir / f"rerun-{test}.log", "wb") as log:
+        run_child(module_of(test), 0, alone, workdir, log, results)
+    return results.get(test, {}).get("outcome", "missing")
+
+
+def compare_expected(opts, results, modules, workdir):
+    """Print regressions and improvements; return the number of regressions.
+
+    A regression runs again alone. One that passes then failed only among the others: it counts
+    unless FLAKY lists it, with the reason it fails at random on stock asyncio as well.
+    """
     path = pathlib.Path(opts.expected)
     expected, regressions = {}, []
+    flaky = _child.load_exclusions(FLAKY)
     if path.exists():
         expected = json.loads(path.read_text())
-        regressions = sorted(
+        failed = sorted(
             t
             for t, outcome in expected.items()
             if outcome == "passed" and module_of(t) in modules and results.get(t, {}).get("outcome") != "passed"
         )
         improvements = sorted(t for t, r in results.items() if r["outcome"] == "passed" and expected.get(t) != "passed")
-        for t in regressions:
+        for t in failed:
             got = results[t]["outcome"] if t in results else "missing"
-            print(f"REGRESSION {t}: expected passed, got {got}")
+            reason = _child.exclusion_reason(t, flaky)
+            alone = rerun_alone(t, opts, workdir)
+            if reason and alone == "passed":
+                print(f"FLAKY on both loops {t}: {got} among the others, passed alone ({FLAKY.name}: {reason})")
+                continue
+            regressions.append(t)
+            if alone == "passed":
+                print(f"REGRESSION {t}: expected passed, got {got}; passed alone: flaky on ferroloop is not a pass")
+            else:
+                print(f"REGRESSION {t}: expected passed, got {got}, and {alone} alone")
         for t in improvements:
             print(f"improvement {t}: passes (expected: {expected.get(t, 'not recorded')})")
         print(f"expected: {len(regressions)} regressions, {len(improvements)} improvements against {path}")
@@ -333,7 +363,7 @@ def main():
             )
             + "\n"
         )
-    regressions = compare_expected(opts, results, set(modules)) if opts.expected else 0
+    regressions = compare_expected(opts, results, set(modules), workdir) if opts.expected else 0
     failed = sum(total[key] for key in ("failed", "error", "hung", "crashed"))
     print(f"conformance: {total['passed']} passed, {failed} failed, {total['skipped']} skipped")
     sys.exit(1 if regressions else 0)
