@@ -25,10 +25,16 @@ def handle_repr(handle):
     return "<{}>".format(" ".join(info))
 
 
+def _stepped_task(handle):
+    """The task whose step or wake-up ``handle`` runs, or None."""
+    owner = getattr(handle._callback, "__self__", None)
+    return owner if isinstance(owner, tasks.Task) else None
+
+
 def format_handle(handle):
     """How a slow callback is named in debug mode's warning: its task, if it steps one."""
-    owner = getattr(handle._callback, "__self__", None)
-    if isinstance(owner, tasks.Task):
+    owner = _stepped_task(handle)
+    if owner is not None:
         return repr(owner)
     return str(handle)
 
@@ -36,8 +42,8 @@ def format_handle(handle):
 def describe_callback(handle):
     """What a slow callback was, for ``ferroloop.stats()``: the task it stepped (name and where its
     coroutine is now), or the callback as asyncio names it."""
-    owner = getattr(handle._callback, "__self__", None)
-    if isinstance(owner, tasks.Task):
+    owner = _stepped_task(handle)
+    if owner is not None:
         coro = owner.get_coro()
         code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)

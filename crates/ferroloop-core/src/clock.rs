@@ -91,7 +91,8 @@ impl Ticks {
         ticks * self.period
     }
 
-    /// Nanoseconds in `ticks`.
+    /// Nanoseconds in `ticks`. Through i64: one conversion instruction and a clamp (a direct
+    /// `as u64` is sixteen instructions on x86-64). 2^63 ns is 292 years.
     #[inline]
     #[must_use]
     pub fn nanos(self, ticks: u64) -> u64 {

@@ -133,18 +133,6 @@ impl Default for LoopStats {
     }
 }
 
-/// Seconds (a difference of two clock readings) as whole nanoseconds; a negative or NaN
-/// difference (a clock patched by a test) counts as zero.
-#[inline]
-#[must_use]
-pub fn nanos(seconds: f64) -> u64 {
-    // Through i64: one conversion instruction and a clamp (a direct `as u64` is sixteen
-    // instructions on x86-64, on a path every loop iteration takes). 2^63 ns is 292 years.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let ns = ((seconds * 1e9) as i64).max(0) as u64;
-    ns
-}
-
 impl LoopStats {
     /// Records one iteration's lag sample (units).
     #[inline]
@@ -328,8 +316,5 @@ mod tests {
         assert_eq!(c.get(), 5);
         c.raise_to(9);
         assert_eq!(c.get(), 9);
-        assert_eq!(nanos(1.5e-6), 1_500);
-        assert_eq!(nanos(-1.0), 0);
-        assert_eq!(nanos(f64::NAN), 0);
     }
 }

@@ -101,7 +101,6 @@ impl EventLoop {
             // KeyboardInterrupt), not whenever the next callback happens to run.
             py.check_signals()?;
         }
-        let queued_before = self.queues.borrow(py).ready.len();
         // Stays unallocated unless a cancelled reader handle is found.
         let mut stale: Vec<(RawFd, bool)> = Vec::new();
         {
@@ -109,6 +108,7 @@ impl EventLoop {
             let poller = guard.as_ref().ok_or_else(closed_error)?;
             let mut q = self.queues.borrow_mut(py);
             let Queues { ready, readers, writers, .. } = &mut *q;
+            let queued_before = ready.len();
             for ev in poller.ready() {
                 for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
                     if !is_ready {
@@ -233,7 +233,7 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Runs one handle's callback (unless cancelled), reporting its error; in debug mode records
+    /// Runs one handle's callback (the caller skips cancelled ones), reporting its error; in debug mode records
     /// it as the current handle and warns when it was slow. `Err` leaves the loop.
     pub(super) fn run_handle(slf: &Bound<'_, Self>, py: Python<'_>, handle: &Py<Handle>, debug: bool) -> PyResult<()> {
         let this = slf.get();

@@ -336,8 +336,7 @@ impl EventLoop {
                 figures.idle_ns += stats.ticks.nanos(now.saturating_sub(stats.stamp()));
             }
         }
-        let slowest =
-            self.stats.slowest.borrow(py).iter().map(|s| (s.seconds, s.ended, s.what.clone_ref(py))).collect();
+        let slowest = stats.slowest.borrow(py).iter().map(|s| (s.seconds, s.ended, s.what.clone_ref(py))).collect();
         StatsSnapshot { figures, taken, slowest }
     }
 }
