@@ -21,7 +21,7 @@ import weakref
 from asyncio import futures, tasks, timeouts
 from asyncio.log import logger
 
-from . import _compat, _ferroloop
+from . import _compat, _ferroloop, _stats
 from ._network import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketsMixin
@@ -72,6 +72,7 @@ class Loop(SocketsMixin, SignalsMixin, NetworkMixin, SubprocessMixin, _ferroloop
         self.set_debug(_compat.is_debug_mode())
         if type(self).time is not Loop.time:
             self._set_time_source(self.time)
+        _stats.track(self)
         ps = sys.modules.get("ferroloop._ps")  # python -m ferroloop ps: imported once enabled
         if ps is not None and ps.enabled:
             ps.track(self)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
+import weakref
 
 from ._ferroloop import EventLoop, StatsSnapshot
 
@@ -108,6 +110,29 @@ def _from_raw(raw: StatsSnapshot) -> LoopStats:
         taken=raw.taken,
         _raw=raw,
     )
+
+
+# Every ferroloop loop of the process, for readers that report them all (``top``, the exporters).
+# Keyed by a serial number: the dictionary keeps them in the order they were made.
+_loops: weakref.WeakValueDictionary[int, EventLoop] = weakref.WeakValueDictionary()
+_serial = itertools.count()
+
+
+def track(loop: EventLoop) -> None:
+    """Remember a new loop (``Loop.__init__``; a weak reference, so it costs the loop nothing)."""
+    _loops[next(_serial)] = loop
+
+
+def loops() -> list[EventLoop]:
+    """The ferroloop loops of this process that are not closed, oldest first."""
+    live = []
+    for _ in range(100):  # another thread may make or drop a loop while the set is copied
+        try:
+            live = list(_loops.values())
+            break
+        except RuntimeError:
+            continue
+    return [loop for loop in live if not loop.is_closed()]
 
 
 def stats(loop: asyncio.AbstractEventLoop | None = None) -> LoopStats:
