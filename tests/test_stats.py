@@ -316,3 +316,158 @@ def test_bad_calls():
         assert ferroloop.stats(fl).utilization == 0.0
     finally:
         fl.close()
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+async def stream_echo(reader, writer, payload):
+    writer.write(payload)
+    got = await reader.readexactly(len(payload))
+    writer.close()
+    await writer.wait_closed()
+    return got
+
+
+def traffic_of(interval, kind):
+    t = interval.transports[kind]
+    return t.open, t.opened, t.bytes_in, t.bytes_out
+
+
+def test_transports_count_what_each_kind_moved(tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    payload = bytes(range(256)) * 40  # 10,240 bytes
+
+    async def settle(kind, interval_of, want_open=0):
+        # connection_lost runs a callback after close(): wait for the count (bounded by the test's timeout).
+        while interval_of().transports[kind].open != want_open:
+            await asyncio.sleep(0.001)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = ferroloop.stats()
+
+        def interval():
+            return ferroloop.stats() - before
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        got = await stream_echo(*await asyncio.open_connection(*server.sockets[0].getsockname()), payload)
+        assert got == payload
+        server.close()
+        await server.wait_closed()
+        await settle("tcp", interval)
+        tcp = traffic_of(interval(), "tcp")
+
+        path = str(tmp_path / "s")
+        server = await loop.create_unix_server(Echo, path)
+        assert await stream_echo(*await asyncio.open_unix_connection(path), payload) == payload
+        server.close()
+        await server.wait_closed()
+        await settle("unix", interval)
+        unix = traffic_of(interval(), "unix")
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        host, port = server.sockets[0].getsockname()
+        conn = await asyncio.open_connection(host, port, ssl=client_ctx, server_hostname="localhost")
+        assert await stream_echo(*conn, payload) == payload
+        server.close()
+        await server.wait_closed()
+        await settle("tls", interval)
+        tls, tcp_under_tls = traffic_of(interval(), "tls"), traffic_of(interval(), "tcp")
+
+        server_t, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+        echoed = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                echoed.set_result(data)
+
+        client_t, _ = await loop.create_datagram_endpoint(Client, remote_addr=server_t.get_extra_info("sockname"))
+        client_t.sendto(payload[:1000])
+        assert await echoed == payload[:1000]
+        client_t.close()
+        server_t.close()
+        await settle("datagram", interval)
+        datagram = traffic_of(interval(), "datagram")
+
+        proc = await asyncio.create_subprocess_exec(
+            "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate(payload)
+        assert out == payload
+        await settle("pipe", interval)
+        pipe = traffic_of(interval(), "pipe")
+        return tcp, unix, tls, tcp_under_tls, datagram, pipe
+
+    tcp, unix, tls, tcp_under_tls, datagram, pipe = run(main)
+    n = len(payload)
+    # (open, opened, bytes in, bytes out): two ends of one connection, each way the payload.
+    assert tcp == (0, 2, 2 * n, 2 * n)
+    assert unix == (0, 2, 2 * n, 2 * n)
+    assert tls == (0, 2, 2 * n, 2 * n)
+    # Under TLS, TCP carried the ciphertext: the handshake and records, more than the plaintext.
+    assert tcp_under_tls[1] == 4 and tcp_under_tls[2] > 4 * n and tcp_under_tls[2] == tcp_under_tls[3]
+    assert datagram == (0, 2, 2000, 2000)
+    # The child's stdin and stdout: the payload out to cat and back.
+    assert pipe == (0, 2, n, n)
+
+
+def test_open_transports_are_counted_while_open():
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = ferroloop.stats()
+        a, b = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        during = (ferroloop.stats() - before).transports["unix"]
+        transport.close()
+        b.close()
+        while (ferroloop.stats() - before).transports["unix"].open:
+            await asyncio.sleep(0.001)
+        return during, (ferroloop.stats() - before).transports["unix"]
+
+    during, after = run(main)
+    assert (during.open, during.opened) == (1, 1)
+    assert (after.open, after.opened) == (0, 1)
+
+
+def test_lag_histogram_and_sum_agree_with_the_percentiles():
+    async def main():
+        loop = asyncio.get_running_loop()
+        before = ferroloop.stats()
+        done = loop.create_future()
+        loop.call_soon(time.sleep, 0.05)
+        loop.call_soon(done.set_result, None)
+        await done
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return ferroloop.stats() - before
+
+    interval = run(main)
+    buckets = interval.lag_buckets
+    assert sum(n for _, n in buckets) == interval.lag.samples
+    assert [bound for bound, _ in buckets] == sorted(bound for bound, _ in buckets)
+    # The 50 ms lag is in the last bucket holding samples, whose bound is at most 12.5 % above it.
+    assert 0.05 * 0.875 <= buckets[-1][0] <= 0.05 * 1.125 + SLACK
+    assert interval.lag.max <= buckets[-1][0]
+    assert between(interval.lag_sum, interval.lag.max * 0.999, slack=0.01)

@@ -22,6 +22,15 @@ the loop. What they mean (docs/observability.md has more, and what they cost):
     threshold, 0.1 s by default; debug mode need not be on), and the slowest few: how long, when
     they ended, and what they were (a task's name and where its coroutine is, or the callback).
 
+``lag_sum``, ``lag_buckets``
+    The samples' sum (seconds) and the histogram itself: ``(upper bound, samples)`` of each
+    bucket that has samples, ascending (exclusive bounds; the last may be infinite), for
+    exporters that keep histograms of their own.
+``transports``
+    Per kind (``"tcp"``, ``"unix"``, ``"tls"``, ``"datagram"``, ``"pipe"``): transports open now,
+    opened, and the bytes they received and sent (for TLS, the application's plaintext; the TCP
+    transport under it counts the ciphertext), counted where the system call returned them.
+
 A snapshot covers the loop's life; ``later.since(earlier)`` (or ``later - earlier``) covers the
 interval between two snapshots of the same loop, so every reader keeps its own intervals.
 """
@@ -31,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import types
 import weakref
+from collections.abc import Mapping
 
 from ._ferroloop import EventLoop, StatsSnapshot
 
@@ -57,6 +68,16 @@ class SlowCallback:
 
 
 @dataclasses.dataclass(frozen=True)
+class Transports:
+    """The loop's transports of one kind (see the module documentation)."""
+
+    open: int  # open at the snapshot's time (in an interval too)
+    opened: int
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclasses.dataclass(frozen=True)
 class LoopStats:
     """A loop's statistics since it was made, or over an interval (``since``)."""
 
@@ -69,6 +90,9 @@ class LoopStats:
     slow_callbacks: int
     slowest: tuple[SlowCallback, ...]
     lag: Lag
+    lag_sum: float  # seconds: the samples' sum
+    lag_buckets: tuple[tuple[float, int], ...]  # (upper bound in seconds, samples), ascending
+    transports: Mapping[str, Transports]
     taken: float  # the loop's clock (time.monotonic()) when the snapshot was taken
     _raw: StatsSnapshot = dataclasses.field(repr=False, compare=False)
 
@@ -107,6 +131,9 @@ def _from_raw(raw: StatsSnapshot) -> LoopStats:
             max=raw.lag_max,
             samples=raw.lag_samples,
         ),
+        lag_sum=raw.lag_sum,
+        lag_buckets=tuple(raw.lag_buckets),
+        transports=types.MappingProxyType({kind: Transports(*figures) for kind, *figures in raw.transports}),
         taken=raw.taken,
         _raw=raw,
     )

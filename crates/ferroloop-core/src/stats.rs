@@ -18,6 +18,11 @@
 //!   starting to run; one sample per such iteration, in a log-spaced histogram.
 //! - `slow`: callbacks that ran longer than the loop's threshold; what they were is kept by the
 //!   bindings (only for those: describing a callback costs Python work).
+//! - `transports`: per kind of transport ([`TransportKind`]), how many were opened and closed
+//!   and the bytes they received and sent ([`Traffic`]). A transport holds its kind's
+//!   `Arc<Traffic>` and counts as it reads and writes; the writers are whichever threads call a
+//!   transport, always holding the GIL, which serialises them as the loop's thread alone is
+//!   serialised for the other figures.
 //!
 //! # Readers and the writer
 //!
@@ -53,6 +58,77 @@ impl Counter {
     #[must_use]
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+}
+
+/// The kinds of transport the statistics count apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    Unix,
+    Tls,
+    Datagram,
+    Pipe,
+}
+
+impl TransportKind {
+    pub const ALL: [TransportKind; 5] = [Self::Tcp, Self::Unix, Self::Tls, Self::Datagram, Self::Pipe];
+
+    /// The name readers see.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Unix => "unix",
+            Self::Tls => "tls",
+            Self::Datagram => "datagram",
+            Self::Pipe => "pipe",
+        }
+    }
+}
+
+/// The transports of one kind: opened, closed, bytes received and sent (for TLS, the
+/// application's plaintext; the TCP transport under it counts the ciphertext).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub opened: Counter,
+    pub closed: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+/// [`Traffic`]'s figures at one moment, or over an interval (`open` is always the count at the
+/// later moment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficSnapshot {
+    pub open: u64,
+    pub opened: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Traffic {
+    #[must_use]
+    pub fn snapshot(&self) -> TrafficSnapshot {
+        let opened = self.opened.get();
+        TrafficSnapshot {
+            open: opened.saturating_sub(self.closed.get()),
+            opened,
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+        }
+    }
+}
+
+impl TrafficSnapshot {
+    #[must_use]
+    pub fn since(&self, earlier: &TrafficSnapshot) -> TrafficSnapshot {
+        TrafficSnapshot {
+            open: self.open,
+            opened: self.opened.saturating_sub(earlier.opened),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+        }
     }
 }
 
@@ -114,7 +190,11 @@ pub struct LoopStats {
     pub slow: Counter,
     /// The longest lag seen since the loop was made (units).
     pub lag_max: Counter,
+    /// The lag samples' sum (units).
+    pub lag_sum: Counter,
     lag: Box<[Counter; BUCKETS]>,
+    /// Per [`TransportKind`], in [`TransportKind::ALL`]'s order.
+    pub transports: [std::sync::Arc<Traffic>; 5],
 }
 
 impl Default for LoopStats {
@@ -128,7 +208,9 @@ impl Default for LoopStats {
             idle_ns: Counter::default(),
             slow: Counter::default(),
             lag_max: Counter::default(),
+            lag_sum: Counter::default(),
             lag: Box::new(std::array::from_fn(|_| Counter::default())),
+            transports: std::array::from_fn(|_| std::sync::Arc::default()),
         }
     }
 }
@@ -138,7 +220,14 @@ impl LoopStats {
     #[inline]
     pub fn record_lag(&self, units: u64) {
         self.lag[bucket_of(units)].add(1);
+        self.lag_sum.add(units);
         self.lag_max.raise_to(units);
+    }
+
+    /// The counters of transports of `kind`, for a new transport to keep.
+    #[must_use]
+    pub fn traffic(&self, kind: TransportKind) -> std::sync::Arc<Traffic> {
+        self.transports[kind as usize].clone()
     }
 
     /// The figures as they are now; a lag unit is `unit` seconds.
@@ -153,8 +242,10 @@ impl LoopStats {
             idle_ns: self.idle_ns.get(),
             slow: self.slow.get(),
             lag_max: self.lag_max.get(),
+            lag_sum: self.lag_sum.get(),
             unit,
             lag: self.lag.iter().map(Counter::get).collect(),
+            transports: std::array::from_fn(|i| self.transports[i].snapshot()),
         }
     }
 }
@@ -172,10 +263,14 @@ pub struct Snapshot {
     /// The longest lag (units): exact since the loop was made; over an interval, the upper
     /// bound of the highest bucket that gained a sample, capped by the exact maximum.
     pub lag_max: u64,
+    /// The lag samples' sum (units).
+    pub lag_sum: u64,
     /// Seconds per lag unit.
     pub unit: f64,
     /// Lag samples per bucket ([`bucket_of`]).
     pub lag: Vec<u64>,
+    /// Per [`TransportKind`], in [`TransportKind::ALL`]'s order.
+    pub transports: [TrafficSnapshot; 5],
 }
 
 impl Snapshot {
@@ -193,8 +288,10 @@ impl Snapshot {
             idle_ns: self.idle_ns.saturating_sub(earlier.idle_ns),
             slow: self.slow.saturating_sub(earlier.slow),
             lag_max: highest.map_or(0, |i| bucket_upper_bound(i).min(self.lag_max)),
+            lag_sum: self.lag_sum.saturating_sub(earlier.lag_sum),
             unit: self.unit,
             lag,
+            transports: std::array::from_fn(|i| self.transports[i].since(&earlier.transports[i])),
         }
     }
 
@@ -216,6 +313,31 @@ impl Snapshot {
         #[allow(clippy::cast_precision_loss)]
         let max = self.lag_max as f64;
         max * self.unit
+    }
+
+    /// The lag samples' sum, in seconds.
+    #[must_use]
+    pub fn lag_sum_seconds(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.lag_sum as f64;
+        sum * self.unit
+    }
+
+    /// `(upper bound in seconds, samples)` of each bucket that has samples, in order; the
+    /// bounds are exclusive, the last bucket's is infinite.
+    #[must_use]
+    pub fn lag_buckets(&self) -> Vec<(f64, u64)> {
+        self.lag
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| {
+                let bound = bucket_upper_bound(i);
+                #[allow(clippy::cast_precision_loss)]
+                let seconds = if bound == u64::MAX { f64::INFINITY } else { bound as f64 * self.unit };
+                (seconds, n)
+            })
+            .collect()
     }
 
     /// The lag at quantile `q` (0 to 1), in seconds: the upper bound of the bucket holding the
@@ -305,6 +427,28 @@ mod tests {
         assert!((3e-3..3.4e-3).contains(&max), "the interval's max is its bucket's bound: {max}");
         assert!((interval.lag_quantile(0.5) - max).abs() < 1e-12);
         assert!(stats.snapshot(unit).since(&stats.snapshot(unit)).lag_quantile(0.5) == 0.0);
+        assert_eq!(interval.lag_sum, 3_000_000);
+        assert_eq!(interval.lag_buckets(), vec![(bucket_upper_bound(bucket_of(3_000_000)) as f64 * unit, 1)]);
+        let all: u64 = stats.snapshot(unit).lag_buckets().iter().map(|(_, n)| n).sum();
+        assert_eq!(all, 101);
+    }
+
+    #[test]
+    fn traffic_per_kind() {
+        let stats = LoopStats::default();
+        let tcp = stats.traffic(TransportKind::Tcp);
+        tcp.opened.add(3);
+        tcp.closed.add(1);
+        tcp.bytes_in.add(100);
+        let first = stats.snapshot(1e-9);
+        tcp.opened.add(1);
+        tcp.bytes_out.add(7);
+        let later = stats.snapshot(1e-9);
+        let t = later.transports[TransportKind::Tcp as usize];
+        assert_eq!((t.open, t.opened, t.bytes_in, t.bytes_out), (3, 4, 100, 7));
+        let i = later.since(&first).transports[0];
+        assert_eq!((i.open, i.opened, i.bytes_in, i.bytes_out), (3, 1, 0, 7));
+        assert_eq!(later.transports[TransportKind::Pipe as usize], TrafficSnapshot::default());
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<i32> {
     Ok(err)
 }
 
+/// A socket's address family (`getsockopt(SO_DOMAIN)`): `AF_UNIX`, `AF_INET`, ...
+pub fn socket_domain(fd: RawFd) -> io::Result<i32> {
+    let mut domain: libc::c_int = 0;
+    #[allow(clippy::cast_possible_truncation)]
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&raw mut domain).cast(), &raw mut len))?;
+    Ok(domain)
+}
+
 /// `sendmsg(2)` of a gather list without SIGPIPE (a `writev` that also works on sockets only).
 pub fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: an all-zero msghdr is a valid empty message.

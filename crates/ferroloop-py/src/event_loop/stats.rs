@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use ferroloop_core::clock::{self, Ticks};
-use ferroloop_core::stats::{LoopStats, Snapshot};
+use ferroloop_core::stats::{LoopStats, Snapshot, Traffic, TransportKind};
 use pyo3::prelude::*;
 
 use super::EventLoop;
@@ -294,6 +294,25 @@ impl StatsSnapshot {
     fn lag_max(&self) -> f64 {
         self.figures.lag_max_seconds()
     }
+    /// Seconds.
+    #[getter]
+    fn lag_sum(&self) -> f64 {
+        self.figures.lag_sum_seconds()
+    }
+    /// `(upper bound in seconds, samples)` of each lag bucket that has samples, ascending.
+    #[getter]
+    fn lag_buckets(&self) -> Vec<(f64, u64)> {
+        self.figures.lag_buckets()
+    }
+    /// `(kind, open, opened, bytes_in, bytes_out)` per kind of transport.
+    #[getter]
+    fn transports(&self) -> Vec<(&'static str, u64, u64, u64, u64)> {
+        TransportKind::ALL
+            .iter()
+            .zip(&self.figures.transports)
+            .map(|(kind, t)| (kind.name(), t.open, t.opened, t.bytes_in, t.bytes_out))
+            .collect()
+    }
     /// The lag at quantile `q` (0 to 1), in seconds (see `ferroloop_core::stats`).
     fn lag_quantile(&self, q: f64) -> f64 {
         self.figures.lag_quantile(q)
@@ -316,6 +335,13 @@ impl StatsSnapshot {
                 .map(|(s, e, w)| (*s, *e, w.clone_ref(py)))
                 .collect(),
         }
+    }
+}
+
+impl EventLoop {
+    /// The counters of the loop's transports of `kind`, for a new transport to keep.
+    pub(crate) fn traffic(&self, kind: TransportKind) -> Arc<Traffic> {
+        self.stats.figures.traffic(kind)
     }
 }
 

@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ferroloop_core::flow::{Lifecycle, WriteFlow};
+use ferroloop_core::stats::TransportKind;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -57,6 +58,8 @@ pub struct DatagramTransport {
     /// `get_extra_info`'s answers.
     extra: Py<PyDict>,
     state: GilCell<State>,
+    /// The loop's statistics for datagram transports.
+    tally: super::Tally,
 }
 
 /// What a queued datagram of `nbytes` adds to the write buffer size: its bytes, plus asyncio
@@ -204,6 +207,7 @@ impl DatagramTransport {
             Err(e) => Self::socket_error(slf, e, "Fatal read error on datagram transport"),
             Ok(pair) => {
                 let (data, addr): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract()?;
+                this.tally.received(data.len().unwrap_or(0));
                 protocol.bind(py).call_method1(intern!(py, "datagram_received"), (data, addr))?;
                 Ok(())
             }
@@ -224,7 +228,10 @@ impl DatagramTransport {
             sock.call_method1(intern!(py, "sendto"), (data, addr))
         };
         match res {
-            Ok(_) => SendOutcome::Sent,
+            Ok(n) => {
+                self.tally.sent(n.extract().unwrap_or(0));
+                SendOutcome::Sent
+            }
             Err(e) if e.is_instance_of::<PyBlockingIOError>(py) || e.is_instance_of::<PyInterruptedError>(py) => {
                 SendOutcome::WouldBlock
             }
@@ -377,6 +384,7 @@ impl DatagramTransport {
             (st.sock.take(), st.protocol.take())
         };
         if let Some(sock) = sock {
+            this.tally.closed();
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         drop(protocol);
@@ -469,6 +477,7 @@ pub fn make_datagram_transport<'py>(
             fd,
             extra: extra.unbind(),
             state: GilCell::new(state),
+            tally: super::Tally::new(event_loop.get(), TransportKind::Datagram),
         },
     )?;
     super::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;

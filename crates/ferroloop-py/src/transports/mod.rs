@@ -35,8 +35,50 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use ferroloop_core::stats::{Traffic, TransportKind};
+
 use crate::errors::is_exit;
 use crate::event_loop::{report_exception, EventLoop};
+
+/// A transport's share of its loop's statistics for its kind (`ferroloop.stats()`'s
+/// `transports`): counted open when made, closed once when it releases its descriptor (or, if it
+/// never does, when it is freed), and the bytes it moves, counted where the system call returned
+/// them.
+pub(crate) struct Tally {
+    traffic: std::sync::Arc<Traffic>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl Tally {
+    pub(crate) fn new(event_loop: &EventLoop, kind: TransportKind) -> Self {
+        let traffic = event_loop.traffic(kind);
+        traffic.opened.add(1);
+        Self { traffic, open: std::sync::atomic::AtomicBool::new(true) }
+    }
+
+    #[inline]
+    pub(crate) fn received(&self, n: usize) {
+        self.traffic.bytes_in.add(n as u64);
+    }
+
+    #[inline]
+    pub(crate) fn sent(&self, n: usize) {
+        self.traffic.bytes_out.add(n as u64);
+    }
+
+    /// The transport released its descriptor (counted once).
+    pub(crate) fn closed(&self) {
+        if self.open.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.traffic.closed.add(1);
+        }
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        self.closed();
+    }
+}
 
 /// asyncio's `_fatal_error`: report (unless it is an `OSError`), then the caller force-closes.
 pub(crate) fn report_fatal(
@@ -211,6 +253,22 @@ impl SocketExtra {
             None => sock.call_method0("getpeername").map_or_else(|_| py.None(), Bound::unbind),
         };
         Ok(Self { peername, more })
+    }
+
+    /// TCP or Unix, for the statistics: a Unix socket's peer name is a `str` or `bytes`, an IP
+    /// socket's a tuple; asked of the socket only when it has no peer name.
+    pub(crate) fn kind(&self, py: Python<'_>, fd: std::os::fd::RawFd) -> TransportKind {
+        let peer = self.peername.bind(py);
+        let unix = if peer.is_none() {
+            ferroloop_core::net::socket_domain(fd).is_ok_and(|d| d == libc::AF_UNIX)
+        } else {
+            !peer.is_instance_of::<PyTuple>()
+        };
+        if unix {
+            TransportKind::Unix
+        } else {
+            TransportKind::Tcp
+        }
     }
 
     /// Keeps the dictionary `ExtraSnapshot::answer` filled; returns the one it replaces (the

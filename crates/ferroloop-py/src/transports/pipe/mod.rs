@@ -171,6 +171,7 @@ macro_rules! pipe_end {
             #[pyo3(signature = (exc))]
             fn _call_connection_lost(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
                 self.unwatch_all(py)?;
+                self.tally.closed();
                 let (protocol, pipe) = self.end(py, |end| {
                     end.life.lose();
                     (end.protocol.take(), end.pipe.take())

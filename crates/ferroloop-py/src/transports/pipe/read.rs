@@ -29,6 +29,8 @@ pub struct ReadPipeTransport {
     /// `get_extra_info`'s answers.
     extra: Py<PyDict>,
     state: GilCell<ReadState>,
+    /// The loop's statistics for pipe transports.
+    tally: crate::transports::Tally,
 }
 
 impl PipeEnd for ReadPipeTransport {
@@ -97,8 +99,12 @@ impl Readiness for ReadPipeTransport {
                 None => return Ok(()),
             }
         };
-        let received =
-            base::with_read_buf(|buf| net::read(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
+        let received = base::with_read_buf(|buf| {
+            net::read(this.fd, buf).map(|n| {
+                this.tally.received(n);
+                (n > 0).then(|| PyBytes::new(py, &buf[..n]))
+            })
+        });
         match received {
             Err(e) if try_later(&e) => Ok(()),
             Err(e) => {
@@ -172,6 +178,7 @@ pub fn make_read_pipe_transport<'py>(
             fd,
             extra: extra.unbind(),
             state: GilCell::new(state),
+            tally: crate::transports::Tally::new(event_loop.get(), ferroloop_core::stats::TransportKind::Pipe),
         },
     )?;
     crate::transports::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;

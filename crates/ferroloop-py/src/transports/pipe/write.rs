@@ -38,6 +38,8 @@ pub struct WritePipeTransport {
     /// `get_extra_info`'s answers.
     extra: Py<PyDict>,
     state: GilCell<WriteState>,
+    /// The loop's statistics for pipe transports.
+    tally: crate::transports::Tally,
 }
 
 /// What `write()` did with the data, decided without calling into Python.
@@ -141,7 +143,7 @@ impl WritePipeTransport {
             st.conn_lost += 1;
             return WriteOutcome::Dropped(st.conn_lost - 1);
         }
-        match st.buffer.write_or_push(data, |d| net::write(self.fd, d)) {
+        match st.buffer.write_or_push(data, |d| net::write(self.fd, d).inspect(|&n| self.tally.sent(n))) {
             Ok(Pushed::Written) => WriteOutcome::Done,
             Ok(Pushed::Appended) => WriteOutcome::Buffered,
             Ok(Pushed::Started) => WriteOutcome::StartWriting,
@@ -162,7 +164,7 @@ impl WritePipeTransport {
             if !st.writing || st.buffer.is_empty() {
                 return Ok(());
             }
-            st.buffer.flush_with(|slices| net::write_vectored(this.fd, slices))
+            st.buffer.flush_with(|slices| net::write_vectored(this.fd, slices).inspect(|&n| this.tally.sent(n)))
         };
         match result {
             Err(e) if try_later(&e) => Ok(()),
@@ -361,6 +363,7 @@ pub fn make_write_pipe_transport<'py>(
             detects_reader_gone: matches!(kind, FileType::Fifo | FileType::Socket),
             extra: extra.unbind(),
             state: GilCell::new(state),
+            tally: crate::transports::Tally::new(event_loop.get(), ferroloop_core::stats::TransportKind::Pipe),
         },
     )?;
     crate::transports::schedule_start(event_loop, protocol, transport.as_any(), waiter, None)?;

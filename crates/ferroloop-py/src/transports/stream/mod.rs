@@ -91,6 +91,8 @@ pub struct StreamTransport {
     context: Option<Py<PyAny>>,
     /// Everything that changes.
     state: GilCell<State>,
+    /// The loop's statistics for TCP or Unix transports.
+    tally: super::Tally,
 }
 
 /// How received data reaches a protocol; decided when the protocol is set, not per read.
@@ -336,6 +338,7 @@ impl StreamTransport {
             for name in [intern!(py, "sockname"), intern!(py, "socket")] {
                 this.socket_extra_info(py, name, None, Some(&sock))?;
             }
+            this.tally.closed();
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         drop(protocol);
@@ -440,6 +443,7 @@ pub fn make_stream_transport<'py>(
     let py = event_loop.py();
     let fd: RawFd = sock.call_method0("fileno")?.extract()?;
     let extra = SocketExtra::new(sock, extra)?;
+    let tally = super::Tally::new(event_loop.get(), extra.kind(py, fd));
     let state = State {
         sock: Some(sock.clone().unbind()),
         protocol: Some(protocol.clone().unbind()),
@@ -463,6 +467,7 @@ pub fn make_stream_transport<'py>(
             fd,
             context: context.filter(|c| !c.is_none()).map(|c| c.clone().unbind()),
             state: GilCell::new(state),
+            tally,
         },
     )?;
     if let Some(server) = server.filter(|s| !s.is_none()) {

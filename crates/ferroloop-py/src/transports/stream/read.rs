@@ -21,8 +21,12 @@ impl StreamTransport {
         if delivery == Delivery::Buffered {
             return Self::read_into_buffer(slf, protocol);
         }
-        let received =
-            base::with_read_buf(|buf| net::recv(this.fd, buf).map(|n| (n > 0).then(|| PyBytes::new(py, &buf[..n]))));
+        let received = base::with_read_buf(|buf| {
+            net::recv(this.fd, buf).map(|n| {
+                this.tally.received(n);
+                (n > 0).then(|| PyBytes::new(py, &buf[..n]))
+            })
+        });
         match received {
             Err(e) if try_later(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport"),
@@ -68,6 +72,7 @@ impl StreamTransport {
             Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport"),
             Ok(0) => Self::on_eof(slf, protocol),
             Ok(n) => {
+                this.tally.received(n);
                 if let Err(err) = protocol.call_method1(intern!(py, "buffer_updated"), (n,)) {
                     return Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.");
                 }

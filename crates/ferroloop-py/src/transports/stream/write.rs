@@ -12,7 +12,7 @@ impl StreamTransport {
             if st.life.is_lost() || st.buffer.is_empty() {
                 return Ok(());
             }
-            st.buffer.flush_with(|slices| net::send_vectored(this.fd, slices))
+            st.buffer.flush_with(|slices| net::send_vectored(this.fd, slices).inspect(|&n| this.tally.sent(n)))
         };
         match result {
             Err(e) if try_later(&e) => Ok(()),
@@ -66,7 +66,7 @@ impl StreamTransport {
         let this = slf.get();
         let pushed = {
             let mut st = this.state.borrow_mut(py);
-            let pushed = st.buffer.write_or_push(data, |d| net::send(this.fd, d));
+            let pushed = st.buffer.write_or_push(data, |d| net::send(this.fd, d).inspect(|&n| this.tally.sent(n)));
             if pushed.as_ref().is_ok_and(|p| *p == Pushed::Started) {
                 st.writing = true;
             }

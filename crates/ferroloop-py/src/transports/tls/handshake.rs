@@ -197,6 +197,7 @@ pub fn make_tls_protocol<'py>(
             handshake_timeout,
             shutdown_timeout,
             state: GilCell::new(state),
+            tally: crate::transports::Tally::new(event_loop.get(), ferroloop_core::stats::TransportKind::Tls),
         },
     )?;
     let app_transport = crate::transports::new_transport(

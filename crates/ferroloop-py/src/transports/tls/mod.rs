@@ -230,6 +230,8 @@ pub struct TlsProtocol {
     handshake_timeout: f64,
     shutdown_timeout: f64,
     state: GilCell<State>,
+    /// The loop's statistics for TLS transports (plaintext bytes).
+    tally: crate::transports::Tally,
 }
 
 fn call_later(lp: &Bound<'_, EventLoop>, delay: f64, cb: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -332,6 +334,7 @@ impl TlsProtocol {
     fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        this.tally.closed();
         this.outgoing.bind(py).call_method0(intern!(py, "read"))?;
         let (backlog, notify, app, transport, app_transport, hs, sd) = {
             let mut st = this.state.borrow_mut(py);

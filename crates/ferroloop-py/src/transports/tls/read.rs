@@ -103,6 +103,7 @@ impl TlsProtocol {
                     // SAFETY: `buf` is a bytearray of MAX_READ bytes that only this thread uses
                     // (see `read_buffer`); nothing runs between the read and this copy.
                     let data = unsafe { &buf.as_bytes()[..count.min(MAX_READ)] };
+                    this.tally.received(data.len());
                     chunks.push(PyBytes::new(py, data).into_any());
                     // Nothing left to decrypt: stop here rather than pay for SSLWantReadError.
                     if !this.more_to_read(py, count >= MAX_READ)? {
@@ -182,6 +183,7 @@ impl TlsProtocol {
             this.lp(py).get().call_soon_native(py, &slf.getattr("_do_read")?, &PyTuple::empty(py))?;
         }
         if offset > 0 {
+            this.tally.received(offset);
             app.call_method1(intern!(py, "buffer_updated"), (offset,))?;
         }
         if count == 0 {

@@ -83,6 +83,7 @@ impl TlsProtocol {
                 Err(e) => return Err(e),
             };
             produced |= count > 0;
+            this.tally.sent(count);
             let len = data.len()?;
             let rest = if count < len {
                 Some(
