@@ -11,10 +11,11 @@ import asyncio as _asyncio
 import os as _os
 
 from . import _compat
+from ._blocking import report_blocking
 from ._loop import Loop
 from ._stats import LoopStats, stats
 
-__all__ = ("Loop", "LoopStats", "enable_ps", "new_event_loop", "run", "stats")
+__all__ = ("Loop", "LoopStats", "enable_ps", "new_event_loop", "report_blocking", "run", "stats")
 if not _compat.POLICIES_DEPRECATED:
     __all__ += ("EventLoopPolicy",)
 __version__ = "0.1.0"
@@ -51,6 +52,27 @@ def enable_ps():
 
 if _os.environ.get("FERROLOOP_PS"):
     enable_ps()
+
+
+def _report_blocking_from_environment():
+    from . import _blocking
+
+    value = _os.environ.get(_blocking.ENV)
+    if not value:
+        return
+    try:
+        report_blocking(float(value))
+    except ValueError:
+        import warnings
+
+        warnings.warn(
+            f"{_blocking.ENV}={value!r} is not a positive number of seconds; the blocked-loop report is off",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+_report_blocking_from_environment()
 
 
 def _policy_class():

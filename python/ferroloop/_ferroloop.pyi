@@ -19,6 +19,7 @@ __all__ = [
     "TimerHandle",
     "WritePipeTransport",
     "_fast_methods",
+    "_report_blocking",
     "_live_objects",
     "make_datagram_transport",
     "make_read_pipe_transport",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 FAIRNESS_BUDGET: float
+
+def _report_blocking(threshold: float | None) -> float | None: ...
 
 @disjoint_base
 class Handle:

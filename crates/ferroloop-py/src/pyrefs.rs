@@ -78,3 +78,8 @@ cached_import!(
 pub fn format_fn<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("ferroloop._format")?.getattr(name)
 }
+
+/// A function of `ferroloop._blocking`, the Python side of the blocked-loop report (not hot).
+pub fn blocking_fn<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("ferroloop._blocking")?.getattr(name)
+}

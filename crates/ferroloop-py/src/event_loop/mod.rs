@@ -30,7 +30,8 @@
 //! writers, native transports, socket operations) and has `add_reader` and its kin; `schedule`
 //! makes and reuses handles and tasks and has `call_soon`, `call_later`, `call_at`,
 //! `create_task` and `create_future`; `stats` keeps the statistics `ferroloop.stats()` reads
-//! (each queued entry carries when it became ready, for the lag). Each file's Python methods are
+//! (each queued entry carries when it became ready, for the lag); `blocking` is the blocked-loop
+//! watchdog (`ferroloop.report_blocking`), which reads them. Each file's Python methods are
 //! a `#[pymethods]` block of its own (PyO3's `multiple-pymethods`).
 
 use std::collections::VecDeque;
@@ -56,6 +57,7 @@ use crate::handles::{self, copy_current_context, Handle, Parts, TimerHandle};
 use crate::pyrefs;
 use crate::watch::{IoWatcher, Ready, Watcher};
 
+mod blocking;
 mod io;
 mod iteration;
 mod schedule;
@@ -225,6 +227,7 @@ impl Drop for StopOnExit<'_> {
         self.0.stats.run_ended();
         self.0.stopping.store(false, Relaxed);
         self.0.thread_id.store(0, Relaxed);
+        blocking::loop_stopped(self.0);
     }
 }
 
@@ -381,6 +384,7 @@ impl EventLoop {
         let this = slf.get();
         this.thread_id.store(current_thread_id(), Relaxed);
         this.stats.run_started();
+        blocking::loop_started(slf);
         // However the run ends, a panic included, the loop is left stopped: not running, and
         // closable or runnable again.
         let _stopped = StopOnExit(this);
@@ -497,5 +501,6 @@ impl EventLoop {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EventLoop>()?;
     stats::register(m)?;
+    blocking::register(m)?;
     m.add("FAIRNESS_BUDGET", FAIRNESS_BUDGET)
 }

@@ -56,7 +56,16 @@ pub(super) struct Stats {
     run_began: AtomicU64,
     /// Callbacks that run longer than this (ticks) are slow: the loop's
     /// `slow_callback_duration`, asyncio's debug-mode threshold.
+    slow_limit: AtomicU64,
+    /// Callbacks that run longer than this (ticks) blocked the loop (`ferroloop.report_blocking`;
+    /// `u64::MAX` when off; see `blocking`).
+    pub(super) blocking: AtomicU64,
+    /// The lower of the two: what a batch compares each callback's duration with, so that
+    /// either rule costs the hot path one comparison together.
     slow: AtomicU64,
+    /// The stamp (start) of the callback the watchdog reported as blocking, so that its end
+    /// says so.
+    pub(super) reported: AtomicU64,
     /// The slowest callbacks, slowest first; touched only when one is slow.
     slowest: GilCell<Vec<Slow>>,
     pub(super) ticks: Ticks,
@@ -70,7 +79,10 @@ impl Stats {
             figures: LoopStats::default(),
             stamp: AtomicU64::new(now),
             run_began: AtomicU64::new(now),
+            slow_limit: AtomicU64::new(ticks.ticks_in(slow_seconds)),
+            blocking: AtomicU64::new(u64::MAX),
             slow: AtomicU64::new(ticks.ticks_in(slow_seconds)),
+            reported: AtomicU64::new(0),
             slowest: GilCell::new(Vec::new()),
             ticks,
         }
@@ -94,11 +106,23 @@ impl Stats {
     }
 
     pub(super) fn set_slow_threshold(&self, seconds: f64) {
-        self.slow.store(self.ticks.ticks_in(seconds), Relaxed);
+        self.slow_limit.store(self.ticks.ticks_in(seconds), Relaxed);
+        self.refresh_slow();
+    }
+
+    /// The blocked-loop threshold (ticks, `u64::MAX`: off).
+    pub(super) fn set_blocking_threshold(&self, ticks: u64) {
+        self.blocking.store(ticks, Relaxed);
+        self.refresh_slow();
+    }
+
+    fn refresh_slow(&self) {
+        self.slow.store(self.slow_limit.load(Relaxed).min(self.blocking.load(Relaxed)), Relaxed);
     }
 
     /// `run_forever` starts now.
     pub(super) fn run_started(&self) {
+        self.set_blocking_threshold(super::blocking::threshold());
         let now = self.ticks.now();
         self.run_began.store(now, Relaxed);
         self.set_stamp(now);
@@ -160,32 +184,51 @@ impl Stats {
         Batch { started, last: started, slow: self.slow.load(Relaxed), ran: 0, lag: 0 }
     }
 
-    /// A callback ran for `took` ticks, more than the threshold.
+    /// A callback ran for `took` ticks, more than the lower threshold: it was slow, or it
+    /// blocked the loop (`ferroloop.report_blocking`), or both.
     #[cold]
     #[inline(never)]
     pub(super) fn record_slow(&self, py: Python<'_>, what: Ran<'_>, took: u64) -> PyResult<()> {
-        self.figures.slow.add(1);
         let seconds = self.ticks.seconds(took);
-        let kept = self.slowest.borrow(py);
-        if kept.len() == SLOWEST_KEPT && kept.last().is_some_and(|s| s.seconds >= seconds) {
-            return Ok(());
+        let mut described = None;
+        if took > self.slow_limit.load(Relaxed) {
+            self.figures.slow.add(1);
+            let kept = self.slowest.borrow(py);
+            let keep = kept.len() < SLOWEST_KEPT || kept.last().is_some_and(|s| s.seconds < seconds);
+            drop(kept);
+            if keep {
+                let what = describe(py, &what)?;
+                let ended = clock::monotonic();
+                let mut kept = self.slowest.borrow_mut(py);
+                let at = kept.iter().position(|s| s.seconds < seconds).unwrap_or(kept.len());
+                kept.insert(at, Slow { seconds, ended, what: what.clone_ref(py) });
+                let keep = kept.len().min(SLOWEST_KEPT);
+                let dropped = kept.split_off(keep);
+                drop(kept);
+                drop(dropped);
+                described = Some(what);
+            }
         }
-        drop(kept);
-        let what = match what {
-            Ran::Handle(handle) => pyrefs::format_fn(py, "describe_callback")?.call1((handle.bind(py),))?,
-            Ran::Io(watcher, write) => watcher.describe(py, write)?.into_bound(py),
+        if took > self.blocking.load(Relaxed) {
+            let what = match described {
+                Some(what) => what,
+                None => describe(py, &what)?,
+            };
+            // The watchdog marks the episode with the callback's start, which is the stamp
+            // before this callback's end.
+            let reported = self.reported.load(Relaxed) == self.stamp().wrapping_sub(took);
+            super::blocking::ended(py, seconds, what.bind(py), reported);
         }
-        .unbind();
-        let ended = clock::monotonic();
-        let mut kept = self.slowest.borrow_mut(py);
-        let at = kept.iter().position(|s| s.seconds < seconds).unwrap_or(kept.len());
-        kept.insert(at, Slow { seconds, ended, what });
-        let keep = kept.len().min(SLOWEST_KEPT);
-        let dropped = kept.split_off(keep);
-        drop(kept);
-        drop(dropped);
         Ok(())
     }
+}
+
+/// What a callback that ran was, for a person (a `str`).
+fn describe(py: Python<'_>, what: &Ran<'_>) -> PyResult<Py<PyAny>> {
+    Ok(match what {
+        Ran::Handle(handle) => pyrefs::format_fn(py, "describe_callback")?.call1((handle.bind(py),))?.unbind(),
+        Ran::Io(watcher, write) => watcher.describe(py, *write)?,
+    })
 }
 
 /// One iteration's batch of callbacks, as the statistics see it (ticks).
