@@ -1,0 +1,66 @@
+"""What the exporters (``ferroloop.prometheus``, ``ferroloop.opentelemetry``) share: which loops
+there are, what each is called, and the snapshots they report.
+
+A loop is called by its serial number: its place in the order ferroloop loops were made in this
+process, from 0 (the key ``ferroloop._stats`` remembers it by). It is fixed for the loop's life
+and never given to another loop, so a loop's series never jump from one loop to another; a
+closed loop's series end. There are as many at once as there are live loops.
+
+Each exporter reads the loops when it is collected (a scrape, a metric reader's collection), from
+the thread that collects: ``ferroloop.stats()`` reads a loop without stopping it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+from . import _stats
+from ._ferroloop import EventLoop
+from ._stats import LoopStats
+
+# The order of the lag quantiles in both exporters, with the LoopStats.lag field of each.
+LAG_QUANTILES = ("p50", "p90", "p99", "max")
+
+
+class Reading(NamedTuple):
+    """One loop's figures at a collection."""
+
+    serial: int
+    thread: str | None  # the name of the thread running the loop; None when it is not running
+    stats: LoopStats
+
+
+def numbered_loops() -> list[tuple[int, EventLoop]]:
+    """The live (not closed) ferroloop loops with their serial numbers, oldest first."""
+    numbered: list[tuple[int, EventLoop]] = []
+    for _ in range(100):  # another thread may make or drop a loop while the set is copied
+        try:
+            numbered = list(_stats._loops.items())
+            break
+        except RuntimeError:
+            continue
+    return [(serial, loop) for serial, loop in numbered if not loop.is_closed()]
+
+
+def serial_of(loop: EventLoop) -> int | None:
+    """The serial number of a live ferroloop loop (None if it is closed or not a ferroloop loop)."""
+    return next((serial for serial, live in numbered_loops() if live is loop), None)
+
+
+def thread_name(loop: EventLoop) -> str | None:
+    """The name of the thread running ``loop`` now, None if no thread is ("" if it is unnamed)."""
+    ident = getattr(loop, "_thread_id", None)
+    if ident is None:
+        return None
+    # A thread that the threading module does not know of (started by C code) has no name.
+    return next((thread.name for thread in threading.enumerate() if thread.ident == ident), "")
+
+
+def readings() -> list[Reading]:
+    """Every live loop's figures now, oldest loop first."""
+    # A ferroloop Loop is an asyncio.AbstractEventLoop; the stub of its Rust base is not.
+    return [
+        Reading(serial, thread_name(loop), _stats.stats(loop))  # type: ignore[arg-type]
+        for serial, loop in numbered_loops()
+    ]
