@@ -31,16 +31,7 @@ class Reading(NamedTuple):
     stats: LoopStats
 
 
-def numbered_loops() -> list[tuple[int, EventLoop]]:
-    """The live (not closed) ferroloop loops with their serial numbers, oldest first."""
-    numbered: list[tuple[int, EventLoop]] = []
-    for _ in range(100):  # another thread may make or drop a loop while the set is copied
-        try:
-            numbered = list(_stats._loops.items())
-            break
-        except RuntimeError:
-            continue
-    return [(serial, loop) for serial, loop in numbered if not loop.is_closed()]
+numbered_loops = _stats.numbered_loops
 
 
 def serial_of(loop: EventLoop) -> int | None:

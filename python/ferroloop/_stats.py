@@ -150,16 +150,22 @@ def track(loop: EventLoop) -> None:
     _loops[next(_serial)] = loop
 
 
-def loops() -> list[EventLoop]:
-    """The ferroloop loops of this process that are not closed, oldest first."""
-    live = []
+def numbered_loops() -> list[tuple[int, EventLoop]]:
+    """The ferroloop loops of this process that are not closed, with their serial numbers (their
+    place in the order loops were made: fixed for a loop's life, never reused), oldest first."""
+    numbered: list[tuple[int, EventLoop]] = []
     for _ in range(100):  # another thread may make or drop a loop while the set is copied
         try:
-            live = list(_loops.values())
+            numbered = list(_loops.items())
             break
         except RuntimeError:
             continue
-    return [loop for loop in live if not loop.is_closed()]
+    return [(serial, loop) for serial, loop in numbered if not loop.is_closed()]
+
+
+def loops() -> list[EventLoop]:
+    """The ferroloop loops of this process that are not closed, oldest first."""
+    return [loop for _, loop in numbered_loops()]
 
 
 def stats(loop: asyncio.AbstractEventLoop | None = None) -> LoopStats:
