@@ -292,6 +292,7 @@ def test_help(tmp_path):
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage:")
     assert "-m module" in proc.stdout
+    assert "ps PID" in proc.stdout and "pstree PID" in proc.stdout and "top [-n SECONDS] [--once] PID" in proc.stdout
 
 
 def test_unknown_option(tmp_path):

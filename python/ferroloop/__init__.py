@@ -39,11 +39,13 @@ def run(main, *, debug=None):
 
 
 def enable_ps():
-    """Let ``python -m ferroloop ps PID`` and ``pstree PID`` list this process's tasks.
+    """Let ``python -m ferroloop ps PID`` and ``pstree PID`` list this process's tasks, and
+    ``python -m ferroloop top PID`` show its loops.
 
-    For Python 3.11-3.13, where asyncio has no such tool (3.14's ``python -m asyncio ps`` needs
-    no opt-in). The environment variable ``FERROLOOP_PS=1`` does the same at import. Returns the
-    path of the Unix socket the process answers on; see ``ferroloop._ps``.
+    ``ps`` and ``pstree`` need it on Python 3.11-3.13, where asyncio has no such tool (3.14's
+    ``python -m asyncio ps`` needs no opt-in); ``top`` on every version. The environment variable
+    ``FERROLOOP_PS=1`` does the same at import. Returns the path of the Unix socket the process
+    answers on; see ``ferroloop._ps``.
     """
     from . import _ps
 

@@ -5,6 +5,7 @@
     python -m ferroloop -m module [args...]   run a library module likewise
     python -m ferroloop ps PID                the tasks of a process, as a table
     python -m ferroloop pstree PID            the tasks of a process, as a tree of awaits
+    python -m ferroloop top PID               a live view of the loops of a process
 
 A program runs as ``python script.py`` or ``python -m module`` would run it (``sys.argv``,
 ``sys.path[0]``, ``__name__ == "__main__"``), with ferroloop installed as asyncio's default loop
@@ -24,7 +25,7 @@ from ferroloop import _compat
 
 PROG = "python -m ferroloop"
 
-USAGE = f"usage: {PROG} [-h] [-V] [script [args ...] | -m module [args ...] | ps PID | pstree PID]\n"
+USAGE = f"usage: {PROG} [-h] [-V] [script [args ...] | -m module [args ...] | ps PID | pstree PID | top PID]\n"
 
 HELP = (
     USAGE
@@ -43,7 +44,13 @@ Ctrl-C cancels the statement being awaited.
                         asyncio process; before, for ferroloop processes run with
                         FERROLOOP_PS=1 or that called ferroloop.enable_ps())
   pstree PID            the same tasks as a tree: each under the coroutines awaiting it
-  --                    what follows is a script, even one named ps or pstree
+  top [-n SECONDS] [--once] PID
+                        a live view of the event loops of process PID, refreshed every
+                        SECONDS (1): utilization, lag, callbacks and I/O events per second,
+                        tasks, the slowest callbacks, transports; q or Ctrl-C quits. --once
+                        prints one frame as text. For ferroloop processes run with
+                        FERROLOOP_PS=1 or that called ferroloop.enable_ps() (every Python)
+  --                    what follows is a script, even one named ps, pstree or top
   -h, --help            print this help and exit
   -V, --version         print ferroloop's version and exit
 """
@@ -200,6 +207,10 @@ def main(argv=None):
         return 0
     if first in ("ps", "pstree"):
         return tasks_tool(first, rest)
+    if first == "top":
+        from . import _top
+
+        return _top.main(rest)
     if first == "-m":
         if not rest:
             return _usage_error("argument expected for the -m option")

@@ -1,7 +1,9 @@
-"""``python -m ferroloop ps PID`` / ``pstree PID``: the tasks of a running ferroloop process.
+"""``python -m ferroloop ps PID`` / ``pstree PID``: the tasks of a running ferroloop process;
+and the endpoint that answers them and ``top``.
 
 Python 3.14's ``python -m asyncio ps`` reads another process's tasks from its memory; older
-Pythons have no such tool. For them ferroloop offers its own, for processes that opt in:
+Pythons have no such tool. For them ferroloop offers its own, for processes that opt in; and on
+every Python, ``python -m ferroloop top`` (``_top``) reads the loops' statistics the same way:
 
 * A process opts in with the environment variable ``FERROLOOP_PS=1`` (read when ferroloop is
   imported) or by calling ``ferroloop.enable_ps()``. A process that does not opt in pays
@@ -9,10 +11,20 @@ Pythons have no such tool. For them ferroloop offers its own, for processes that
 * Opted in, it listens on a Unix socket, ``<tmp>/ferroloop-ps-<uid>/<pid>.sock`` (the directory
   is the user's alone, mode 0700), in a daemon thread that sleeps in ``accept``. The running
   loop and each ferroloop loop created from then on are remembered (weakly).
-* ``python -m ferroloop ps PID`` connects; the process answers with a snapshot of its tasks as
-  JSON and closes. The snapshot of a running loop is taken in the loop's own thread
-  (``call_soon_threadsafe``), so it is consistent; a loop that does not answer within a second
-  (a callback blocking it) is read from the listening thread instead, as it stands.
+* A client connects and sends one request line; the process answers it as JSON and closes. A
+  client that sends no line within REQUEST_TIMEOUT is closed unanswered (the thread serves one
+  client at a time). The requests:
+
+  ``ps``
+      A snapshot of the tasks (``ps``, ``pstree``). The snapshot of a running loop is taken in
+      the loop's own thread (``call_soon_threadsafe``), so it is consistent; a loop that does not
+      answer within a second (a callback blocking it) is read from the listening thread instead,
+      as it stands.
+  ``stats``
+      The statistics of every loop (``top``; ``_top.answer`` has the fields), read from the
+      listening thread: nothing is run on a loop, so reading does not disturb the figures read.
+  anything else
+      ``{"error": "..."}``.
 
 What a snapshot holds per task: its id, name, coroutine stack (function, file, line; innermost
 first, as asyncio's tool shows it) and the tasks awaiting it. "Awaiting" is found as asyncio
@@ -38,6 +50,9 @@ ENV = "FERROLOOP_PS"
 LOOP_ANSWER_TIMEOUT = 1.0
 # Seconds the CLI waits for the process's answer.
 CLIENT_TIMEOUT = 10.0
+# Seconds the process waits for a client's request line, and the longest line it reads.
+REQUEST_TIMEOUT = 1.0
+REQUEST_MAX = 256
 
 _loops = weakref.WeakSet()
 _lock = threading.Lock()
@@ -115,9 +130,34 @@ def _serve(server):
             conn, _ = server.accept()
         except OSError:
             return  # closed (fork, interpreter exit)
-        # A client that went away, or a snapshot that failed, costs the client its answer only.
+        # A client that went away or sent nothing, or an answer that failed, costs that client its
+        # answer only.
         with conn, contextlib.suppress(Exception):
-            conn.sendall(json.dumps(snapshot()).encode())
+            conn.settimeout(REQUEST_TIMEOUT)
+            conn.sendall(json.dumps(answer(_read_request(conn))).encode())
+
+
+def _read_request(conn):
+    """The words of the client's request line."""
+    data = b""
+    while b"\n" not in data and len(data) < REQUEST_MAX:
+        chunk = conn.recv(REQUEST_MAX)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode("ascii", "replace").split()
+
+
+def answer(request):
+    """The answer to a request (its words)."""
+    match request:
+        case ["ps"]:
+            return snapshot()
+        case ["stats"]:
+            from . import _top
+
+            return _top.answer()
+    return {"error": f"unknown request {' '.join(request)!r}"}
 
 
 def snapshot():
@@ -149,17 +189,20 @@ def _loop_snapshot(loop):
     return _tasks_of(loop, 0)
 
 
-def _tasks_of(loop, tid):
+def all_tasks(loop):
+    """``asyncio.all_tasks(loop)``, callable from any thread."""
     import asyncio
 
     for _ in range(100):  # another thread may change the task set while it is copied
         try:
-            tasks = list(asyncio.all_tasks(loop))
-            break
+            return list(asyncio.all_tasks(loop))
         except RuntimeError:
             continue
-    else:
-        tasks = []
+    return []
+
+
+def _tasks_of(loop, tid):
+    tasks = all_tasks(loop)
     if not tid:  # read from another thread: the loop's thread, by its identifier
         ident = getattr(loop, "_thread_id", None)
         tid = next((t.native_id for t in threading.enumerate() if ident and t.ident == ident), 0)
@@ -228,8 +271,12 @@ def _awaits(tasks):
 # --- the command line side -------------------------------------------------------------------
 
 
-def fetch(pid):
-    """The snapshot of process ``pid``, or raise ``LookupError`` saying why there is none."""
+class NotListening(LookupError):
+    """The process exists but nothing listens on its socket (it did not opt in, or is exiting)."""
+
+
+def fetch(pid, request="ps"):
+    """Process ``pid``'s answer to ``request``, or raise ``LookupError`` saying why there is none."""
     path = socket_path(pid)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(CLIENT_TIMEOUT)
@@ -243,15 +290,27 @@ def fetch(pid):
             raise LookupError(f"no process with PID {pid}") from None
         except PermissionError:
             pass
-        raise LookupError(
-            f"process {pid} does not answer ferroloop's ps: run it with {ENV}=1 in its "
-            "environment, or call ferroloop.enable_ps() in it (Python 3.11-3.13)"
+        raise NotListening(
+            f"process {pid} does not answer ferroloop's ps, pstree and top: run it with {ENV}=1 in "
+            "its environment, or call ferroloop.enable_ps() in it"
         ) from None
-    with client:
-        chunks = []
-        while chunk := client.recv(65536):
-            chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    try:
+        with client:
+            client.sendall(f"{request}\n".encode())
+            chunks = []
+            while chunk := client.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:  # the process ended or stalled while answering
+        raise LookupError(f"process {pid} did not answer: {exc}") from None
+    if not chunks:
+        raise LookupError(f"process {pid} closed the connection without answering (exiting?)")
+    try:
+        reply = json.loads(b"".join(chunks))
+    except ValueError:
+        raise LookupError(f"process {pid} ended its answer early (exiting?)") from None
+    if "error" in reply:
+        raise LookupError(f"process {pid} refused the request {request!r}: {reply['error']}")
+    return reply
 
 
 def _label(entry):

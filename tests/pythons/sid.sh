@@ -21,8 +21,9 @@ MIRROR=${FERROLOOP_SID_MIRROR:-http://deb.debian.org/debian}
 CHECKOUT=$(cd "$(dirname "$0")/../.." && pwd)
 PACKAGES=python3.14,python3.14-dev,python3.14-venv,libpython3.14-testsuite
 PACKAGES+=,python3.15,python3.15-dev,python3.15-venv,libpython3.15-testsuite
-# make and a C compiler for the build; the integration suite's servers, which it starts itself.
-PACKAGES+=,gcc,libc6-dev,make,ca-certificates,procps,postgresql,redis-server,openssl
+# make and a C compiler for the build; the integration suite's servers, which it starts itself;
+# tmux, the terminal tests/test_top.py drives `python -m ferroloop top` in.
+PACKAGES+=,gcc,libc6-dev,make,ca-certificates,procps,postgresql,redis-server,openssl,tmux
 
 need_root() {
   [ "$(id -u)" = 0 ] || { echo "sid.sh: the chroot needs root (debootstrap, mount, chroot)" >&2; exit 1; }
