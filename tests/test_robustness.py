@@ -799,3 +799,51 @@ def test_sock_connect_refuses_an_address_as_connect_does(loop, run, address):
             listener.close()
 
     assert run(main()) is (ValueError if address == "short" else OverflowError)
+
+
+def test_transport_closed_and_reader_added_from_another_thread_during_the_wait(loop):
+    """asyncio's loops are not thread-safe, yet a selector takes changes from any thread while
+    the loop waits in it, and programs rely on that (a transport closed from another thread).
+    Here the loop waits in its poller while another thread closes a transport and adds a
+    reader: the peer sees the end, connection_lost runs, and the reader is called."""
+    import threading
+
+    a, b = socket.socketpair()
+    r, w = socket.socketpair()
+    lost = loop.create_future()
+    called = loop.create_future()
+
+    class Proto(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.set_result(exc)
+
+    transport, _ = loop.run_until_complete(loop.connect_accepted_socket(Proto, a))
+    waiting = threading.Event()
+    loop.call_soon(waiting.set)
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        assert waiting.wait(10)
+        # Give the loop's thread time to reach its wait (an idle loop blocks at once); should it
+        # not be there yet, the changes below are made directly and the test still holds.
+        threading.Event().wait(0.05)
+        transport.close()
+        loop.add_reader(r.fileno(), lambda: called.done() or called.set_result(r.recv(1)))
+        w.send(b"x")
+        b.settimeout(10)
+        assert b.recv(1) == b""  # the end of the connection
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_both(lost, called, done)))
+        assert done.wait(10)
+        assert lost.result() is None and called.result() == b"x"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.remove_reader(r.fileno())
+        for s in (b, r, w):
+            s.close()
+
+
+async def _both(lost, called, done):
+    await asyncio.wait_for(asyncio.gather(lost, called), 10)
+    done.set()

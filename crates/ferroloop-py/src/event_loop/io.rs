@@ -47,6 +47,42 @@ impl EventLoop {
     }
 
     /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
+    /// Changes what the poller watches for `fd` (`Poller::watch`). The loop's thread holds the
+    /// poller while it waits in it with the GIL released; a change made then comes from another
+    /// thread (asyncio's loops are not thread-safe, but a selector takes such a change, and
+    /// programs rely on it: a transport closed from another thread): it is queued, the wait
+    /// woken, and the loop's thread makes it when the wait ends (`apply_deferred`). The
+    /// watchers' maps change at once either way, so nothing runs for a descriptor unwatched
+    /// meanwhile.
+    fn change_watch(&self, py: Python<'_>, fd: RawFd, write: bool, mode: Option<Mode>, trusted: bool) -> PyResult<()> {
+        if let Some(mut poller) = self.poller.try_borrow_mut() {
+            return match poller.as_mut() {
+                Some(poller) => poller.watch(fd, write, mode, trusted).map_err(|e| os_error(&e)),
+                None if mode.is_none() => Ok(()),
+                None => Err(closed_error()),
+            };
+        }
+        self.queues.borrow_mut(py).deferred.push((fd, write, mode, trusted));
+        if let Some(waker) = self.waker.borrow(py).as_ref() {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Makes the changes other threads made during a wait (see `change_watch`); an error, which
+    /// there is no caller to raise to, is reported as unraisable.
+    pub(super) fn apply_deferred(&self, py: Python<'_>, poller: &mut Poller) {
+        let deferred = std::mem::take(&mut self.queues.borrow_mut(py).deferred);
+        for (fd, write, mode, trusted) in deferred {
+            if let Err(e) = poller.watch(fd, write, mode, trusted) {
+                let err = PyRuntimeError::new_err(format!(
+                    "watching file descriptor {fd}, as another thread asked during the loop's wait, failed: {e}"
+                ));
+                err.write_unraisable(py, None);
+            }
+        }
+    }
+
     /// `trusted`: see `Poller::watch`.
     pub(super) fn watch(
         &self,
@@ -57,12 +93,7 @@ impl EventLoop {
         trusted: bool,
     ) -> PyResult<()> {
         let mode = if matches!(watcher, Watcher::Op(_)) { Mode::Once } else { Mode::Level };
-        self.poller
-            .borrow_mut(py)
-            .as_mut()
-            .ok_or_else(closed_error)?
-            .watch(fd, write, Some(mode), trusted)
-            .map_err(|e| os_error(&e))?;
+        self.change_watch(py, fd, write, Some(mode), trusted)?;
         let (old, fileobj) = {
             let mut q = self.queues.borrow_mut(py);
             let old = if write { q.writers.insert(fd, watcher) } else { q.readers.insert(fd, watcher) };
@@ -102,10 +133,8 @@ impl EventLoop {
         };
         drop(fileobj);
         let Some(old) = old else { return Ok(false) };
-        if let Some(poller) = self.poller.borrow_mut(py).as_mut() {
-            // Never fails because the descriptor was closed behind the loop's back.
-            poller.watch(fd, write, None, false).map_err(|e| os_error(&e))?;
-        }
+        // Never fails because the descriptor was closed behind the loop's back.
+        self.change_watch(py, fd, write, None, false)?;
         if let Watcher::Handle(h) = &old {
             Handle::cancel(h.get(), py);
         }

@@ -88,6 +88,7 @@ impl EventLoop {
                 self.polling.store(true, Relaxed);
                 let res = py.detach(|| poller.poll(timeout));
                 self.polling.store(false, Relaxed);
+                self.apply_deferred(py, poller);
                 res.map_err(|e| os_error(&e))?;
             } else {
                 poller.poll(timeout).map_err(|e| os_error(&e))?;

@@ -98,6 +98,10 @@ struct Queues {
     /// `{"loop": self}`, the keyword arguments of every `asyncio.Future` the loop creates
     /// (read, never changed, by the constructor); made on first use.
     future_kwargs: Option<Py<PyDict>>,
+    /// Changes to what the poller watches, made by another thread while the loop's thread
+    /// waits in the poller (which it holds for the wait): applied when the wait ends (see
+    /// `io::EventLoop::watch`).
+    deferred: Vec<(RawFd, bool, Option<Mode>, bool)>,
 }
 
 impl Queues {
