@@ -91,18 +91,6 @@ impl Ticks {
         ticks * self.period
     }
 
-    /// Nanoseconds in `ticks`. Through i64: one conversion instruction and a clamp (a direct
-    /// `as u64` is sixteen instructions on x86-64). 2^63 ns is 292 years.
-    #[inline]
-    #[must_use]
-    pub fn nanos(self, ticks: u64) -> u64 {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let ns = (self.seconds(ticks) * 1e9) as i64;
-        #[allow(clippy::cast_sign_loss)]
-        let ns = ns.max(0) as u64;
-        ns
-    }
-
     /// Ticks in `seconds` (0 for a negative or NaN duration).
     #[inline]
     #[must_use]

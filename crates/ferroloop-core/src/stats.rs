@@ -5,7 +5,8 @@
 //! The loop's thread keeps them on paths it already runs, with the clock readings it already
 //! takes, plus one reading at the end of each callback:
 //!
-//! - `iterations`: loop iterations run; `callbacks`: handles and native I/O callbacks run
+//! - `iterations`: loop iterations run (counted as those that ran no callback, plus the lag
+//!   samples: one per iteration that ran some); `callbacks`: handles and native I/O callbacks run
 //!   (cancelled handles are not); `io_events`: readiness reports queued by polls;
 //!   `timers`: timers that became due and were queued.
 //! - `busy` and `idle`, as Node's event-loop utilization defines them: idle is the time the loop
@@ -175,17 +176,21 @@ pub fn bucket_upper_bound(index: usize) -> u64 {
     (1u64 << exp) + ((sub + 1) << (exp - SUB_BITS))
 }
 
-/// The loop's statistics (see the module documentation). Times are in nanoseconds, lags in
-/// the loop's units (ticks; a [`Snapshot`] knows how many seconds one is).
+/// The loop's statistics (see the module documentation). Times and lags are in the loop's
+/// units (ticks; a [`Snapshot`] knows how many seconds one is): converting to seconds is left
+/// to the reader, off the loop's path.
 #[derive(Debug)]
 pub struct LoopStats {
-    pub iterations: Counter,
+    /// Iterations that ran no callback: with the lag samples (one per iteration that ran
+    /// some), the iterations, so that a busy iteration counts nothing more than its sample.
+    pub empty_iterations: Counter,
     pub callbacks: Counter,
     pub io_events: Counter,
     pub timers: Counter,
-    /// Time inside `run_forever`, counted when a run ends.
-    pub run_ns: Counter,
-    pub idle_ns: Counter,
+    /// Time inside `run_forever`, counted when a run ends (units).
+    pub run: Counter,
+    /// Time waiting in the poller (units).
+    pub idle: Counter,
     /// Callbacks slower than the threshold.
     pub slow: Counter,
     /// The longest lag seen since the loop was made (units).
@@ -200,12 +205,12 @@ pub struct LoopStats {
 impl Default for LoopStats {
     fn default() -> Self {
         Self {
-            iterations: Counter::default(),
+            empty_iterations: Counter::default(),
             callbacks: Counter::default(),
             io_events: Counter::default(),
             timers: Counter::default(),
-            run_ns: Counter::default(),
-            idle_ns: Counter::default(),
+            run: Counter::default(),
+            idle: Counter::default(),
             slow: Counter::default(),
             lag_max: Counter::default(),
             lag_sum: Counter::default(),
@@ -233,18 +238,19 @@ impl LoopStats {
     /// The figures as they are now; a lag unit is `unit` seconds.
     #[must_use]
     pub fn snapshot(&self, unit: f64) -> Snapshot {
+        let lag: Vec<u64> = self.lag.iter().map(Counter::get).collect();
         Snapshot {
-            iterations: self.iterations.get(),
+            iterations: self.empty_iterations.get() + lag.iter().sum::<u64>(),
             callbacks: self.callbacks.get(),
             io_events: self.io_events.get(),
             timers: self.timers.get(),
-            run_ns: self.run_ns.get(),
-            idle_ns: self.idle_ns.get(),
+            run: self.run.get(),
+            idle: self.idle.get(),
             slow: self.slow.get(),
             lag_max: self.lag_max.get(),
             lag_sum: self.lag_sum.get(),
             unit,
-            lag: self.lag.iter().map(Counter::get).collect(),
+            lag,
             transports: std::array::from_fn(|i| self.transports[i].snapshot()),
         }
     }
@@ -257,8 +263,8 @@ pub struct Snapshot {
     pub callbacks: u64,
     pub io_events: u64,
     pub timers: u64,
-    pub run_ns: u64,
-    pub idle_ns: u64,
+    pub run: u64,
+    pub idle: u64,
     pub slow: u64,
     /// The longest lag (units): exact since the loop was made; over an interval, the upper
     /// bound of the highest bucket that gained a sample, capped by the exact maximum.
@@ -284,8 +290,8 @@ impl Snapshot {
             callbacks: self.callbacks.saturating_sub(earlier.callbacks),
             io_events: self.io_events.saturating_sub(earlier.io_events),
             timers: self.timers.saturating_sub(earlier.timers),
-            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
-            idle_ns: self.idle_ns.saturating_sub(earlier.idle_ns),
+            run: self.run.saturating_sub(earlier.run),
+            idle: self.idle.saturating_sub(earlier.idle),
             slow: self.slow.saturating_sub(earlier.slow),
             lag_max: highest.map_or(0, |i| bucket_upper_bound(i).min(self.lag_max)),
             lag_sum: self.lag_sum.saturating_sub(earlier.lag_sum),
@@ -295,10 +301,20 @@ impl Snapshot {
         }
     }
 
-    /// Time the loop ran and did not wait (nanoseconds).
+    /// Time the loop ran and did not wait (seconds).
     #[must_use]
-    pub fn busy_ns(&self) -> u64 {
-        self.run_ns.saturating_sub(self.idle_ns)
+    pub fn busy_seconds(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let busy = self.run.saturating_sub(self.idle) as f64;
+        busy * self.unit
+    }
+
+    /// Time the loop waited in its poller (seconds).
+    #[must_use]
+    pub fn idle_seconds(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let idle = self.idle as f64;
+        idle * self.unit
     }
 
     /// The number of lag samples.
@@ -416,13 +432,13 @@ mod tests {
         assert!((first.lag_max_seconds() - 0.05).abs() < 1e-12);
 
         stats.record_lag(3_000_000);
-        stats.iterations.add(7);
-        stats.run_ns.add(40);
-        stats.idle_ns.add(15);
+        stats.empty_iterations.add(7);
+        stats.run.add(40);
+        stats.idle.add(15);
         let interval = stats.snapshot(unit).since(&first);
         assert_eq!(interval.lag_samples(), 1);
-        assert_eq!(interval.iterations, 7);
-        assert_eq!(interval.busy_ns(), 25);
+        assert_eq!(interval.iterations, 8, "seven empty, one with a lag sample");
+        assert!((interval.busy_seconds() - 25e-9).abs() < 1e-15);
         let max = interval.lag_max_seconds();
         assert!((3e-3..3.4e-3).contains(&max), "the interval's max is its bucket's bound: {max}");
         assert!((interval.lag_quantile(0.5) - max).abs() < 1e-12);

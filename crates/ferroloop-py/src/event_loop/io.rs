@@ -71,8 +71,20 @@ impl EventLoop {
 
     /// Makes the changes other threads made during a wait (see `change_watch`); an error, which
     /// there is no caller to raise to, is reported as unraisable.
+    #[inline]
     pub(super) fn apply_deferred(&self, py: Python<'_>, poller: &mut Poller) {
-        let deferred = std::mem::take(&mut self.queues.borrow_mut(py).deferred);
+        let deferred = {
+            let mut q = self.queues.borrow_mut(py);
+            if q.deferred.is_empty() {
+                return;
+            }
+            std::mem::take(&mut q.deferred)
+        };
+        Self::apply_changes(py, poller, deferred);
+    }
+
+    #[cold]
+    fn apply_changes(py: Python<'_>, poller: &mut Poller, deferred: Vec<(RawFd, bool, Option<Mode>, bool)>) {
         for (fd, write, mode, trusted) in deferred {
             if let Err(e) = poller.watch(fd, write, mode, trusted) {
                 let err = PyRuntimeError::new_err(format!(

@@ -131,7 +131,7 @@ impl Stats {
     /// `run_forever` ends.
     pub(super) fn run_ended(&self) {
         let now = self.ticks.now();
-        self.figures.run_ns.add(self.ticks.nanos(now.saturating_sub(self.run_began.load(Relaxed))));
+        self.figures.run.add(now.saturating_sub(self.run_began.load(Relaxed)));
         self.set_stamp(now);
     }
 
@@ -140,7 +140,6 @@ impl Stats {
     /// last callback, or a poll's return; see `EventLoop::_run_once` for a bare iteration).
     #[inline]
     pub(super) fn iteration_started(&self) -> u64 {
-        self.figures.iterations.add(1);
         self.stamp()
     }
 
@@ -153,7 +152,7 @@ impl Stats {
     #[inline]
     pub(super) fn waited(&self) -> u64 {
         let now = self.ticks.now();
-        self.figures.idle_ns.add(self.ticks.nanos(now.saturating_sub(self.stamp())));
+        self.figures.idle.add(now.saturating_sub(self.stamp()));
         self.set_stamp(now);
         now
     }
@@ -276,6 +275,8 @@ impl Batch {
         if self.ran > 0 {
             stats.figures.callbacks.add(self.ran);
             stats.figures.record_lag(self.lag);
+        } else {
+            stats.figures.empty_iterations.add(1);
         }
     }
 }
@@ -289,11 +290,6 @@ pub struct StatsSnapshot {
     taken: f64,
     /// `(seconds, ended, what)` of the slowest callbacks, slowest first.
     slowest: Vec<(f64, f64, Py<PyAny>)>,
-}
-
-#[allow(clippy::cast_precision_loss)]
-fn seconds(ns: u64) -> f64 {
-    ns as f64 * 1e-9
 }
 
 #[pymethods]
@@ -321,12 +317,12 @@ impl StatsSnapshot {
     /// Seconds.
     #[getter]
     fn busy(&self) -> f64 {
-        seconds(self.figures.busy_ns())
+        self.figures.busy_seconds()
     }
     /// Seconds.
     #[getter]
     fn idle(&self) -> f64 {
-        seconds(self.figures.idle_ns)
+        self.figures.idle_seconds()
     }
     #[getter]
     fn lag_samples(&self) -> u64 {
@@ -400,9 +396,9 @@ impl EventLoop {
         let now = stats.ticks.now();
         let mut figures = stats.figures.snapshot(stats.ticks.seconds(1));
         if self.thread_id.load(Relaxed) != 0 {
-            figures.run_ns += stats.ticks.nanos(now.saturating_sub(stats.run_began.load(Relaxed)));
+            figures.run += now.saturating_sub(stats.run_began.load(Relaxed));
             if self.polling.load(Relaxed) {
-                figures.idle_ns += stats.ticks.nanos(now.saturating_sub(stats.stamp()));
+                figures.idle += now.saturating_sub(stats.stamp());
             }
         }
         let slowest = stats.slowest.borrow(py).iter().map(|s| (s.seconds, s.ended, s.what.clone_ref(py))).collect();
