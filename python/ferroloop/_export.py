@@ -19,6 +19,18 @@ from . import _stats
 from ._ferroloop import EventLoop
 from ._stats import LoopStats
 
+# The loop's counters, as both exporters name them: the LoopStats figure, its UCUM unit ("s", or
+# what it counts) and what it counts.
+COUNTERS = (
+    ("busy", "s", "Time the loop ran callbacks and its own work."),
+    ("idle", "s", "Time the loop waited in its poller for I/O or a timer."),
+    ("iterations", "{iteration}", "Loop iterations."),
+    ("callbacks", "{callback}", "Callbacks run (handles and native I/O callbacks)."),
+    ("io_events", "{event}", "I/O readiness reports queued by the loop's polls."),
+    ("timers", "{timer}", "Timers that fell due."),
+    ("slow_callbacks", "{callback}", "Callbacks that ran longer than the loop's slow_callback_duration."),
+)
+
 # The order of the lag quantiles in both exporters, with the LoopStats.lag field of each.
 LAG_QUANTILES = ("p50", "p90", "p99", "max")
 

@@ -39,20 +39,10 @@ KIND = "ferroloop.transport.kind"
 DIRECTION = "network.io.direction"
 THREAD = "thread.name"
 
-# The loop's counters: name, unit, description, figure.
-_COUNTERS = (
-    ("ferroloop.loop.busy_time", "s", "Time the loop ran callbacks and its own work.", "busy"),
-    ("ferroloop.loop.idle_time", "s", "Time the loop waited in its poller for I/O or a timer.", "idle"),
-    ("ferroloop.loop.iterations", "{iteration}", "Loop iterations.", "iterations"),
-    ("ferroloop.loop.callbacks", "{callback}", "Callbacks run (handles and native I/O callbacks).", "callbacks"),
-    ("ferroloop.loop.io_events", "{event}", "I/O readiness reports queued by the loop's polls.", "io_events"),
-    ("ferroloop.loop.timers", "{timer}", "Timers that fell due.", "timers"),
-    (
-        "ferroloop.loop.slow_callbacks",
-        "{callback}",
-        "Callbacks that ran longer than the loop's slow_callback_duration.",
-        "slow_callbacks",
-    ),
+# The loop's counters: name, unit, description, figure (busy and idle are times: `_time`).
+_COUNTERS = tuple(
+    (f"ferroloop.loop.{figure}{'_time' if unit == 's' else ''}", unit, text, figure)
+    for figure, unit, text in _export.COUNTERS
 )
 
 # A reading's measurements for one instrument: (value, attributes besides the loop's).

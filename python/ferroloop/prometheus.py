@@ -71,19 +71,9 @@ LAG_BOUNDS = (
 )
 
 # The loop's counters: name (prometheus_client adds _total), unit, help, figure.
-_COUNTERS = (
-    ("ferroloop_loop_busy_seconds", "seconds", "Time the loop ran callbacks and its own work.", "busy"),
-    ("ferroloop_loop_idle_seconds", "seconds", "Time the loop waited in its poller for I/O or a timer.", "idle"),
-    ("ferroloop_loop_iterations", "", "Loop iterations.", "iterations"),
-    ("ferroloop_loop_callbacks", "", "Callbacks run (handles and native I/O callbacks).", "callbacks"),
-    ("ferroloop_loop_io_events", "", "I/O readiness reports queued by the loop's polls.", "io_events"),
-    ("ferroloop_loop_timers", "", "Timers that fell due.", "timers"),
-    (
-        "ferroloop_loop_slow_callbacks",
-        "",
-        "Callbacks that ran longer than the loop's slow_callback_duration.",
-        "slow_callbacks",
-    ),
+_COUNTERS = tuple(
+    (f"ferroloop_loop_{figure}{'_seconds' if unit == 's' else ''}", "seconds" if unit == "s" else "", text, figure)
+    for figure, unit, text in _export.COUNTERS
 )
 
 # Transports by kind: name, unit, help, field of ferroloop's Transports.
