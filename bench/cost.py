@@ -1,0 +1,167 @@
+"""Instructions per operation under callgrind: what a change to the loop costs, measured exactly.
+
+Wall-clock time on a shared machine moves by 10-30 % from run to run; the instructions a workload
+executes do not. This runs each workload (``bench/micro.py``'s, and echo round trips over a
+socket pair in one process) under ``valgrind --tool=callgrind`` in each given Python (a venv
+with the build to measure), and reports instructions per operation, all of them (the loop's,
+Python's, the C library's):
+
+- the slope between runs of n/10 and n operations, so that start-up cancels out;
+- ``PYTHONHASHSEED=0``; the garbage collector frozen after start-up and then disabled, so that no
+  collection falls differently in the two runs;
+- averaged over heap layouts (``--layouts``): what happens to be allocated at start-up decides
+  how long glibc's malloc takes for the 1 KiB buffers of an echo, which moved one build's echo
+  by up to 2 % either way (``--layouts 1`` shows it). Each layout adds a few allocations of its
+  own size before the loop is made.
+
+    python bench/cost.py /tmp/base/bin/python .venv/bin/python
+    python bench/cost.py --env FERROLOOP_REPORT_BLOCKING=0.1 .venv/bin/python ...
+
+``python bench/cost.py --run WORKLOAD N`` is the process each measurement runs.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+
+# Workload name: (operations in the long run, description).
+WORKLOADS = {
+    "call_soon": (20000, "call_soon"),
+    "call_soon_chain": (20000, "call_soon_chain (one callback per iteration)"),
+    "create_task": (5000, "create_task"),
+    "sleep0": (5000, "sleep0"),
+    "future": (5000, "future (resolved by a callback, awaited)"),
+    "timers": (5000, "timers"),
+    "queue": (5000, "queue"),
+    "gather_10k": (2000, "gather_10k"),
+    "proto_echo_1k": (4000, "Protocol echo, 1 KiB (per round trip)"),
+    "proto_echo_100k": (400, "Protocol echo, 100 KiB"),
+    "streams_echo_1k": (2000, "streams echo, 1 KiB"),
+}
+LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
+
+
+def proto_echo(loop, n, size):
+    import asyncio
+    import socket
+
+    a, b = socket.socketpair()
+    payload = b"x" * size
+    done = loop.create_future()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.left, self.got = transport, n, 0
+            transport.write(payload)
+
+        def data_received(self, data):
+            self.got += len(data)
+            if self.got >= size:
+                self.got -= size
+                self.left -= 1
+                if self.left:
+                    self.transport.write(payload)
+                else:
+                    done.set_result(None)
+
+    async def main():
+        await loop.connect_accepted_socket(Echo, a)
+        await loop.connect_accepted_socket(Client, b)
+        await done
+
+    loop.run_until_complete(main())
+
+
+def streams_echo(loop, n, size=1024):
+    import asyncio
+    import socket
+
+    async def main():
+        a, b = socket.socketpair()
+
+        async def serve(reader, writer):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        task = asyncio.ensure_future(serve(*await asyncio.open_connection(sock=a)))
+        reader, writer = await asyncio.open_connection(sock=b)
+        payload = b"x" * size
+        for _ in range(n):
+            writer.write(payload)
+            await writer.drain()
+            await reader.readexactly(size)
+        writer.close()
+        await task
+
+    loop.run_until_complete(main())
+
+
+def run_one(name, n, layout):
+    import gc
+
+    import ferroloop
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import micro
+
+    work = {key: value[0] for key, value in micro.WORKLOADS.items()}
+    work["proto_echo_1k"] = lambda loop, n: proto_echo(loop, n, 1024)
+    work["proto_echo_100k"] = lambda loop, n: proto_echo(loop, n, 100 * 1024)
+    work["streams_echo_1k"] = streams_echo
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    padding = [bytearray(layout) for _ in range(8)]
+    loop = ferroloop.new_event_loop()
+    work[name](loop, n)
+    loop.close()
+    del padding
+
+
+def instructions(python, env, name, n, layout):
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, __file__]
+    command += ["--run", name, str(n), str(layout)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stderr
+    return int(re.search(r"Collected : (\d+)", out).group(1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("pythons", nargs="+", help="the interpreters (venvs) of the builds to compare")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: all)")
+    parser.add_argument("--layouts", type=int, default=len(LAYOUTS), help="heap layouts to average over")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the measured processes")
+    args = parser.parse_args()
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    env.update(item.split("=", 1) for item in args.env)
+    print("| workload | " + " | ".join(args.pythons) + " |")
+    print("| --- |" + " ---: |" * len(args.pythons))
+    for name in args.workloads.split(","):
+        n, description = WORKLOADS[name]
+        cells = []
+        for python in args.pythons:
+            per_op = []
+            for layout in LAYOUTS[: args.layouts]:
+                short = instructions(python, env, name, n // 10, layout)
+                long = instructions(python, env, name, n, layout)
+                per_op.append((long - short) / (n - n // 10))
+            cells.append(f"{sum(per_op) / len(per_op):,.0f}")
+        print(f"| {description} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--run"]:
+        run_one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()
