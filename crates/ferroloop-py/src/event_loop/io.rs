@@ -63,6 +63,7 @@ impl EventLoop {
             };
         }
         self.queues.borrow_mut(py).deferred.push((fd, write, mode, trusted));
+        self.deferred_changes.store(true, Relaxed);
         if let Some(waker) = self.waker.borrow(py).as_ref() {
             waker.wake();
         }
@@ -73,13 +74,12 @@ impl EventLoop {
     /// there is no caller to raise to, is reported as unraisable.
     #[inline]
     pub(super) fn apply_deferred(&self, py: Python<'_>, poller: &mut Poller) {
-        let deferred = {
-            let mut q = self.queues.borrow_mut(py);
-            if q.deferred.is_empty() {
-                return;
-            }
-            std::mem::take(&mut q.deferred)
-        };
+        // One load on the path of every blocking poll; the rest is cold.
+        if !self.deferred_changes.load(Relaxed) {
+            return;
+        }
+        self.deferred_changes.store(false, Relaxed);
+        let deferred = std::mem::take(&mut self.queues.borrow_mut(py).deferred);
         Self::apply_changes(py, poller, deferred);
     }
 

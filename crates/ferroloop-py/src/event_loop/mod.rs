@@ -139,6 +139,8 @@ pub struct EventLoop {
     waker: GilCell<Option<Arc<Waker>>>,
     /// True while the loop's thread waits in the poller with the GIL released.
     polling: AtomicBool,
+    /// Another thread queued changes to what the poller watches (`Queues::deferred`).
+    deferred_changes: AtomicBool,
     /// Cancelled timers still in the heap, counted by `TimerHandle.cancel()`.
     timers_cancelled: Arc<AtomicUsize>,
     /// `stop()` was called: finish this iteration, then return from `run_forever`.
@@ -293,6 +295,7 @@ impl EventLoop {
             poller: GilCell::new(Some(poller)),
             queues: GilCell::new(Queues::default()),
             polling: AtomicBool::new(false),
+            deferred_changes: AtomicBool::new(false),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
