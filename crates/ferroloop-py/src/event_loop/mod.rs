@@ -141,6 +141,8 @@ pub struct EventLoop {
     polling: AtomicBool,
     /// Another thread queued changes to what the poller watches (`Queues::deferred`).
     deferred_changes: AtomicBool,
+    /// The loop is busy: a poll that may wait looks without waiting first (`iteration::poll`).
+    look_first: AtomicBool,
     /// Cancelled timers still in the heap, counted by `TimerHandle.cancel()`.
     timers_cancelled: Arc<AtomicUsize>,
     /// `stop()` was called: finish this iteration, then return from `run_forever`.
@@ -296,6 +298,7 @@ impl EventLoop {
             queues: GilCell::new(Queues::default()),
             polling: AtomicBool::new(false),
             deferred_changes: AtomicBool::new(false),
+            look_first: AtomicBool::new(false),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),

@@ -69,6 +69,8 @@ pub(super) struct Stats {
     /// The slowest callbacks, slowest first; touched only when one is slow.
     slowest: GilCell<Vec<Slow>>,
     pub(super) ticks: Ticks,
+    /// A wait shorter than this (ticks, 20 µs) found readiness already reported, or nearly.
+    short_wait: u64,
 }
 
 impl Stats {
@@ -83,6 +85,7 @@ impl Stats {
             blocking: AtomicU64::new(u64::MAX),
             slow: AtomicU64::new(ticks.ticks_in(slow_seconds)),
             reported: AtomicU64::new(0),
+            short_wait: ticks.ticks_in(20e-6),
             slowest: GilCell::new(Vec::new()),
             ticks,
         }
@@ -148,13 +151,15 @@ impl Stats {
         self.set_stamp(self.ticks.now());
     }
 
-    /// The poll waited since the stamp; returns the reading now.
+    /// The poll waited since the stamp; returns the reading now, and whether the wait was short
+    /// (readiness was probably reported already when it began: see `EventLoop::poll`).
     #[inline]
-    pub(super) fn waited(&self) -> u64 {
+    pub(super) fn waited(&self) -> (u64, bool) {
         let now = self.ticks.now();
-        self.figures.idle.add(now.saturating_sub(self.stamp()));
+        let idle = now.saturating_sub(self.stamp());
+        self.figures.idle.add(idle);
         self.set_stamp(now);
-        now
+        (now, idle < self.short_wait)
     }
 
     #[inline]
