@@ -9,7 +9,11 @@ Prometheus is scraped from a real exposition endpoint (prometheus_client's HTTP 
 the SDK's in-memory reader.
 
 Tolerances: a busy time is at least the block (a clock never runs short) and at most that plus
-SLACK, which absorbs a loaded machine's scheduling delays. Nothing waits by sleeping: threads are
+SLACK, which absorbs the rest of the known work and a loaded machine's scheduling delays (busy
+time is the loop's running time less its waits, so a thread descheduled while it runs counts it:
+`make test` runs these beside valgrind). Every exported figure is also compared with
+``ferroloop.stats()`` of the same loop exactly, which is what the exporters are for; the figures'
+own ground truth is tests/test_stats.py's. Nothing waits by sleeping: threads are
 synchronised with events, and the loops are read while stopped or while parked on an event.
 """
 
@@ -34,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # How long a callback blocks the loop, and how much more than that the busy time may show (seconds).
 BLOCK = 0.12
-SLACK = 0.08
+SLACK = 0.5
 CALLBACKS = 50
 TIMERS = 7
 PAYLOAD = 1000
