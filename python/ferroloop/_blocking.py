@@ -22,7 +22,7 @@ import sys
 import threading
 import traceback
 
-from . import _ferroloop
+from . import _ferroloop, _stats
 
 ENV = "FERROLOOP_REPORT_BLOCKING"
 
@@ -41,13 +41,6 @@ def report_blocking(threshold: float | None) -> float | None:
     turns it off. Returns the previous threshold (``None`` if it was off).
     """
     return _ferroloop._report_blocking(threshold)
-
-
-def _thread_name(ident: int) -> str:
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return thread.name
-    return f"thread {ident}"
 
 
 _LOOP_FILE = __file__.replace("_blocking.py", "_loop.py")
@@ -79,7 +72,7 @@ def blocked(loop, ident: int, stamp: int, seconds: float) -> None:
         logger.warning(
             "Event loop in %s blocked for %.3f s so far by a callback still running;"
             " its stack (most recent call last):\n%s",
-            _thread_name(ident),
+            getattr(_stats.thread_of(ident), "name", f"thread {ident}"),
             seconds,
             "".join(stack.format()).rstrip("\n"),
         )

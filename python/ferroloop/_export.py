@@ -12,7 +12,6 @@ the thread that collects: ``ferroloop.stats()`` reads a loop without stopping it
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 from . import _stats
@@ -57,7 +56,7 @@ def thread_name(loop: EventLoop) -> str | None:
     if ident is None:
         return None
     # A thread that the threading module does not know of (started by C code) has no name.
-    return next((thread.name for thread in threading.enumerate() if thread.ident == ident), "")
+    return getattr(_stats.thread_of(ident), "name", "")
 
 
 def readings() -> list[Reading]:

@@ -204,8 +204,9 @@ def all_tasks(loop):
 def _tasks_of(loop, tid):
     tasks = all_tasks(loop)
     if not tid:  # read from another thread: the loop's thread, by its identifier
-        ident = getattr(loop, "_thread_id", None)
-        tid = next((t.native_id for t in threading.enumerate() if ident and t.ident == ident), 0)
+        from . import _stats
+
+        tid = getattr(_stats.thread_of(getattr(loop, "_thread_id", None)), "native_id", 0)
     awaited_by = {}
     for awaiter, child in _awaits(tasks):
         entry = {"id": id(awaiter), "stack": _awaiter_stack(awaiter)}

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import threading
 import types
 import weakref
 from collections.abc import Mapping
@@ -166,6 +167,14 @@ def numbered_loops() -> list[tuple[int, EventLoop]]:
 def loops() -> list[EventLoop]:
     """The ferroloop loops of this process that are not closed, oldest first."""
     return [loop for _, loop in numbered_loops()]
+
+
+def thread_of(ident: int | None) -> threading.Thread | None:
+    """The thread whose ``threading.get_ident()`` is ``ident`` (a loop's ``_thread_id``); None
+    for None, or for a thread the threading module does not know (started by C code)."""
+    if ident is None:
+        return None
+    return next((thread for thread in threading.enumerate() if thread.ident == ident), None)
 
 
 def stats(loop: asyncio.AbstractEventLoop | None = None) -> LoopStats:

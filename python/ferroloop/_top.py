@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import sys
-import threading
 import time
 
 from . import _ps, _stats
@@ -52,12 +51,10 @@ def answer():
     ``loop`` too); ``thread``/``tid`` are the name and native id of the thread running the loop
     (null when it is not running); ``tasks`` counts the loop's pending tasks.
     """
-    threads = {thread.ident: thread for thread in threading.enumerate()}
     loops = []
     for serial, loop in _stats.numbered_loops():
         stats = _stats.stats(loop)
-        ident = loop._thread_id
-        thread = threads.get(ident) if ident is not None else None
+        thread = _stats.thread_of(loop._thread_id)
         entry = {
             "id": serial,
             "thread": thread.name if thread else None,

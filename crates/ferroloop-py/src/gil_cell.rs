@@ -47,7 +47,8 @@ impl<T> GilCell<T> {
 
     /// For the garbage collector's `__clear__`, which may also run at any allocation: `None`
     /// when the state is borrowed at that moment (the cycle is then broken elsewhere, or at
-    /// the next collection).
+    /// the next collection). Also for the poller, which the loop's thread keeps borrowed
+    /// through a wait with the GIL released (`event_loop::io`'s `change_watch`).
     pub fn try_borrow_mut(&self) -> Option<std::cell::RefMut<'_, T>> {
         self.0.try_borrow_mut().ok()
     }

@@ -46,7 +46,6 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
     /// Changes what the poller watches for `fd` (`Poller::watch`). The loop's thread holds the
     /// poller while it waits in it with the GIL released; a change made then comes from another
     /// thread (asyncio's loops are not thread-safe, but a selector takes such a change, and
@@ -95,6 +94,7 @@ impl EventLoop {
         }
     }
 
+    /// Watches `fd` in one direction with `watcher`, replacing (and cancelling) what was there.
     /// `trusted`: see `Poller::watch`.
     pub(super) fn watch(
         &self,

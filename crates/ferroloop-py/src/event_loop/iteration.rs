@@ -88,9 +88,10 @@ impl EventLoop {
             // readiness already reported then needs no wait, and releasing the GIL and taking it
             // back costs about 500 instructions. A look that finds nothing costs a system call,
             // so an idle loop stops looking first until a wait is short again.
-            let look = timeout == Some(Duration::ZERO) || self.look_first.load(Relaxed);
+            let waits = timeout != Some(Duration::ZERO);
+            let look = !waits || self.look_first.load(Relaxed);
             let found = if look { poller.poll(Some(Duration::ZERO)).map_err(|e| os_error(&e))? } else { 0 };
-            if found > 0 || timeout == Some(Duration::ZERO) {
+            if !waits || found > 0 {
                 false
             } else {
                 self.look_first.store(false, Relaxed);

@@ -103,8 +103,8 @@ impl TlsProtocol {
                     // SAFETY: `buf` is a bytearray of MAX_READ bytes that only this thread uses
                     // (see `read_buffer`); nothing runs between the read and this copy.
                     let data = unsafe { &buf.as_bytes()[..count.min(MAX_READ)] };
-                    this.tally.received(data.len());
                     chunks.push(PyBytes::new(py, data).into_any());
+                    this.tally.received(count.min(MAX_READ));
                     // Nothing left to decrypt: stop here rather than pay for SSLWantReadError.
                     if !this.more_to_read(py, count >= MAX_READ)? {
                         drained = true;
