@@ -42,6 +42,7 @@ WORKLOADS = {
     "proto_echo_1k": (4000, "Protocol echo, 1 KiB (per round trip)"),
     "proto_echo_100k": (400, "Protocol echo, 100 KiB"),
     "streams_echo_1k": (2000, "streams echo, 1 KiB"),
+    "streams_echo_100k": (200, "streams echo, 100 KiB"),
 }
 LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
 
@@ -122,6 +123,7 @@ def run_one(name, n, layout):
     work["proto_echo_1k"] = lambda loop, n: proto_echo(loop, n, 1024)
     work["proto_echo_100k"] = lambda loop, n: proto_echo(loop, n, 100 * 1024)
     work["streams_echo_1k"] = streams_echo
+    work["streams_echo_100k"] = lambda loop, n: streams_echo(loop, n, 100 * 1024)
     gc.collect()
     gc.freeze()
     gc.disable()

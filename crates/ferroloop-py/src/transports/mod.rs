@@ -9,6 +9,9 @@
 //!   `_UnixWritePipeTransport`): `connect_read_pipe`, `connect_write_pipe` and the standard
 //!   streams of subprocesses.
 //!
+//! - [`streams`]: asyncio's stock streams (`open_connection`, `start_server`) fed without a
+//!   Python call when they run on these transports.
+//!
 //! What they share is in [`base`]: the watcher, the methods made from a transport's loop,
 //! protocol, reading and write flow control, and asyncio's `_fatal_error`.
 //!
@@ -28,6 +31,7 @@ pub(crate) mod base;
 pub mod datagram;
 pub mod pipe;
 pub mod stream;
+pub(crate) mod streams;
 pub mod tls;
 
 use pyo3::exceptions::PyValueError;

@@ -111,7 +111,13 @@ impl Readiness for ReadPipeTransport {
                 let quiet = e.raw_os_error() == Some(libc::EIO);
                 fatal_error(slf, os_error(&e), "Fatal read error on pipe transport", quiet)
             }
-            Ok(Some(data)) => protocol.bind(py).call_method1(intern!(py, "data_received"), (data,)).map(drop),
+            Ok(Some(data)) => {
+                let protocol = protocol.bind(py);
+                if crate::transports::streams::feed(protocol, data.as_bytes())? {
+                    return Ok(());
+                }
+                protocol.call_method1(intern!(py, "data_received"), (data,)).map(drop)
+            }
             Ok(None) => Self::on_eof(slf, protocol.bind(py)),
         }
     }

@@ -104,6 +104,8 @@ enum Delivery {
     Buffered,
     /// ferroloop's TLS layer: ciphertext is handed over without a Python call.
     Tls,
+    /// asyncio's `StreamReaderProtocol`: offered to `streams::feed` first.
+    Streams,
 }
 
 /// A protocol class written in Rust that takes received bytes without a Python call: the TLS
@@ -129,6 +131,8 @@ impl Delivery {
             .is_some_and(|r| std::ptr::eq(protocol.get_type().as_type_ptr(), (r.class)(protocol.py())));
         Ok(if native {
             Self::Tls
+        } else if super::streams::is_stock_protocol(protocol) {
+            Self::Streams
         } else if is_buffered_protocol(protocol)? {
             Self::Buffered
         } else {

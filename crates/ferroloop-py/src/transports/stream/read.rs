@@ -1,7 +1,18 @@
 //! Reading: one `recv` per readiness event, into a reused buffer (or the `BufferedProtocol`'s),
-//! delivered to the protocol (TLS's without a Python call), and end of file.
+//! delivered to the protocol (TLS's and asyncio's stock streams' without a Python call), and end
+//! of file.
 
 use super::*;
+use crate::transports::streams;
+
+/// What one read gave.
+enum Received<'py> {
+    Eof,
+    /// Taken by a stock `StreamReader` ([`streams::feed`]).
+    Fed,
+    /// For the protocol's `data_received`.
+    Data(Bound<'py, PyBytes>),
+}
 
 impl StreamTransport {
     pub(super) fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -21,17 +32,26 @@ impl StreamTransport {
         if delivery == Delivery::Buffered {
             return Self::read_into_buffer(slf, protocol);
         }
+        // Bytes for `data_received`, unless asyncio's stock streams took them (`streams::feed`).
         let received = base::with_read_buf(|buf| {
             net::recv(this.fd, buf).map(|n| {
                 this.tally.received(n);
-                (n > 0).then(|| PyBytes::new(py, &buf[..n]))
+                if n == 0 {
+                    return Ok(Received::Eof);
+                }
+                if delivery == Delivery::Streams && streams::feed(protocol, &buf[..n])? {
+                    return Ok(Received::Fed);
+                }
+                Ok(Received::Data(PyBytes::new(py, &buf[..n])))
             })
         });
         match received {
             Err(e) if try_later(&e) => Ok(()),
             Err(e) => Self::fatal_error(slf, os_error(&e), "Fatal read error on socket transport"),
-            Ok(None) => Self::on_eof(slf, protocol),
-            Ok(Some(data)) => {
+            Ok(Ok(Received::Eof)) => Self::on_eof(slf, protocol),
+            Ok(Ok(Received::Fed)) => Ok(()),
+            Ok(Err(err)) => Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed."),
+            Ok(Ok(Received::Data(data))) => {
                 // TLS over this transport: hand the ciphertext over without a Python call.
                 let native = if delivery == Delivery::Tls { NATIVE_RECEIVER.get() } else { None };
                 let delivered = match native {

@@ -123,7 +123,10 @@ impl TlsProtocol {
                 PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?
             };
             if let Some(app) = this.app_protocol(py) {
-                app.bind(py).call_method1(intern!(py, "data_received"), (data,))?;
+                let app = app.bind(py);
+                if !crate::transports::streams::feed(app, data.cast::<PyBytes>()?.as_bytes())? {
+                    app.call_method1(intern!(py, "data_received"), (data,))?;
+                }
             }
         }
         if eof {

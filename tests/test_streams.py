@@ -1,0 +1,484 @@
+"""asyncio's streams (``open_connection``, ``start_server``, ``StreamReader``) on both loops.
+
+ferroloop feeds asyncio's stock ``StreamReader`` without calling ``data_received`` when the
+protocol and reader are exactly the stock classes with their stock methods (see
+``crates/ferroloop-py/src/transports/streams.rs``). These tests hold it to asyncio's behaviour: the
+reader's state after each delivery, the limit's pause and resume, errors, cancelled reads; and
+they check that a subclass, a patched method (on the instance or on the class) or a replaced
+buffer gets asyncio's own code, as on stock asyncio.
+"""
+
+import asyncio
+import socket
+
+import pytest
+from test_tls import Certs
+
+
+async def pair(limit=2**16):
+    """A stream reader and writer on one end of a socket pair, and the raw other end."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=a, limit=limit)
+    return reader, writer, b
+
+
+async def settle(n=5):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def until(predicate, timeout=5.0):
+    """Waits (by yielding to the loop) until ``predicate()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+def close(writer, peer):
+    writer.close()
+    peer.close()
+
+
+# ---------------------------------------------------------------------------
+# reading what arrives in odd pieces
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000, 65537])
+def test_reads_across_arbitrary_packet_boundaries(loop, run, chunk):
+    lines = [b"x" * n + b"\n" for n in (0, 1, 5, 100, 4000, 70000)]
+    blob = b"".join(lines) + b"AB--CD--tail"
+
+    async def main():
+        reader, writer, peer = await pair(limit=2**20)
+
+        async def feed():
+            for i in range(0, len(blob), chunk):
+                await loop.sock_sendall(peer, blob[i : i + chunk])
+                if i % (chunk * 8) == 0:
+                    await asyncio.sleep(0)
+            peer.shutdown(socket.SHUT_WR)
+
+        sender = asyncio.ensure_future(feed())
+        got = [await reader.readline() for _ in lines]
+        assert got == lines
+        assert await reader.readuntil(b"--") == b"AB--"
+        assert await reader.readexactly(2) == b"CD"
+        assert await reader.read(1) == b"-"
+        assert await reader.read() == b"-tail"
+        assert reader.at_eof()
+        await sender
+        close(writer, peer)
+
+    run(main())
+
+
+def test_reader_state_after_each_delivery(loop, run):
+    """What a program can see of the reader: its buffer, its waiter, its repr."""
+
+    async def main():
+        reader, writer, peer = await pair()
+        peer.send(b"abc")
+        await until(lambda: len(reader._buffer) == 3)
+        assert bytes(reader._buffer) == b"abc"
+        assert reader._waiter is None
+        assert "3 bytes" in repr(reader)
+        read = asyncio.ensure_future(reader.read(100))
+        assert await read == b"abc"
+        read = asyncio.ensure_future(reader.readexactly(4))
+        await settle()
+        waiter = reader._waiter
+        assert waiter is not None and not waiter.done()
+        peer.send(b"de")
+        await until(waiter.done)
+        assert waiter.result() is None
+        # The read took the two bytes' wake-up and waits again, on a new waiter.
+        await until(lambda: reader._waiter is not None and reader._waiter is not waiter)
+        assert not read.done()
+        peer.send(b"fg")
+        assert await read == b"defg"
+        close(writer, peer)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# the limit: reading paused above twice the limit, resumed at or below it
+
+
+def test_limit_pauses_and_resumes_reading(loop, run):
+    limit = 1000
+
+    async def main():
+        reader, writer, peer = await pair(limit=limit)
+        transport = writer.transport
+        peer.send(b"x" * (2 * limit))
+        await until(lambda: len(reader._buffer) == 2 * limit)
+        await settle()
+        assert not reader._paused and transport.is_reading()
+        peer.send(b"y")
+        await until(lambda: reader._paused)
+        assert not transport.is_reading()
+        assert len(reader._buffer) == 2 * limit + 1
+        # Reading down to the limit resumes the transport, not before.
+        await reader.readexactly(limit)
+        assert reader._paused and not transport.is_reading()
+        await reader.readexactly(1)
+        assert not reader._paused and transport.is_reading()
+        assert await reader.readexactly(limit) == b"x" * (limit - 1) + b"y"
+        close(writer, peer)
+
+    run(main())
+
+
+def test_line_over_the_limit(loop, run):
+    async def main():
+        reader, writer, peer = await pair(limit=10)
+        peer.send(b"0123456789ABCDEF\nok\n")
+        with pytest.raises(ValueError, match="chunk"):
+            await reader.readline()
+        assert await reader.readline() == b"ok\n"
+        peer.send(b"z" * 25)
+        with pytest.raises(asyncio.LimitOverrunError) as info:
+            await reader.readuntil(b"!")
+        assert info.value.consumed > 10
+        close(writer, peer)
+
+    run(main())
+
+
+def test_transport_that_cannot_pause(loop, run):
+    """asyncio forgets a reader's transport whose pause_reading() raises NotImplementedError."""
+
+    class Unpausable:
+        def pause_reading(self):
+            raise NotImplementedError
+
+        def resume_reading(self):
+            raise AssertionError("never paused")
+
+    async def main():
+        reader, writer, peer = await pair(limit=10)
+        reader._transport = Unpausable()
+        peer.send(b"x" * 21)
+        await until(lambda: len(reader._buffer) == 21)
+        assert reader._transport is None and not reader._paused
+        assert writer.transport.is_reading()
+        close(writer, peer)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# cancellation, errors, end of file
+
+
+def test_cancelled_read_loses_no_bytes(loop, run):
+    async def main():
+        reader, writer, peer = await pair()
+        read = asyncio.ensure_future(reader.readexactly(5))
+        await settle()
+        waiter = reader._waiter
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        assert waiter.cancelled() and reader._waiter is None
+        peer.send(b"hello")
+        await until(lambda: len(reader._buffer) == 5)
+        assert await reader.readexactly(5) == b"hello"
+        close(writer, peer)
+
+    run(main())
+
+
+def test_waiter_cancelled_directly_before_data(loop, run):
+    """A waiter cancelled behind the reader's back is dropped, not given a result."""
+
+    async def main():
+        reader, writer, peer = await pair()
+        read = asyncio.ensure_future(reader.read(10))
+        await settle()
+        reader._waiter.cancel()
+        peer.send(b"data")
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        assert reader._waiter is None
+        assert bytes(reader._buffer) == b"data"
+        close(writer, peer)
+
+    run(main())
+
+
+def test_data_after_feed_eof_is_a_protocol_error(loop, run):
+    """``feed_data`` after ``feed_eof`` fails its assertion inside data_received: the connection
+    is closed and the exception handler told, as with asyncio."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        reader, writer, peer = await pair()
+        reader.feed_eof()
+        peer.send(b"late")
+        await until(lambda: contexts)
+        [ctx] = contexts
+        assert ctx["message"] == "Fatal error: protocol.data_received() call failed."
+        assert isinstance(ctx["exception"], AssertionError)
+        assert ctx["protocol"] is writer._protocol
+        await until(lambda: writer.transport.is_closing())
+        assert bytes(reader._buffer) == b""
+        close(writer, peer)
+
+    run(main())
+
+
+def test_exported_buffer_is_a_protocol_error(loop, run):
+    """A memoryview held on the reader's buffer makes the append fail with BufferError."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        reader, writer, peer = await pair()
+        view = memoryview(reader._buffer)
+        peer.send(b"x")
+        await until(lambda: contexts)
+        view.release()
+        [ctx] = contexts
+        assert ctx["message"] == "Fatal error: protocol.data_received() call failed."
+        assert type(ctx["exception"]) is BufferError
+        assert str(ctx["exception"]) == "Existing exports of data: object cannot be re-sized"
+        close(writer, peer)
+
+    run(main())
+
+
+def test_reader_gone(loop, run):
+    """A protocol whose reader was collected drops what arrives."""
+
+    async def main():
+        a, b = socket.socketpair()
+        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(), loop=loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, a)
+        assert protocol._stream_reader is None
+        b.send(b"nobody reads this")
+        await settle(10)
+        assert not transport.is_closing()
+        transport.close()
+        b.close()
+
+    run(main())
+
+
+def test_eof_and_connection_reset(loop, run):
+    async def main():
+        reader, writer, peer = await pair()
+        peer.send(b"last words")
+        peer.shutdown(socket.SHUT_WR)
+        assert await reader.read() == b"last words"
+        assert reader.at_eof()
+        close(writer, peer)
+
+        # A reset (TCP; a socket pair's peer only ever ends with EOF) fails the waiting read.
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            reader, writer = await asyncio.open_connection(*listener.getsockname())
+            peer, _ = listener.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.send(b"partial")
+        await until(lambda: len(reader._buffer) == 7)
+        peer.close()
+        with pytest.raises(ConnectionResetError):
+            await reader.readexactly(100)
+        assert bytes(reader._buffer) == b"partial"
+        assert isinstance(reader.exception(), ConnectionResetError)
+        writer.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# what is not the stock code gets asyncio's own path
+
+
+def test_reader_subclass_gets_its_own_feed_data(loop, run):
+    seen = []
+
+    class Reader(asyncio.StreamReader):
+        def feed_data(self, data):
+            seen.append(bytes(data))
+            super().feed_data(data.upper())
+
+    async def main():
+        a, b = socket.socketpair()
+        reader = Reader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, a)
+        b.send(b"abc")
+        assert await reader.read(3) == b"ABC"
+        assert seen == [b"abc"]
+        transport.close()
+        b.close()
+
+    run(main())
+
+
+def test_protocol_subclass_gets_its_own_data_received(loop, run):
+    seen = []
+
+    class Protocol(asyncio.StreamReaderProtocol):
+        def data_received(self, data):
+            seen.append(data)
+            super().data_received(data[::-1])
+
+    async def main():
+        a, b = socket.socketpair()
+        reader = asyncio.StreamReader(loop=loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: Protocol(reader, loop=loop), a)
+        b.send(b"abc")
+        assert await reader.read(3) == b"cba"
+        assert seen == [b"abc"]
+        transport.close()
+        b.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("method", ["feed_data", "_wakeup_waiter"])
+def test_method_patched_on_the_reader(loop, run, method):
+    calls = []
+
+    async def main():
+        reader, writer, peer = await pair()
+        original = getattr(reader, method)
+
+        def patched(*args):
+            calls.append(args)
+            return original(*args)
+
+        setattr(reader, method, patched)
+        peer.send(b"xyz")
+        assert await reader.read(3) == b"xyz"
+        assert calls
+        close(writer, peer)
+
+    run(main())
+
+
+def test_data_received_patched_on_the_protocol(loop, run):
+    async def main():
+        reader, writer, peer = await pair()
+        protocol = writer._protocol
+        protocol.data_received = lambda data: reader.feed_data(b"<" + data + b">")
+        peer.send(b"xyz")
+        assert await reader.read(5) == b"<xyz>"
+        close(writer, peer)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "cls, method",
+    [("StreamReader", "feed_data"), ("StreamReader", "_wakeup_waiter"), ("StreamReaderProtocol", "data_received")],
+)
+def test_method_patched_on_the_class(loop, run, monkeypatch, cls, method):
+    calls = []
+    klass = getattr(asyncio, cls)
+    original = getattr(klass, method)
+
+    def patched(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    async def main():
+        reader, writer, peer = await pair()
+        peer.send(b"one")
+        assert await reader.read(3) == b"one"
+        assert not calls
+        # Patched after the connection is made, and then undone: each delivery obeys the class
+        # as it is at that moment.
+        monkeypatch.setattr(klass, method, patched)
+        peer.send(b"two")
+        assert await reader.read(3) == b"two"
+        assert calls
+        monkeypatch.undo()
+        calls.clear()
+        peer.send(b"three")
+        assert await reader.read(5) == b"three"
+        assert not calls
+        close(writer, peer)
+
+    run(main())
+
+
+def test_replaced_buffer(loop, run):
+    class Buffer(bytearray):
+        def extend(self, data):
+            super().extend(data * 2)
+
+    async def main():
+        reader, writer, peer = await pair()
+        reader._buffer = Buffer()
+        peer.send(b"ab")
+        assert await reader.readexactly(4) == b"abab"
+        close(writer, peer)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# TLS and pipes deliver the same way
+
+
+def test_tls_streams_limit_and_lines(loop, run):
+    certs = Certs()
+    limit = 5000
+
+    async def main():
+        served = loop.create_future()
+
+        async def handle(reader, writer):
+            writer.write(b"x" * (3 * limit) + b"\nline two\n")
+            await writer.drain()
+            served.set_result(writer)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=certs.server_context())
+        host, port = server.sockets[0].getsockname()
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=certs.client_context(), server_hostname="localhost", limit=limit
+        )
+        server_writer = await served
+        await until(lambda: reader._paused)
+        assert len(reader._buffer) > 2 * limit
+        with pytest.raises(ValueError):
+            await reader.readline()
+        assert await reader.readline() == b"line two\n"
+        assert not reader._paused
+        writer.close()
+        server_writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_read_pipe_into_stream_reader(loop, run):
+    import os
+
+    async def main():
+        rfd, wfd = os.pipe()
+        reader = asyncio.StreamReader(loop=loop, limit=10)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(rfd, "rb", 0)
+        )
+        os.write(wfd, b"first\n" + b"y" * 30)
+        assert await reader.readline() == b"first\n"
+        await until(lambda: reader._paused)
+        assert not transport.is_reading()
+        assert await reader.readexactly(30) == b"y" * 30
+        assert transport.is_reading()
+        os.close(wfd)
+        assert await reader.read() == b""
+        transport.close()
+
+    run(main())
