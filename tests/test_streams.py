@@ -10,6 +10,7 @@ buffer gets asyncio's own code, as on stock asyncio.
 
 import asyncio
 import socket
+import sys
 
 import pytest
 from test_tls import Certs
@@ -480,5 +481,220 @@ def test_read_pipe_into_stream_reader(loop, run):
         os.close(wfd)
         assert await reader.read() == b""
         transport.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# the reader a program gets: asyncio's in every way a program checks
+
+
+def test_reader_is_asyncios(loop, run):
+    async def main():
+        reader, writer, peer = await pair()
+        assert isinstance(reader, asyncio.StreamReader)
+        assert type(reader).__name__ == "StreamReader"
+        assert repr(reader).startswith("<StreamReader ")
+        assert isinstance(writer, asyncio.StreamWriter)
+        # Every read is a coroutine: create_task takes it.
+        peer.send(b"abc\ndef")
+        for make in (lambda: reader.readline(), lambda: reader.readexactly(2), lambda: reader.read(1)):
+            coro = make()
+            assert asyncio.iscoroutine(coro)
+            await asyncio.create_task(coro)
+        peer.send(b"gh")
+        assert await reader.readuntil(b"h") == b"gh"
+        close(writer, peer)
+
+    run(main())
+
+
+@pytest.mark.parametrize("op", ["read", "readexactly", "readuntil", "readline"])
+def test_second_reader_while_one_waits(loop, run, op):
+    calls = {
+        "read": lambda r: r.read(5),
+        "readexactly": lambda r: r.readexactly(5),
+        "readuntil": lambda r: r.readuntil(b"!"),
+        "readline": lambda r: r.readline(),
+    }
+
+    async def main():
+        reader, writer, peer = await pair()
+        first = asyncio.ensure_future(reader.read(5))
+        await settle()
+        with pytest.raises(RuntimeError) as info:
+            await calls[op](reader)
+        name = "readuntil" if op == "readline" else op
+        assert str(info.value) == f"{name}() called while another coroutine is already waiting for incoming data"
+        peer.send(b"12345")
+        assert await first == b"12345"
+        close(writer, peer)
+
+    run(main())
+
+
+@pytest.mark.parametrize("op", ["read", "readexactly", "readuntil"])
+def test_cancelled_wait_of_each_read_loses_no_bytes(loop, run, op):
+    calls = {
+        "read": lambda r: r.read(100),
+        "readexactly": lambda r: r.readexactly(6),
+        "readuntil": lambda r: r.readuntil(b"!"),
+    }
+
+    async def main():
+        reader, writer, peer = await pair()
+        peer.send(b"ab")
+        await until(lambda: len(reader._buffer) == 2)
+        if op == "read":
+            reader._buffer.clear()
+        task = asyncio.ensure_future(calls[op](reader))
+        await settle()
+        assert reader._waiter is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert reader._waiter is None
+        peer.send(b"cd!efgh")
+        assert await reader.readexactly(9 if op != "read" else 7) == (b"abcd!efgh" if op != "read" else b"cd!efgh")
+        close(writer, peer)
+
+    run(main())
+
+
+def test_read_errors_and_odd_arguments(loop, run):
+    async def main():
+        reader, writer, peer = await pair()
+        peer.send(b"data")
+        await until(lambda: len(reader._buffer) == 4)
+        with pytest.raises(ValueError, match="less than zero"):
+            await reader.readexactly(-1)
+        with pytest.raises(ValueError, match="one-byte"):
+            await reader.readuntil(b"")
+        with pytest.raises(TypeError):
+            await reader.read(1.5)
+        assert await reader.read(0) == b""
+        assert await reader.readexactly(0) == b""
+        assert await reader.readuntil(bytearray(b"t")) == b"dat"
+        reader.set_exception(ConnectionResetError("gone"))
+        for coro in (reader.read(1), reader.readexactly(1), reader.readuntil(b"a"), reader.readline()):
+            with pytest.raises(ConnectionResetError, match="gone"):
+                await coro
+        close(writer, peer)
+
+    run(main())
+
+
+def test_eof_while_reading(loop, run):
+    async def main():
+        reader, writer, peer = await pair(limit=8)
+        peer.send(b"abcdef")
+        await until(lambda: len(reader._buffer) == 6)
+        exactly = asyncio.ensure_future(reader.readexactly(10))
+        await settle()
+        peer.shutdown(socket.SHUT_WR)
+        with pytest.raises(asyncio.IncompleteReadError) as info:
+            await exactly
+        assert (info.value.partial, info.value.expected) == (b"abcdef", 10)
+        close(writer, peer)
+
+        reader, writer, peer = await pair(limit=8)
+        peer.send(b"ab-c")
+        peer.shutdown(socket.SHUT_WR)
+        with pytest.raises(asyncio.IncompleteReadError) as info:
+            await reader.readuntil(b"--")
+        assert (info.value.partial, info.value.expected) == (b"ab-c", None)
+        assert await reader.read(5) == b""
+        assert await reader.readline() == b""
+        assert reader.at_eof()
+        close(writer, peer)
+
+    run(main())
+
+
+def test_debug_mode_reader(loop, run):
+    """A reader made in debug mode keeps a source traceback; it reads the same."""
+
+    async def main():
+        loop.set_debug(True)
+        reader, writer, peer = await pair()
+        assert reader._source_traceback
+        peer.send(b"line\nrest")
+        assert await reader.readline() == b"line\n"
+        assert await reader.read(2) == b"re"
+        close(writer, peer)
+
+    run(main())
+
+
+@pytest.mark.parametrize("method", ["read", "readexactly", "readuntil", "_maybe_resume_transport", "_wait_for_data"])
+def test_read_method_patched_on_the_class(loop, run, monkeypatch, method):
+    calls = []
+    original = getattr(asyncio.StreamReader, method)
+
+    def patched(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    async def main():
+        reader, writer, peer = await pair()
+        monkeypatch.setattr(asyncio.StreamReader, method, patched)
+        peer.send(b"one\n")
+        await until(lambda: len(reader._buffer) == 4)
+        if method == "read":
+            assert await reader.read(4) == b"one\n"
+        elif method == "readexactly":
+            assert await reader.readexactly(4) == b"one\n"
+        elif method == "readuntil":
+            assert await reader.readline() == b"one\n"
+        else:
+            read = asyncio.ensure_future(reader.readexactly(6))
+            await settle()
+            peer.send(b"tw")
+            assert await read == b"one\ntw"
+        assert calls
+        monkeypatch.undo()
+        close(writer, peer)
+
+    run(main())
+
+
+@pytest.mark.parametrize("method", ["read", "_maybe_resume_transport"])
+def test_read_method_patched_on_the_reader(loop, run, method):
+    calls = []
+
+    async def main():
+        reader, writer, peer = await pair()
+        original = getattr(reader, method)
+
+        def patched(*args):
+            calls.append(args)
+            return original(*args)
+
+        setattr(reader, method, patched)
+        peer.send(b"xyz")
+        assert await reader.read(3) == b"xyz"
+        assert calls
+        close(writer, peer)
+
+    run(main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="readuntil() takes a tuple of separators from 3.13")
+def test_readuntil_several_separators(loop, run):
+    async def main():
+        reader, writer, peer = await pair(limit=8)
+        peer.send(b"ab\r\ncd\nef")
+        assert await reader.readuntil((b"\n", b"\r\n")) == b"ab\r\n"
+        assert await reader.readuntil((b"\r\n", b"\n")) == b"cd\n"
+        read = asyncio.ensure_future(reader.readuntil((b"XY", b"Z")))
+        await settle()
+        peer.send(b"gX")
+        await settle()
+        assert not read.done()
+        peer.send(b"YZ")
+        assert await read == b"efgXY"
+        with pytest.raises(ValueError, match="at least one element"):
+            await reader.readuntil(())
+        close(writer, peer)
 
     run(main())

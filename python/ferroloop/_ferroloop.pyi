@@ -21,6 +21,10 @@ __all__ = [
     "_fast_methods",
     "_live_objects",
     "_report_blocking",
+    "_stream_read",
+    "_stream_readexactly",
+    "_stream_readuntil",
+    "_stream_wait",
     "make_datagram_transport",
     "make_read_pipe_transport",
     "make_stream_transport",
@@ -240,6 +244,13 @@ def make_tls_protocol(
     ssl_handshake_timeout: float | None = None,
     ssl_shutdown_timeout: float | None = None,
 ) -> SSLProtocol: ...
+
+# ferroloop's StreamReader (``_streams.py``): a read's step gives the data, what to wait with
+# (None, or readuntil's next offset), or NotImplemented for asyncio's own method.
+def _stream_read(reader: Any, n: Any, waited: bool) -> Any: ...
+def _stream_readexactly(reader: Any, n: Any, waited: bool) -> Any: ...
+def _stream_readuntil(reader: Any, separator: Any, offset: int) -> Any: ...
+def _stream_wait(reader: Any, func_name: str) -> Any: ...
 def _live_objects() -> dict[str, int] | None: ...
 
 # The socket operations' engines: a result, a future to await, or NotImplemented.

@@ -381,6 +381,7 @@ pub(crate) fn schedule_start(
 /// Every transport's classes and factory functions.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     stream::register(m)?;
+    streams::register(m)?;
     datagram::register(m)?;
     tls::register(m)?;
     pipe::register(m)

@@ -55,6 +55,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use pyo3::basic::CompareOp;
 use pyo3::exceptions::{PyMemoryError, PyNotImplementedError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -62,14 +63,21 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyDict, PyInt, PyString, PyType, PyWeakrefReference};
 use pyo3::{intern, PyTypeInfo};
 
+mod reader;
+
+pub(crate) use reader::register;
+
 /// The stock classes and the methods of theirs the shortcut stands in for, as asyncio defined them.
 struct Stock {
     protocol: Py<PyType>,
     reader: Py<PyType>,
+    /// ferroloop's subclass of the reader (`ferroloop._streams.StreamReader`, see [`reader`]).
+    fast_reader: Py<PyType>,
     /// `StreamReaderProtocol`'s `data_received` and `_stream_reader` (a property), by name.
     protocol_methods: [(Py<PyString>, Py<PyAny>); 2],
-    /// `StreamReader`'s `feed_data` and `_wakeup_waiter`.
-    reader_methods: [(Py<PyString>, Py<PyAny>); 2],
+    /// `StreamReader`'s methods that delivery (`feed_data`, `_wakeup_waiter`, first) and the
+    /// fast reader's reads stand in for.
+    reader_methods: Vec<(Py<PyString>, Py<PyAny>)>,
     /// The classes' version tags when their methods were last found intact (0: not yet).
     /// CPython gives a class a new tag, never one it gave before, after any change to it or to
     /// its bases, so an unchanged tag spares the lookups.
@@ -97,19 +105,21 @@ impl Stock {
             let module: String = function.getattr("__module__")?.extract()?;
             Ok((module == "asyncio.streams").then(|| (name.unbind(), value.unbind())))
         };
-        let (Some(a), Some(b), Some(c), Some(d)) = (
-            original(&protocol, "data_received")?,
-            original(&protocol, "_stream_reader")?,
-            original(&reader, "feed_data")?,
-            original(&reader, "_wakeup_waiter")?,
-        ) else {
+        let (Some(a), Some(b)) = (original(&protocol, "data_received")?, original(&protocol, "_stream_reader")?) else {
             return Ok(None);
         };
+        let mut reader_methods = Vec::new();
+        for name in reader::STANDS_IN_FOR {
+            let Some(method) = original(&reader, name)? else { return Ok(None) };
+            reader_methods.push(method);
+        }
+        let fast_reader = py.import("ferroloop._streams")?.getattr("StreamReader")?.cast_into::<PyType>()?;
         Ok(Some(Stock {
             protocol: protocol.unbind(),
             reader: reader.unbind(),
+            fast_reader: fast_reader.unbind(),
             protocol_methods: [a, b],
-            reader_methods: [c, d],
+            reader_methods,
             intact_tags: [AtomicU32::new(0), AtomicU32::new(0)],
         }))
     }
@@ -123,7 +133,7 @@ impl Stock {
         if tag != 0 && known.load(Ordering::Relaxed) == tag {
             return true;
         }
-        let methods = if which == 0 { &self.protocol_methods } else { &self.reader_methods };
+        let methods: &[_] = if which == 0 { &self.protocol_methods } else { &self.reader_methods };
         let dict = class_dict(class);
         let intact =
             methods.iter().all(|(name, f)| matches!(dict.get_item(name.bind(class.py())), Ok(Some(v)) if v.is(f)));
@@ -165,9 +175,20 @@ unsafe extern "C" {
 }
 
 /// `protocol` is exactly asyncio's `StreamReaderProtocol`: a transport that will offer its reads
-/// to [`feed`] (which checks the rest at each delivery) decides so when its protocol is set.
-pub(crate) fn is_stock_protocol(protocol: &Bound<'_, PyAny>) -> bool {
-    Stock::get(protocol.py()).is_some_and(|stock| protocol.get_type().is(stock.protocol.bind(protocol.py())))
+/// to [`feed`] (which checks the rest at each delivery) decides so when its protocol is set, and
+/// gives the protocol's reader ferroloop's reads ([`reader::adopt`]) if nothing about it is
+/// customised.
+pub(crate) fn is_stock_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = protocol.py();
+    let Some(stock) = Stock::get(py) else { return Ok(false) };
+    if !protocol.get_type().is(stock.protocol.bind(py)) {
+        return Ok(false);
+    }
+    let wr = protocol.getattr(intern!(py, "_stream_reader_wr"))?;
+    if let Some(reader) = wr.cast_exact::<PyWeakrefReference>().ok().and_then(|wr| wr.upgrade()) {
+        reader::adopt(stock, &reader)?;
+    }
+    Ok(true)
 }
 
 /// Delivers `data` as the stock `protocol.data_received(data)` would, without calling Python,
@@ -195,10 +216,13 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
     let Some(reader) = wr.upgrade() else { return Ok(true) };
 
     let reader_class = stock.reader.bind(py);
+    if reader.get_type().is(stock.fast_reader.bind(py)) {
+        return reader::feed(stock, &reader, data);
+    }
     if !reader.get_type().is(reader_class) || !stock.intact(reader_class, 1) {
         return Ok(false);
     }
-    for (name, function) in &stock.reader_methods {
+    for (name, function) in &stock.reader_methods[..2] {
         if !bound_stock(&reader, name.bind(py), function)? {
             return Ok(false);
         }
@@ -219,36 +243,73 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
     let waiter = reader.getattr(intern!(py, "_waiter"))?;
     if !waiter.is_none() {
         reader.setattr(intern!(py, "_waiter"), py.None())?;
-        if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
-            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
-        }
+        wake(&waiter)?;
     }
     // Above twice the limit, pause the transport.
     let transport = reader.getattr(intern!(py, "_transport"))?;
     if transport.is_none() || reader.getattr(intern!(py, "_paused"))?.is_truthy()? {
         return Ok(true);
     }
-    if !over_twice(buffer.len(), &reader.getattr(intern!(py, "_limit"))?)? {
+    if !compare_len(buffer.len(), &reader.getattr(intern!(py, "_limit"))?, 2, CompareOp::Gt)? {
         return Ok(true);
     }
-    match transport.call_method0(intern!(py, "pause_reading")) {
-        Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => {
-            reader.setattr(intern!(py, "_transport"), py.None())?;
-        }
-        Err(e) => return Err(e),
-        Ok(_) => reader.setattr(intern!(py, "_paused"), true)?,
+    match pause(&transport)? {
+        true => reader.setattr(intern!(py, "_paused"), true)?,
+        false => reader.setattr(intern!(py, "_transport"), py.None())?,
     }
     Ok(true)
 }
 
-/// `len(buffer) > 2 * limit`, in Rust for an `int` limit that fits, in Python otherwise.
-fn over_twice(len: usize, limit: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if limit.get_type().is(PyInt::type_object(limit.py())) {
+/// The waiter's result, unless it was cancelled (`_wakeup_waiter` once `_waiter` is cleared).
+fn wake(waiter: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = waiter.py();
+    if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+        waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+    }
+    Ok(())
+}
+
+/// `transport.pause_reading()`: `false` if the transport cannot pause (`NotImplementedError`),
+/// which the reader answers by forgetting it.
+fn pause(transport: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = transport.py();
+    match transport.call_method0(intern!(py, "pause_reading")) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_instance_of::<PyNotImplementedError>(py) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `len <op> factor * limit`, in Rust for an `int` limit that fits, in Python otherwise (as
+/// asyncio computes it, whatever `_limit` is).
+fn compare_len(len: usize, limit: &Bound<'_, PyAny>, factor: i64, op: CompareOp) -> PyResult<bool> {
+    let py = limit.py();
+    if limit.get_type().is(PyInt::type_object(py)) {
         if let Ok(limit) = limit.extract::<i64>() {
-            return Ok(i128::try_from(len).unwrap_or(i128::MAX) > 2 * i128::from(limit));
+            let (len, bound) = (i128::try_from(len).unwrap_or(i128::MAX), i128::from(factor) * i128::from(limit));
+            return Ok(match op {
+                CompareOp::Gt => len > bound,
+                CompareOp::Le => len <= bound,
+                _ => len.partial_cmp(&bound).is_some_and(|o| op.matches(o)),
+            });
         }
     }
-    len.into_pyobject(limit.py())?.gt(limit.mul(2)?)
+    let bound = if factor == 1 { limit.clone() } else { limit.mul(factor)? };
+    len.into_pyobject(py)?.rich_compare(bound, op)?.is_truthy()
+}
+
+/// An object's instance dictionary, made if it had none yet (so Python's own attribute reads on
+/// it then go through the dictionary), or `None` if it cannot have one.
+fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    // SAFETY: `PyObject_GenericGetDict` returns a new reference or NULL with an exception set,
+    // which is cleared: an object without a dictionary gets no shortcut.
+    let dict = unsafe { ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()) };
+    if dict.is_null() {
+        drop(PyErr::take(obj.py()));
+        return None;
+    }
+    // SAFETY: a new reference, owned from here.
+    unsafe { Bound::from_owned_ptr(obj.py(), dict) }.cast_into::<PyDict>().ok()
 }
 
 /// `bytearray.extend(data)` for bytes: the same resize (and its `BufferError` while the array

@@ -1,0 +1,356 @@
+//! ferroloop's `StreamReader` (`python/ferroloop/_streams.py`): a stock `asyncio.StreamReader`
+//! whose class a transport changed to ferroloop's subclass ([`adopt`]), so that its `read`,
+//! `readexactly` and `readuntil` run here.
+//!
+//! The reader keeps asyncio's state in its own attributes (`_buffer`, `_eof`, `_waiter`, ...),
+//! so asyncio's methods that ferroloop does not replace, and any code that looks at them, work as
+//! before. Here they are read from the reader's instance dictionary, which costs a tenth of an
+//! attribute lookup from C. The dictionary also tells that the reader is still what a stock
+//! `__init__` made: it holds exactly the attributes that `__init__` sets ([`FIELDS`], and
+//! `_source_traceback` in debug mode), so no method was patched on the instance. Each step also
+//! checks that the stock class still has its own methods (by its version tag); otherwise the
+//! step answers `NotImplemented` and the Python side runs asyncio's method.
+//!
+//! Each operation is asyncio's, in asyncio's order: its checks, its exceptions (and their
+//! messages, `consumed`, `partial` and `expected`), one wait per `read`, a wait per shortfall for
+//! `readexactly` and `readuntil` (whose search resumes where the last one stopped), and
+//! `_maybe_resume_transport` after the bytes are taken. The Python side holds each wait: it
+//! awaits the future [`stream_wait`] made and clears `_waiter` in a `finally`, as
+//! `_wait_for_data` does, so cancellation behaves as asyncio's.
+
+use pyo3::basic::CompareOp;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyString};
+use pyo3::{intern, PyTypeInfo};
+
+use super::Stock;
+
+/// The stock methods a transport's delivery (the first two) and this module's reads stand in for.
+pub(super) const STANDS_IN_FOR: [&str; 7] =
+    ["feed_data", "_wakeup_waiter", "read", "readexactly", "readuntil", "_wait_for_data", "_maybe_resume_transport"];
+
+/// The attributes `StreamReader.__init__` sets.
+const FIELDS: usize = 8;
+
+/// Gives `reader`, a stock `StreamReader`, ferroloop's reads, if nothing about it or its class is
+/// customised.
+pub(super) fn adopt(stock: &Stock, reader: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = reader.py();
+    let class = stock.reader.bind(py);
+    if reader.get_type().is(class) && stock.intact(class, 1) && Fields::of(stock, reader)?.is_some() {
+        reader.setattr(intern!(py, "__class__"), stock.fast_reader.bind(py))?;
+    }
+    Ok(())
+}
+
+/// A reader's instance dictionary, as its attributes.
+struct Fields<'py> {
+    reader: Bound<'py, PyAny>,
+    dict: Bound<'py, PyDict>,
+}
+
+impl<'py> Fields<'py> {
+    /// The fields of a reader that is still what a stock `__init__` made, with the stock class
+    /// intact; `None` otherwise.
+    fn of(stock: &Stock, reader: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
+        let py = reader.py();
+        if !stock.intact(stock.reader.bind(py), 1) {
+            return Ok(None);
+        }
+        let Some(dict) = super::instance_dict(reader) else { return Ok(None) };
+        let expected = FIELDS + usize::from(dict.contains(intern!(py, "_source_traceback"))?);
+        if dict.len() != expected {
+            return Ok(None);
+        }
+        Ok(Some(Fields { reader: reader.clone(), dict }))
+    }
+
+    /// The fields of any reader (its dictionary, made if need be), to finish what was begun.
+    fn any(reader: &Bound<'py, PyAny>) -> PyResult<Self> {
+        match super::instance_dict(reader) {
+            Some(dict) => Ok(Fields { reader: reader.clone(), dict }),
+            None => Err(PyRuntimeError::new_err("StreamReader without an instance dictionary")),
+        }
+    }
+
+    /// `self.<name>`: the dictionary's entry, else what `getattr` says (an `AttributeError`).
+    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        match self.dict.get_item(name)? {
+            Some(v) => Ok(v),
+            None => self.reader.getattr(name),
+        }
+    }
+
+    /// `self.<name> = value` (the stock class defines no descriptor for these names).
+    fn set(&self, name: &Bound<'py, PyString>, value: impl IntoPyObject<'py>) -> PyResult<()> {
+        self.dict.set_item(name, value)
+    }
+
+    /// `self._buffer`, if it is exactly a `bytearray`.
+    fn buffer(&self) -> PyResult<Option<Bound<'py, pyo3::types::PyByteArray>>> {
+        Ok(self.get(intern!(self.reader.py(), "_buffer"))?.cast_into_exact().ok())
+    }
+
+    /// `raise self._exception` when one is set.
+    fn raise_exception(&self) -> PyResult<()> {
+        let exc = self.get(intern!(self.reader.py(), "_exception"))?;
+        if exc.is_none() {
+            return Ok(());
+        }
+        Err(PyErr::from_value(exc))
+    }
+
+    fn eof(&self) -> PyResult<bool> {
+        self.get(intern!(self.reader.py(), "_eof"))?.is_truthy()
+    }
+
+    /// `_maybe_resume_transport()`: reading resumes once the buffer is down to the limit.
+    fn maybe_resume_transport(&self, len: usize) -> PyResult<()> {
+        let py = self.reader.py();
+        if !self.get(intern!(py, "_paused"))?.is_truthy()? {
+            return Ok(());
+        }
+        if super::compare_len(len, &self.get(intern!(py, "_limit"))?, 1, CompareOp::Le)? {
+            self.set(intern!(py, "_paused"), false)?;
+            self.get(intern!(py, "_transport"))?.call_method0(intern!(py, "resume_reading"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the buffer's first `n` bytes (`n` at most its length), then resumes reading if the
+    /// buffer is down to the limit.
+    fn take(&self, buffer: &Bound<'py, pyo3::types::PyByteArray>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.reader.py();
+        // SAFETY: `n` is within the live bytearray, copied before anything can change it.
+        let data = PyBytes::new(py, unsafe { &buffer.as_bytes()[..n] });
+        let len = buffer.len();
+        if n == len {
+            buffer.resize(0)?;
+        } else {
+            // `del self._buffer[:n]`: bytearray drops a prefix without moving the rest.
+            // SAFETY: a live bytearray and a slice within it.
+            if unsafe { ffi::PySequence_DelSlice(buffer.as_ptr(), 0, n as ffi::Py_ssize_t) } != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        self.maybe_resume_transport(len - n)?;
+        Ok(data.into_any())
+    }
+}
+
+/// A non-negative `int` small enough to be a length, or `None` for anything else.
+fn size(n: &Bound<'_, PyAny>) -> Option<i64> {
+    if !n.get_type().is(PyInt::type_object(n.py())) {
+        return None;
+    }
+    n.extract::<i64>().ok()
+}
+
+fn not_implemented(py: Python<'_>) -> Py<PyAny> {
+    py.NotImplemented()
+}
+
+/// `read(n)`'s step: the data, `None` to wait (once), or `NotImplemented` for asyncio's own
+/// method (`read(-1)`, a size that is not an `int`, a customised reader).
+#[pyfunction]
+#[pyo3(name = "_stream_read")]
+fn stream_read<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: bool) -> PyResult<Bound<'py, PyAny>> {
+    let py = reader.py();
+    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
+    let (Some(n), Some(fields)) = (size(n), Fields::of(stock, reader)?) else {
+        return Ok(not_implemented(py).into_bound(py));
+    };
+    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
+    if !waited {
+        fields.raise_exception()?;
+        if n == 0 {
+            return Ok(PyBytes::new(py, b"").into_any());
+        }
+        if n < 0 {
+            return Ok(not_implemented(py).into_bound(py));
+        }
+        if buffer.len() == 0 && !fields.eof()? {
+            return Ok(py.None().into_bound(py));
+        }
+    }
+    let n = usize::try_from(n).unwrap_or(usize::MAX).min(buffer.len());
+    fields.take(&buffer, n)
+}
+
+/// `readexactly(n)`'s step: the data, `None` to wait, or `NotImplemented` for asyncio's own.
+#[pyfunction]
+#[pyo3(name = "_stream_readexactly")]
+fn stream_readexactly<'py>(
+    reader: &Bound<'py, PyAny>,
+    n: &Bound<'py, PyAny>,
+    waited: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = reader.py();
+    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
+    let (Some(n), Some(fields)) = (size(n), Fields::of(stock, reader)?) else {
+        return Ok(not_implemented(py).into_bound(py));
+    };
+    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
+    if !waited {
+        if n < 0 {
+            return Err(PyValueError::new_err("readexactly size can not be less than zero"));
+        }
+        fields.raise_exception()?;
+        if n == 0 {
+            return Ok(PyBytes::new(py, b"").into_any());
+        }
+    }
+    let want = usize::try_from(n).unwrap_or(usize::MAX);
+    if buffer.len() < want {
+        if !fields.eof()? {
+            return Ok(py.None().into_bound(py));
+        }
+        // SAFETY: the live bytearray's bytes, copied at once.
+        let partial = PyBytes::new(py, unsafe { buffer.as_bytes() });
+        buffer.resize(0)?;
+        return Err(incomplete_read(py, &partial, n.into_pyobject(py)?.into_any())?);
+    }
+    fields.take(&buffer, want)
+}
+
+/// `readuntil(separator)`'s step for one `bytes` separator: the data; an `int`, the offset to
+/// search from after waiting; or `NotImplemented` for asyncio's own method. `offset` is -1 at
+/// first.
+#[pyfunction]
+#[pyo3(name = "_stream_readuntil")]
+fn stream_readuntil<'py>(
+    reader: &Bound<'py, PyAny>,
+    separator: &Bound<'py, PyAny>,
+    offset: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = reader.py();
+    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
+    let (Ok(separator), Some(fields)) = (separator.cast_exact::<PyBytes>(), Fields::of(stock, reader)?) else {
+        return Ok(not_implemented(py).into_bound(py));
+    };
+    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
+    let sep = separator.as_bytes();
+    let first = offset < 0;
+    let mut offset = usize::try_from(offset).unwrap_or(0);
+    if first {
+        if sep.is_empty() {
+            return Err(PyValueError::new_err("Separator should be at least one-byte string"));
+        }
+        fields.raise_exception()?;
+    }
+    let limit = fields.get(intern!(py, "_limit"))?;
+    let buflen = buffer.len();
+    let mut found = None;
+    if buflen >= offset + sep.len() {
+        // SAFETY: the live bytearray's bytes, searched before anything can change them.
+        found = find(unsafe { &buffer.as_bytes()[offset..] }, sep).map(|i| i + offset);
+        if found.is_none() {
+            offset = buflen + 1 - sep.len();
+            if super::compare_len(offset, &limit, 1, CompareOp::Gt)? {
+                return Err(limit_overrun(py, "Separator is not found, and chunk exceed the limit", offset)?);
+            }
+        }
+    }
+    let Some(at) = found else {
+        if fields.eof()? {
+            // SAFETY: the live bytearray's bytes, copied at once.
+            let partial = PyBytes::new(py, unsafe { buffer.as_bytes() });
+            buffer.resize(0)?;
+            return Err(incomplete_read(py, &partial, py.None().into_bound(py))?);
+        }
+        return Ok(offset.into_pyobject(py)?.into_any());
+    };
+    if super::compare_len(at, &limit, 1, CompareOp::Gt)? {
+        return Err(limit_overrun(py, "Separator is found, but chunk is longer than limit", at)?);
+    }
+    fields.take(&buffer, at + sep.len())
+}
+
+/// `_wait_for_data(func_name)` up to its `await`: the future to await, stored as `_waiter`.
+#[pyfunction]
+#[pyo3(name = "_stream_wait")]
+fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bound<'py, PyAny>> {
+    let py = reader.py();
+    let fields = Fields::any(reader)?;
+    if !fields.get(intern!(py, "_waiter"))?.is_none() {
+        return Err(PyRuntimeError::new_err(format!(
+            "{func_name}() called while another coroutine is already waiting for incoming data"
+        )));
+    }
+    if fields.get(intern!(py, "_paused"))?.is_truthy()? {
+        fields.set(intern!(py, "_paused"), false)?;
+        fields.get(intern!(py, "_transport"))?.call_method0(intern!(py, "resume_reading"))?;
+    }
+    let waiter = fields.get(intern!(py, "_loop"))?.call_method0(intern!(py, "create_future"))?;
+    fields.set(intern!(py, "_waiter"), &waiter)?;
+    Ok(waiter)
+}
+
+/// Delivery into a reader of ferroloop's class, as `StreamReader.feed_data(data)`: see
+/// [`super::feed`], whose checks on the protocol have passed. `Ok(false)` when asyncio's own code
+/// must run.
+pub(super) fn feed(stock: &Stock, reader: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
+    let py = reader.py();
+    let Some(fields) = Fields::of(stock, reader)? else { return Ok(false) };
+    // `assert not self._eof`: past end of file, asyncio's own code says what happens.
+    if !fields.get(intern!(py, "_eof"))?.is(pyo3::types::PyBool::new(py, false)) {
+        return Ok(false);
+    }
+    if data.is_empty() {
+        return Ok(true);
+    }
+    let Some(buffer) = fields.buffer()? else { return Ok(false) };
+    super::extend(&buffer, data)?;
+    let waiter = fields.get(intern!(py, "_waiter"))?;
+    if !waiter.is_none() {
+        fields.set(intern!(py, "_waiter"), py.None())?;
+        super::wake(&waiter)?;
+    }
+    let transport = fields.get(intern!(py, "_transport"))?;
+    if transport.is_none() || fields.get(intern!(py, "_paused"))?.is_truthy()? {
+        return Ok(true);
+    }
+    if !super::compare_len(buffer.len(), &fields.get(intern!(py, "_limit"))?, 2, CompareOp::Gt)? {
+        return Ok(true);
+    }
+    match super::pause(&transport)? {
+        true => fields.set(intern!(py, "_paused"), true)?,
+        false => fields.set(intern!(py, "_transport"), py.None())?,
+    }
+    Ok(true)
+}
+
+/// `asyncio.IncompleteReadError(partial, expected)`.
+fn incomplete_read(py: Python<'_>, partial: &Bound<'_, PyBytes>, expected: Bound<'_, PyAny>) -> PyResult<PyErr> {
+    static CLASS: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+    let class = CLASS.import(py, "asyncio.exceptions", "IncompleteReadError")?;
+    Ok(PyErr::from_value(class.call1((partial, expected))?))
+}
+
+/// `asyncio.LimitOverrunError(message, consumed)`.
+fn limit_overrun(py: Python<'_>, message: &str, consumed: usize) -> PyResult<PyErr> {
+    static CLASS: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+    let class = CLASS.import(py, "asyncio.exceptions", "LimitOverrunError")?;
+    Ok(PyErr::from_value(class.call1((message, consumed))?))
+}
+
+/// The first occurrence of `needle` (not empty) in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if haystack.len() < needle.len() {
+        return None;
+    }
+    // SAFETY: both slices are valid for their lengths; glibc's memmem reads only within them and
+    // returns NULL or a pointer into `haystack`.
+    let at = unsafe { libc::memmem(haystack.as_ptr().cast(), haystack.len(), needle.as_ptr().cast(), needle.len()) };
+    (!at.is_null()).then(|| at as usize - haystack.as_ptr() as usize)
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(stream_read, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_readexactly, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_readuntil, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_wait, m)?)
+}

@@ -1,0 +1,70 @@
+"""ferroloop's ``StreamReader``: asyncio's own, with its hot reads done in Rust.
+
+A ferroloop transport made for asyncio's stock ``StreamReaderProtocol`` gives the protocol's
+stock ``StreamReader`` this class (``__class__`` assignment: the layout is the same) before any
+user code can reach the reader, if nothing about the reader is customised (see
+``crates/ferroloop-py/src/transports/streams.rs``). The reader keeps asyncio's state, in its own
+attributes, and every method asyncio defines; ``read(n)``, ``readexactly(n)`` and
+``readuntil(separator)`` do their buffer work and their wait in Rust. ``readline()``, iteration,
+``at_eof()`` and the rest are asyncio's, and call these.
+
+The native step answers ``NotImplemented`` where asyncio's own code must run instead (a patched
+class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``), and ``None`` where the
+read must wait for data; after the wait it is asked again, told that it waited.
+"""
+
+import asyncio
+
+from . import _ferroloop
+
+_stock = asyncio.StreamReader
+_read = _ferroloop._stream_read
+_readexactly = _ferroloop._stream_readexactly
+_readuntil = _ferroloop._stream_readuntil
+_wait = _ferroloop._stream_wait
+
+
+class StreamReader(asyncio.StreamReader):
+    """``asyncio.StreamReader`` with ``read``, ``readexactly`` and ``readuntil`` in Rust."""
+
+    __slots__ = ()
+
+    async def read(self, n=-1):
+        data = _read(self, n, False)
+        if data is None:
+            waiter = _wait(self, "read")
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            data = _read(self, n, True)
+        if data is NotImplemented:
+            return await _stock.read(self, n)
+        return data
+
+    async def readexactly(self, n):
+        data = _readexactly(self, n, False)
+        while data is None:
+            waiter = _wait(self, "readexactly")
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            data = _readexactly(self, n, True)
+        if data is NotImplemented:
+            return await _stock.readexactly(self, n)
+        return data
+
+    async def readuntil(self, separator=b"\n"):
+        # While it must wait, the step answers where the next search starts.
+        data = _readuntil(self, separator, -1)
+        while data.__class__ is int:
+            waiter = _wait(self, "readuntil")
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            data = _readuntil(self, separator, data)
+        if data is NotImplemented:
+            return await _stock.readuntil(self, separator)
+        return data
