@@ -10,42 +10,37 @@
 //!    woken and reading is paused above twice the limit, as `StreamReaderProtocol.data_received`
 //!    → `StreamReader.feed_data` → `_wakeup_waiter` do, without a Python call. Stream, TLS and
 //!    read-pipe transports all deliver through it.
-//! 2. **Reading** (planned): `read`, `readexactly`, `readline` and `readuntil` answered from the
-//!    buffer in Rust when the bytes are already there, and their wait made without a coroutine
-//!    frame per call.
+//! 2. **Reading** ([`reader`]): a transport made for a stock protocol gives its stock reader
+//!    ferroloop's subclass of `asyncio.StreamReader` (`__class__` assignment, the same layout),
+//!    whose `read(n)`, `readexactly(n)` and `readuntil(bytes)` take their bytes and set up their
+//!    wait in Rust, reading asyncio's own state from the reader's instance dictionary; delivery
+//!    into such a reader reads the dictionary too. `readline`, iteration and the rest are
+//!    asyncio's, calling these.
 //! 3. **Writing** (planned): `drain` without a coroutine when the transport is not paused.
+//! 4. **The wake-up** (planned): the waiter's result schedules the reading task's step through
+//!    asyncio's `Future` (`call_soon`, with its context), about 1,800 instructions of a 1 KiB
+//!    round trip's 43,000; a reader owned by Rust could resume its task with less.
 //!
-//! The design step 2 is to follow, from what step 1 measured (below): the reader's state moves
-//! into a native core, and the reader's class becomes ferroloop's subclass of
-//! `asyncio.StreamReader` (`__slots__ = ()`, so its layout is the stock one and `__class__` can be
-//! assigned). A transport made for a stock protocol whose reader passes step 1's checks assigns
-//! the class before any user code can reach the reader (in `open_connection` and `start_server`
-//! the transport is made before the reader is handed out). The subclass's methods are native;
-//! its `_buffer`, `_eof`, `_waiter`, `_exception`, `_transport`, `_paused` and `_limit` are
-//! properties over the core (the same `bytearray` object), so code that reads them keeps
-//! working, and asyncio's own methods still work on it when called explicitly. Each native
-//! method checks the stock class's version tag and, if the class was patched since, calls the
-//! stock function instead. A read that the buffer can answer returns a native awaitable that
-//! finishes on its first step; one that must wait yields the waiter future, as
-//! `_wait_for_data` does, and drops it when resumed or thrown into (cancellation). Delivery
-//! then writes into the core without any attribute lookup. What changes for a program:
-//! `type(reader)` (not `isinstance`, not `repr`).
-//!
-//! What step 1 measured (callgrind, instructions per round trip of `bench/cost.py`'s streams echo
-//! in one process, Python 3.11, three heap layouts averaged): 1 KiB 46,603 → 45,640 (−2.1 %);
-//! 100 KiB 810,593 → 603,682 (−25.5 %), where the saving is the copy into a `bytes` object that
-//! `data_received` needed. At 1 KiB the gain is small for a reason that shapes step 2: reached
-//! from C, an instance attribute of a Python object costs about 190 instructions
-//! (`PyObject_GetAttr` on 3.11), where the interpreter's specialised `LOAD_ATTR` costs a tenth of
-//! that, so doing the Python methods' work through the objects' Python attributes saves little
-//! beyond the copies. The reading step has to keep the reader's state where Rust reads it
-//! directly, not in the stock reader's attributes.
+//! Measured (callgrind, instructions per round trip of `bench/cost.py`'s streams echo in one
+//! process, Python 3.11, three heap layouts averaged), before → step 1 → step 2: 1 KiB 46,604 →
+//! 45,640 → 43,024 (−7.7 %); 100 KiB 811,301 → 603,682 → 498,744 (−38.5 %: the copies into a
+//! `bytes` for `data_received`, through a `memoryview` for the read, and their allocations).
+//! Step 1 alone gained little at 1 KiB because it read the reader's attributes with `getattr`:
+//! reached from C, an instance attribute costs about 190 instructions on 3.11, where the
+//! interpreter's specialised `LOAD_ATTR` costs a tenth of that. A dictionary lookup costs about
+//! 40, which is why step 2 reads the instance dictionary. (Step 1's first version read the
+//! dictionaries of the stock protocol and reader, and measured 6,300 instructions more per round
+//! trip than without it; not traced further. The likely cause is asyncio's own Python code on
+//! objects whose attributes no longer live inline once their dictionary is made; a reader of
+//! ferroloop's class runs little of that code, and the protocol's dictionary is not made.)
 //!
 //! The rule for every step: the shortcut applies only to the exact stock classes, with the stock
 //! methods in place. A subclass, a method patched on the class or on the instance, a `_buffer`
 //! that is not a `bytearray`, a reader past end of file, or anything else unusual, and the
-//! transport calls `data_received` as before, so asyncio's own code runs. The checks are made at
-//! every delivery (a program may patch at any time), and cost a few attribute lookups.
+//! transport calls `data_received` as before (and a read calls asyncio's method), so asyncio's
+//! own code runs. The checks are made at every delivery and every read (a program may patch at
+//! any time). What a program can tell: `type(reader)` is ferroloop's class, named
+//! `StreamReader` (`isinstance`, `repr` and every attribute are asyncio's).
 //!
 //! What a program can observe stays as it is: the same state after each delivery (`_buffer`,
 //! `_waiter`, `_paused`, `_transport`), the waiter's result set in the same order relative to the
