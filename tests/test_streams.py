@@ -626,7 +626,9 @@ def test_debug_mode_reader(loop, run):
     run(main())
 
 
-@pytest.mark.parametrize("method", ["read", "readexactly", "readuntil", "_maybe_resume_transport", "_wait_for_data"])
+@pytest.mark.parametrize(
+    "method", ["read", "readexactly", "readuntil", "readline", "_maybe_resume_transport", "_wait_for_data"]
+)
 def test_read_method_patched_on_the_class(loop, run, monkeypatch, method):
     calls = []
     original = getattr(asyncio.StreamReader, method)
@@ -644,7 +646,7 @@ def test_read_method_patched_on_the_class(loop, run, monkeypatch, method):
             assert await reader.read(4) == b"one\n"
         elif method == "readexactly":
             assert await reader.readexactly(4) == b"one\n"
-        elif method == "readuntil":
+        elif method in ("readuntil", "readline"):
             assert await reader.readline() == b"one\n"
         else:
             read = asyncio.ensure_future(reader.readexactly(6))
@@ -695,6 +697,26 @@ def test_readuntil_several_separators(loop, run):
         assert await read == b"efgXY"
         with pytest.raises(ValueError, match="at least one element"):
             await reader.readuntil(())
+        close(writer, peer)
+
+    run(main())
+
+
+def test_readline_on_errors_set_on_the_reader(loop, run):
+    """readline() answers the partial line of an IncompleteReadError, whatever raised it."""
+
+    async def main():
+        reader, writer, peer = await pair(limit=8)
+        reader.set_exception(asyncio.IncompleteReadError(b"part", 10))
+        assert await reader.readline() == b"part"
+        reader._exception = asyncio.LimitOverrunError("too long", 2)
+        reader._buffer.extend(b"ab\ncd")
+        with pytest.raises(ValueError, match="^too long$"):
+            await reader.readline()
+        assert bytes(reader._buffer) == b"cd"
+        reader._exception = None
+        peer.send(b"xyz\n")
+        assert await reader.readline() == b"cdxyz\n"
         close(writer, peer)
 
     run(main())

@@ -5,8 +5,8 @@ stock ``StreamReader`` this class (``__class__`` assignment: the layout is the s
 user code can reach the reader, if nothing about the reader is customised (see
 ``crates/ferroloop-py/src/transports/streams.rs``). The reader keeps asyncio's state, in its own
 attributes, and every method asyncio defines; ``read(n)``, ``readexactly(n)`` and
-``readuntil(separator)`` do their buffer work and their wait in Rust. ``readline()``, iteration,
-``at_eof()`` and the rest are asyncio's, and call these.
+``readuntil(separator)`` and ``readline()`` do their buffer work and their wait in Rust.
+Iteration, ``at_eof()`` and the rest are asyncio's, and call these.
 
 The native step answers ``NotImplemented`` where asyncio's own code must run instead (a patched
 class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``), and ``None`` where the
@@ -21,11 +21,12 @@ _stock = asyncio.StreamReader
 _read = _ferroloop._stream_read
 _readexactly = _ferroloop._stream_readexactly
 _readuntil = _ferroloop._stream_readuntil
+_readline = _ferroloop._stream_readline
 _wait = _ferroloop._stream_wait
 
 
 class StreamReader(asyncio.StreamReader):
-    """``asyncio.StreamReader`` with ``read``, ``readexactly`` and ``readuntil`` in Rust."""
+    """``asyncio.StreamReader`` with ``read``, ``readexactly``, ``readuntil`` and ``readline`` in Rust."""
 
     __slots__ = ()
 
@@ -67,4 +68,19 @@ class StreamReader(asyncio.StreamReader):
             data = _readuntil(self, separator, data)
         if data is NotImplemented:
             return await _stock.readuntil(self, separator)
+        return data
+
+    async def readline(self):
+        # asyncio's readline is readuntil(b"\n") and what it makes of that one's errors; its
+        # wait is readuntil's.
+        data = _readline(self, -1)
+        while data.__class__ is int:
+            waiter = _wait(self, "readuntil")
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            data = _readline(self, data)
+        if data is NotImplemented:
+            return await _stock.readline(self)
         return data

@@ -29,8 +29,16 @@ use pyo3::{intern, PyTypeInfo};
 use super::Stock;
 
 /// The stock methods a transport's delivery (the first two) and this module's reads stand in for.
-pub(super) const STANDS_IN_FOR: [&str; 7] =
-    ["feed_data", "_wakeup_waiter", "read", "readexactly", "readuntil", "_wait_for_data", "_maybe_resume_transport"];
+pub(super) const STANDS_IN_FOR: [&str; 8] = [
+    "feed_data",
+    "_wakeup_waiter",
+    "read",
+    "readexactly",
+    "readuntil",
+    "readline",
+    "_wait_for_data",
+    "_maybe_resume_transport",
+];
 
 /// The attributes `StreamReader.__init__` sets.
 const FIELDS: usize = 8;
@@ -231,8 +239,46 @@ fn stream_readuntil<'py>(
     let (Ok(separator), Some(fields)) = (separator.cast_exact::<PyBytes>(), Fields::of(stock, reader)?) else {
         return Ok(not_implemented(py).into_bound(py));
     };
+    readuntil_step(&fields, separator.as_bytes(), offset)
+}
+
+/// `readline()`'s step: `readuntil(b"\n")`'s, with what asyncio's `readline` makes of its two
+/// errors: at end of file the partial line is the answer; past the limit the line (or, without
+/// its end, the whole buffer) is dropped and `ValueError` raised with the error's message.
+#[pyfunction]
+#[pyo3(name = "_stream_readline")]
+fn stream_readline<'py>(reader: &Bound<'py, PyAny>, offset: isize) -> PyResult<Bound<'py, PyAny>> {
+    let py = reader.py();
+    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
+    let Some(fields) = Fields::of(stock, reader)? else { return Ok(not_implemented(py).into_bound(py)) };
+    let err = match readuntil_step(&fields, b"\n", offset) {
+        Ok(answer) => return Ok(answer),
+        Err(err) => err,
+    };
+    let exc = err.value(py);
+    if exc.is_instance(incomplete_read_class(py)?)? {
+        return exc.getattr(intern!(py, "partial"));
+    }
+    if !exc.is_instance(limit_overrun_class(py)?)? {
+        return Err(err);
+    }
+    let buffer = fields.get(intern!(py, "_buffer"))?;
+    let consumed = exc.getattr(intern!(py, "consumed"))?;
+    if buffer.call_method1(intern!(py, "startswith"), (PyBytes::new(py, b"\n"), &consumed))?.is_truthy()? {
+        buffer.del_item(pyo3::types::PySlice::new(py, 0, consumed.extract::<isize>()? + 1, 1))?;
+    } else {
+        buffer.call_method0(intern!(py, "clear"))?;
+    }
+    let len = buffer.len()?;
+    fields.maybe_resume_transport(len)?;
+    let message = exc.getattr(intern!(py, "args"))?.get_item(0)?;
+    Err(PyErr::from_value(pyo3::exceptions::PyValueError::type_object(py).call1((message,))?))
+}
+
+/// One pass of `readuntil`'s search (see [`stream_readuntil`]).
+fn readuntil_step<'py>(fields: &Fields<'py>, sep: &[u8], offset: isize) -> PyResult<Bound<'py, PyAny>> {
+    let py = fields.reader.py();
     let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
-    let sep = separator.as_bytes();
     let first = offset < 0;
     let mut offset = usize::try_from(offset).unwrap_or(0);
     if first {
@@ -323,18 +369,24 @@ pub(super) fn feed(stock: &Stock, reader: &Bound<'_, PyAny>, data: &[u8]) -> PyR
     Ok(true)
 }
 
+fn incomplete_read_class(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
+    static CLASS: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+    CLASS.import(py, "asyncio.exceptions", "IncompleteReadError")
+}
+
+fn limit_overrun_class(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
+    static CLASS: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+    CLASS.import(py, "asyncio.exceptions", "LimitOverrunError")
+}
+
 /// `asyncio.IncompleteReadError(partial, expected)`.
 fn incomplete_read(py: Python<'_>, partial: &Bound<'_, PyBytes>, expected: Bound<'_, PyAny>) -> PyResult<PyErr> {
-    static CLASS: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
-    let class = CLASS.import(py, "asyncio.exceptions", "IncompleteReadError")?;
-    Ok(PyErr::from_value(class.call1((partial, expected))?))
+    Ok(PyErr::from_value(incomplete_read_class(py)?.call1((partial, expected))?))
 }
 
 /// `asyncio.LimitOverrunError(message, consumed)`.
 fn limit_overrun(py: Python<'_>, message: &str, consumed: usize) -> PyResult<PyErr> {
-    static CLASS: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
-    let class = CLASS.import(py, "asyncio.exceptions", "LimitOverrunError")?;
-    Ok(PyErr::from_value(class.call1((message, consumed))?))
+    Ok(PyErr::from_value(limit_overrun_class(py)?.call1((message, consumed))?))
 }
 
 /// The first occurrence of `needle` (not empty) in `haystack`.
@@ -352,5 +404,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stream_read, m)?)?;
     m.add_function(wrap_pyfunction!(stream_readexactly, m)?)?;
     m.add_function(wrap_pyfunction!(stream_readuntil, m)?)?;
+    m.add_function(wrap_pyfunction!(stream_readline, m)?)?;
     m.add_function(wrap_pyfunction!(stream_wait, m)?)
 }
