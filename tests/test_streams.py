@@ -720,3 +720,29 @@ def test_readline_on_errors_set_on_the_reader(loop, run):
         close(writer, peer)
 
     run(main())
+
+
+def test_stock_reader_gets_ferroloops_reads(loop_factory, loop, run):
+    """On ferroloop, the stock reader of open_connection gets ferroloop's reads (a guard against
+    the fast path silently never applying, say after a new CPython changes StreamReader's
+    attributes); a customised one keeps asyncio's class."""
+    if loop_factory.name == "asyncio":
+        pytest.skip("ferroloop's own reader class: nothing to check on asyncio")
+
+    async def main():
+        reader, writer, peer = await pair()
+        assert type(reader).__module__ == "ferroloop._streams"
+        close(writer, peer)
+        loop.set_debug(True)
+        reader, writer, peer = await pair()
+        assert type(reader).__module__ == "ferroloop._streams"
+        close(writer, peer)
+        a, b = socket.socketpair()
+        custom = asyncio.StreamReader(loop=loop)
+        custom.feed_data = custom.feed_data
+        transport, _ = await loop.connect_accepted_socket(lambda: asyncio.StreamReaderProtocol(custom, loop=loop), a)
+        assert type(custom) is asyncio.StreamReader
+        transport.close()
+        b.close()
+
+    run(main())

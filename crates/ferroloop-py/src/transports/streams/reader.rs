@@ -1,13 +1,15 @@
 //! ferroloop's `StreamReader` (`python/ferroloop/_streams.py`): a stock `asyncio.StreamReader`
 //! whose class a transport changed to ferroloop's subclass ([`adopt`]), so that its `read`,
-//! `readexactly` and `readuntil` run here.
+//! `readexactly`, `readuntil` and `readline` run here.
 //!
 //! The reader keeps asyncio's state in its own attributes (`_buffer`, `_eof`, `_waiter`, ...),
 //! so asyncio's methods that ferroloop does not replace, and any code that looks at them, work as
 //! before. Here they are read from the reader's instance dictionary, which costs a tenth of an
-//! attribute lookup from C. The dictionary also tells that the reader is still what a stock
-//! `__init__` made: it holds exactly the attributes that `__init__` sets ([`FIELDS`], and
-//! `_source_traceback` in debug mode), so no method was patched on the instance. Each step also
+//! attribute lookup from C. The dictionary's size also tells that no method was patched on the
+//! instance: it holds as many entries as a stock `__init__` leaves ([`FIELDS`], and
+//! `_source_traceback` in debug mode), and a patch adds one. (A program that deletes one of
+//! asyncio's attributes and patches a method would defeat the count; asyncio's own code would
+//! then fail on the missing attribute anyway.) Each step also
 //! checks that the stock class still has its own methods (by its version tag); otherwise the
 //! step answers `NotImplemented` and the Python side runs asyncio's method.
 //!
