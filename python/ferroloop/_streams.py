@@ -3,14 +3,18 @@
 A ferroloop transport made for asyncio's stock ``StreamReaderProtocol`` gives the protocol's
 stock ``StreamReader`` this class (``__class__`` assignment: the layout is the same) before any
 user code can reach the reader, if nothing about the reader is customised (see
-``crates/ferroloop-py/src/transports/streams.rs``). The reader keeps asyncio's state, in its own
-attributes, and every method asyncio defines; ``read(n)``, ``readexactly(n)`` and
+``crates/ferroloop-py/src/transports/streams/``). The reader keeps asyncio's state, in its own
+attributes, and every method asyncio defines; ``read(n)``, ``readexactly(n)``,
 ``readuntil(separator)`` and ``readline()`` do their buffer work and their wait in Rust.
 Iteration, ``at_eof()`` and the rest are asyncio's, and call these.
 
 The native step answers ``NotImplemented`` where asyncio's own code must run instead (a patched
-class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``), and ``None`` where the
-read must wait for data; after the wait it is asked again, told that it waited.
+class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``), and ``None`` (or, for
+``readuntil`` and ``readline``, the offset to search from next) where the read must wait for
+data; after the wait it is asked again, told that it waited. Each method
+writes its wait out (``_wait`` makes the waiter; the ``finally`` clears it, as asyncio's
+``_wait_for_data`` does): a helper coroutine would cost one more coroutine per wait, which is
+what this class is for saving.
 """
 
 import asyncio
