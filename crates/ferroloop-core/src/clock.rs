@@ -56,15 +56,29 @@ impl Ticks {
             return Ticks { tsc: false, period: 1e-9 };
         }
         let probe = Ticks { tsc: true, period: 0.0 };
-        let (m0, t0) = (monotonic(), probe.now());
-        let mut m1 = m0;
-        while m1 - m0 < CALIBRATION {
-            m1 = monotonic();
-        }
-        let t1 = probe.now();
+        let (m0, t0) = probe.paired();
+        while monotonic() - m0 < CALIBRATION {}
+        let (m1, t1) = probe.paired();
         #[allow(clippy::cast_precision_loss)]
         let period = (m1 - m0) / t1.wrapping_sub(t0).max(1) as f64;
         Ticks { tsc: true, period }
+    }
+
+    /// A reading of the monotonic clock and the counter's value at that moment: the clock read
+    /// between two counter readings, the closest pair of a few tries (a thread preempted between
+    /// its readings would otherwise put microseconds of error into the rate).
+    fn paired(self) -> (f64, u64) {
+        let mut best = (0.0, 0, u64::MAX);
+        for _ in 0..5 {
+            let before = self.now();
+            let clock = monotonic();
+            let after = self.now();
+            let gap = after.wrapping_sub(before);
+            if gap < best.2 {
+                best = (clock, before + gap / 2, gap);
+            }
+        }
+        (best.0, best.1)
     }
 
     /// The counter now.
