@@ -131,7 +131,7 @@ impl Delivery {
             .is_some_and(|r| std::ptr::eq(protocol.get_type().as_type_ptr(), (r.class)(protocol.py())));
         Ok(if native {
             Self::Tls
-        } else if super::streams::is_stock_protocol(protocol)? {
+        } else if super::streams::adopt_protocol(protocol)? {
             Self::Streams
         } else if is_buffered_protocol(protocol)? {
             Self::Buffered

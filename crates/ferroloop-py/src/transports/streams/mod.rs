@@ -169,11 +169,10 @@ unsafe extern "C" {
     fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-/// `protocol` is exactly asyncio's `StreamReaderProtocol`: a transport that will offer its reads
-/// to [`feed`] (which checks the rest at each delivery) decides so when its protocol is set, and
-/// gives the protocol's reader ferroloop's reads ([`reader::adopt`]) if nothing about it is
-/// customised.
-pub(crate) fn is_stock_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// A transport's protocol is set: whether it is exactly asyncio's `StreamReaderProtocol` (a
+/// transport then offers its reads to [`feed`], which checks the rest at each delivery); if so,
+/// its reader is given ferroloop's reads ([`reader::adopt`]) if nothing about it is customised.
+pub(crate) fn adopt_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = protocol.py();
     let Some(stock) = Stock::get(py) else { return Ok(false) };
     if !protocol.get_type().is(stock.protocol.bind(py)) {
@@ -212,7 +211,11 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
 
     let reader_class = stock.reader.bind(py);
     if reader.get_type().is(stock.fast_reader.bind(py)) {
-        return reader::feed(stock, &reader, data);
+        // ferroloop's reader: its checks, then its dictionary.
+        return match reader::Fields::of(stock, &reader)? {
+            Some(fields) => feed_data(&fields, data),
+            None => Ok(false),
+        };
     }
     if !reader.get_type().is(reader_class) || !stock.intact(reader_class, 1) {
         return Ok(false);
@@ -222,35 +225,65 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
             return Ok(false);
         }
     }
-    // `assert not self._eof`: past end of file, asyncio's own code says what happens.
-    if !reader.getattr(intern!(py, "_eof"))?.is(PyBool::new(py, false)) {
+    feed_data(&Getattr(reader), data)
+}
+
+/// A stock reader's attributes, as asyncio's `feed_data` reads and sets them.
+pub(super) trait Attrs<'py> {
+    fn py(&self) -> Python<'py>;
+    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>>;
+    fn set(&self, name: &Bound<'py, PyString>, value: Bound<'py, PyAny>) -> PyResult<()>;
+}
+
+/// Through `getattr` and `setattr`: for a stock reader, whose dictionary is not made (see
+/// [`bound_stock`]).
+struct Getattr<'py>(Bound<'py, PyAny>);
+
+impl<'py> Attrs<'py> for Getattr<'py> {
+    fn py(&self) -> Python<'py> {
+        self.0.py()
+    }
+
+    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        self.0.getattr(name)
+    }
+
+    fn set(&self, name: &Bound<'py, PyString>, value: Bound<'py, PyAny>) -> PyResult<()> {
+        self.0.setattr(name, value)
+    }
+}
+
+/// `StreamReader.feed_data(data)` on a reader's attributes, its checks passed: `Ok(false)`,
+/// having changed nothing, where asyncio's own code must run (past end of file, where its
+/// assertion speaks; a `_buffer` that is not exactly a `bytearray`).
+fn feed_data<'py>(reader: &impl Attrs<'py>, data: &[u8]) -> PyResult<bool> {
+    let py = reader.py();
+    if !reader.get(intern!(py, "_eof"))?.is(PyBool::new(py, false)) {
         return Ok(false);
     }
     if data.is_empty() {
         return Ok(true);
     }
-    let buffer = reader.getattr(intern!(py, "_buffer"))?;
-    let Ok(buffer) = buffer.cast_exact::<PyByteArray>() else { return Ok(false) };
-
+    let Ok(buffer) = reader.get(intern!(py, "_buffer"))?.cast_into_exact::<PyByteArray>() else { return Ok(false) };
     // self._buffer.extend(data)
-    extend(buffer, data)?;
+    extend(&buffer, data)?;
     // self._wakeup_waiter()
-    let waiter = reader.getattr(intern!(py, "_waiter"))?;
+    let waiter = reader.get(intern!(py, "_waiter"))?;
     if !waiter.is_none() {
-        reader.setattr(intern!(py, "_waiter"), py.None())?;
+        reader.set(intern!(py, "_waiter"), py.None().into_bound(py))?;
         wake(&waiter)?;
     }
     // Above twice the limit, pause the transport.
-    let transport = reader.getattr(intern!(py, "_transport"))?;
-    if transport.is_none() || reader.getattr(intern!(py, "_paused"))?.is_truthy()? {
+    let transport = reader.get(intern!(py, "_transport"))?;
+    if transport.is_none() || reader.get(intern!(py, "_paused"))?.is_truthy()? {
         return Ok(true);
     }
-    if !compare_len(buffer.len(), &reader.getattr(intern!(py, "_limit"))?, 2, CompareOp::Gt)? {
+    if !compare_len(buffer.len(), &reader.get(intern!(py, "_limit"))?, 2, CompareOp::Gt)? {
         return Ok(true);
     }
     match pause(&transport)? {
-        true => reader.setattr(intern!(py, "_paused"), true)?,
-        false => reader.setattr(intern!(py, "_transport"), py.None())?,
+        true => reader.set(intern!(py, "_paused"), PyBool::new(py, true).to_owned().into_any())?,
+        false => reader.set(intern!(py, "_transport"), py.None().into_bound(py))?,
     }
     Ok(true)
 }
@@ -282,11 +315,7 @@ fn compare_len(len: usize, limit: &Bound<'_, PyAny>, factor: i64, op: CompareOp)
     if limit.get_type().is(PyInt::type_object(py)) {
         if let Ok(limit) = limit.extract::<i64>() {
             let (len, bound) = (i128::try_from(len).unwrap_or(i128::MAX), i128::from(factor) * i128::from(limit));
-            return Ok(match op {
-                CompareOp::Gt => len > bound,
-                CompareOp::Le => len <= bound,
-                _ => len.partial_cmp(&bound).is_some_and(|o| op.matches(o)),
-            });
+            return Ok(op.matches(len.cmp(&bound)));
         }
     }
     let bound = if factor == 1 { limit.clone() } else { limit.mul(factor)? };

@@ -57,7 +57,7 @@ pub(super) fn adopt(stock: &Stock, reader: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// A reader's instance dictionary, as its attributes.
-struct Fields<'py> {
+pub(super) struct Fields<'py> {
     reader: Bound<'py, PyAny>,
     dict: Bound<'py, PyDict>,
 }
@@ -65,7 +65,7 @@ struct Fields<'py> {
 impl<'py> Fields<'py> {
     /// The fields of a reader that is still what a stock `__init__` made, with the stock class
     /// intact; `None` otherwise.
-    fn of(stock: &Stock, reader: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
+    pub(super) fn of(stock: &Stock, reader: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
         let py = reader.py();
         if !stock.intact(stock.reader.bind(py), 1) {
             return Ok(None);
@@ -99,6 +99,15 @@ impl<'py> Fields<'py> {
         self.dict.set_item(name, value)
     }
 
+    /// A ferroloop reader's fields, for one of its reads: `None` when asyncio's method must run
+    /// (see [`Fields::of`]).
+    fn fast(reader: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
+        match Stock::get(reader.py()) {
+            Some(stock) => Self::of(stock, reader),
+            None => Ok(None),
+        }
+    }
+
     /// `self._buffer`, if it is exactly a `bytearray`.
     fn buffer(&self) -> PyResult<Option<Bound<'py, pyo3::types::PyByteArray>>> {
         Ok(self.get(intern!(self.reader.py(), "_buffer"))?.cast_into_exact().ok())
@@ -124,9 +133,16 @@ impl<'py> Fields<'py> {
             return Ok(());
         }
         if super::compare_len(len, &self.get(intern!(py, "_limit"))?, 1, CompareOp::Le)? {
-            self.set(intern!(py, "_paused"), false)?;
-            self.get(intern!(py, "_transport"))?.call_method0(intern!(py, "resume_reading"))?;
+            self.resume()?;
         }
+        Ok(())
+    }
+
+    /// `self._paused = False; self._transport.resume_reading()`.
+    fn resume(&self) -> PyResult<()> {
+        let py = self.reader.py();
+        self.set(intern!(py, "_paused"), false)?;
+        self.get(intern!(py, "_transport"))?.call_method0(intern!(py, "resume_reading"))?;
         Ok(())
     }
 
@@ -151,7 +167,22 @@ impl<'py> Fields<'py> {
     }
 }
 
-/// A non-negative `int` small enough to be a length, or `None` for anything else.
+impl<'py> super::Attrs<'py> for Fields<'py> {
+    fn py(&self) -> Python<'py> {
+        self.reader.py()
+    }
+
+    fn get(&self, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+        Fields::get(self, name)
+    }
+
+    fn set(&self, name: &Bound<'py, PyString>, value: Bound<'py, PyAny>) -> PyResult<()> {
+        Fields::set(self, name, value)
+    }
+}
+
+/// An `int` that fits in an `i64` (negative ones too: each read says what they mean), or `None`
+/// for anything else.
 fn size(n: &Bound<'_, PyAny>) -> Option<i64> {
     if !n.get_type().is(PyInt::type_object(n.py())) {
         return None;
@@ -159,8 +190,8 @@ fn size(n: &Bound<'_, PyAny>) -> Option<i64> {
     n.extract::<i64>().ok()
 }
 
-fn not_implemented(py: Python<'_>) -> Py<PyAny> {
-    py.NotImplemented()
+fn not_implemented(py: Python<'_>) -> Bound<'_, PyAny> {
+    py.NotImplemented().into_bound(py)
 }
 
 /// `read(n)`'s step: the data, `None` to wait (once), or `NotImplemented` for asyncio's own
@@ -169,18 +200,15 @@ fn not_implemented(py: Python<'_>) -> Py<PyAny> {
 #[pyo3(name = "_stream_read")]
 fn stream_read<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: bool) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
-    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
-    let (Some(n), Some(fields)) = (size(n), Fields::of(stock, reader)?) else {
-        return Ok(not_implemented(py).into_bound(py));
-    };
-    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
+    let (Some(n), Some(fields)) = (size(n), Fields::fast(reader)?) else { return Ok(not_implemented(py)) };
+    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py)) };
     if !waited {
         fields.raise_exception()?;
         if n == 0 {
             return Ok(PyBytes::new(py, b"").into_any());
         }
         if n < 0 {
-            return Ok(not_implemented(py).into_bound(py));
+            return Ok(not_implemented(py));
         }
         if buffer.len() == 0 && !fields.eof()? {
             return Ok(py.None().into_bound(py));
@@ -199,11 +227,8 @@ fn stream_readexactly<'py>(
     waited: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
-    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
-    let (Some(n), Some(fields)) = (size(n), Fields::of(stock, reader)?) else {
-        return Ok(not_implemented(py).into_bound(py));
-    };
-    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
+    let (Some(n), Some(fields)) = (size(n), Fields::fast(reader)?) else { return Ok(not_implemented(py)) };
+    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py)) };
     if !waited {
         if n < 0 {
             return Err(PyValueError::new_err("readexactly size can not be less than zero"));
@@ -237,9 +262,8 @@ fn stream_readuntil<'py>(
     offset: isize,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
-    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
-    let (Ok(separator), Some(fields)) = (separator.cast_exact::<PyBytes>(), Fields::of(stock, reader)?) else {
-        return Ok(not_implemented(py).into_bound(py));
+    let (Ok(separator), Some(fields)) = (separator.cast_exact::<PyBytes>(), Fields::fast(reader)?) else {
+        return Ok(not_implemented(py));
     };
     readuntil_step(&fields, separator.as_bytes(), offset)
 }
@@ -251,8 +275,7 @@ fn stream_readuntil<'py>(
 #[pyo3(name = "_stream_readline")]
 fn stream_readline<'py>(reader: &Bound<'py, PyAny>, offset: isize) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
-    let Some(stock) = Stock::get(py) else { return Ok(not_implemented(py).into_bound(py)) };
-    let Some(fields) = Fields::of(stock, reader)? else { return Ok(not_implemented(py).into_bound(py)) };
+    let Some(fields) = Fields::fast(reader)? else { return Ok(not_implemented(py)) };
     let err = match readuntil_step(&fields, b"\n", offset) {
         Ok(answer) => return Ok(answer),
         Err(err) => err,
@@ -274,13 +297,13 @@ fn stream_readline<'py>(reader: &Bound<'py, PyAny>, offset: isize) -> PyResult<B
     let len = buffer.len()?;
     fields.maybe_resume_transport(len)?;
     let message = exc.getattr(intern!(py, "args"))?.get_item(0)?;
-    Err(PyErr::from_value(pyo3::exceptions::PyValueError::type_object(py).call1((message,))?))
+    Err(PyValueError::new_err((message.unbind(),)))
 }
 
 /// One pass of `readuntil`'s search (see [`stream_readuntil`]).
 fn readuntil_step<'py>(fields: &Fields<'py>, sep: &[u8], offset: isize) -> PyResult<Bound<'py, PyAny>> {
     let py = fields.reader.py();
-    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py).into_bound(py)) };
+    let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py)) };
     let first = offset < 0;
     let mut offset = usize::try_from(offset).unwrap_or(0);
     if first {
@@ -329,46 +352,11 @@ fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bou
         )));
     }
     if fields.get(intern!(py, "_paused"))?.is_truthy()? {
-        fields.set(intern!(py, "_paused"), false)?;
-        fields.get(intern!(py, "_transport"))?.call_method0(intern!(py, "resume_reading"))?;
+        fields.resume()?;
     }
     let waiter = fields.get(intern!(py, "_loop"))?.call_method0(intern!(py, "create_future"))?;
     fields.set(intern!(py, "_waiter"), &waiter)?;
     Ok(waiter)
-}
-
-/// Delivery into a reader of ferroloop's class, as `StreamReader.feed_data(data)`: see
-/// [`super::feed`], whose checks on the protocol have passed. `Ok(false)` when asyncio's own code
-/// must run.
-pub(super) fn feed(stock: &Stock, reader: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
-    let py = reader.py();
-    let Some(fields) = Fields::of(stock, reader)? else { return Ok(false) };
-    // `assert not self._eof`: past end of file, asyncio's own code says what happens.
-    if !fields.get(intern!(py, "_eof"))?.is(pyo3::types::PyBool::new(py, false)) {
-        return Ok(false);
-    }
-    if data.is_empty() {
-        return Ok(true);
-    }
-    let Some(buffer) = fields.buffer()? else { return Ok(false) };
-    super::extend(&buffer, data)?;
-    let waiter = fields.get(intern!(py, "_waiter"))?;
-    if !waiter.is_none() {
-        fields.set(intern!(py, "_waiter"), py.None())?;
-        super::wake(&waiter)?;
-    }
-    let transport = fields.get(intern!(py, "_transport"))?;
-    if transport.is_none() || fields.get(intern!(py, "_paused"))?.is_truthy()? {
-        return Ok(true);
-    }
-    if !super::compare_len(buffer.len(), &fields.get(intern!(py, "_limit"))?, 2, CompareOp::Gt)? {
-        return Ok(true);
-    }
-    match super::pause(&transport)? {
-        true => fields.set(intern!(py, "_paused"), true)?,
-        false => fields.set(intern!(py, "_transport"), py.None())?,
-    }
-    Ok(true)
 }
 
 fn incomplete_read_class(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {

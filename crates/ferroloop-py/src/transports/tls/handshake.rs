@@ -162,7 +162,7 @@ pub fn make_tls_protocol<'py>(
     let (in_hi, in_lo) = (HIGH_WATER_READ_KIB * 1024, HIGH_WATER_READ_KIB * 1024 / 4);
     let (out_hi, out_lo) = (HIGH_WATER_WRITE_KIB * 1024, HIGH_WATER_WRITE_KIB * 1024 / 4);
     // asyncio's stock streams over TLS get ferroloop's reads too (`streams::feed` delivers).
-    crate::transports::streams::is_stock_protocol(app_protocol)?;
+    crate::transports::streams::adopt_protocol(app_protocol)?;
     let state = State {
         tls: Tls::Unwrapped,
         app: if call_connection_made { App::Init } else { App::Made },
