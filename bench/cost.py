@@ -1,10 +1,10 @@
 """Instructions per operation under callgrind: what a change to the loop costs, measured exactly.
 
 Wall-clock time on a shared machine moves by 10-30 % from run to run; the instructions a workload
-executes do not. This runs each workload (``bench/micro.py``'s, and echo round trips over a
-socket pair in one process) under ``valgrind --tool=callgrind`` in each given Python (a venv
-with the build to measure), and reports instructions per operation, all of them (the loop's,
-Python's, the C library's):
+executes do not. This runs each workload (``bench/micro.py``'s, echo round trips over a socket
+pair in one process, and a streams server's side alone against a client thread) under
+``valgrind --tool=callgrind`` in each given Python (a venv with the build to measure), and
+reports instructions per operation, all of them (the loop's, Python's, the C library's):
 
 - the slope between runs of n/10 and n operations, so that start-up cancels out;
 - ``PYTHONHASHSEED=0``; the garbage collector frozen after start-up and then disabled, so that no
@@ -43,6 +43,7 @@ WORKLOADS = {
     "proto_echo_100k": (400, "Protocol echo, 100 KiB"),
     "streams_echo_1k": (2000, "streams echo, 1 KiB"),
     "streams_echo_100k": (200, "streams echo, 100 KiB"),
+    "streams_server_1k": (2000, "streams server, 1 KiB (server only)"),
 }
 LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
 
@@ -111,6 +112,48 @@ def streams_echo(loop, n, size=1024):
     loop.run_until_complete(main())
 
 
+def streams_server(loop, n, size=1024):
+    """A start_server-style server's side alone: the client is a blocking socket in another
+    thread, whose instructions are not counted (see `instructions`), as `make bench` counts the
+    server's CPU only."""
+    import asyncio
+    import socket
+    import threading
+
+    def client(sock):
+        payload = b"x" * size
+        with sock:
+            for _ in range(n):
+                sock.sendall(payload)
+                got = 0
+                while got < size:
+                    got += len(sock.recv(size - got))
+
+    async def main():
+        a, b = socket.socketpair()
+        done = loop.create_future()
+
+        async def serve(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+            finally:
+                done.set_result(None)
+
+        def protocol():
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), serve, loop=loop)
+
+        await loop.connect_accepted_socket(protocol, a)
+        thread = threading.Thread(target=client, args=(b,))
+        thread.start()
+        await done
+        thread.join()
+
+    loop.run_until_complete(main())
+
+
 def run_one(name, n, layout):
     import gc
 
@@ -124,6 +167,7 @@ def run_one(name, n, layout):
     work["proto_echo_100k"] = lambda loop, n: proto_echo(loop, n, 100 * 1024)
     work["streams_echo_1k"] = streams_echo
     work["streams_echo_100k"] = lambda loop, n: streams_echo(loop, n, 100 * 1024)
+    work["streams_server_1k"] = streams_server
     gc.collect()
     gc.freeze()
     gc.disable()

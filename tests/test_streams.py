@@ -212,6 +212,62 @@ def test_waiter_cancelled_directly_before_data(loop, run):
     run(main())
 
 
+@pytest.mark.parametrize("future_class", [asyncio.Future, asyncio.futures._PyFuture])
+def test_waiter_done_behind_the_readers_back(loop, run, future_class):
+    """A waiter given a result behind the reader's back makes the wake-up fail as in asyncio
+    (set_result on a done future: InvalidStateError from data_received), whether it is asyncio's
+    C future, which ferroloop wakes without asking cancelled() first, or another kind."""
+
+    async def main():
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        reader, writer, peer = await pair()
+        read = asyncio.ensure_future(reader.read(10))
+        await settle()
+        # The read awaits the waiter it made; the reader is handed another, already done.
+        reader._waiter = future_class(loop=loop)
+        reader._waiter.set_result(None)
+        peer.send(b"data")
+        await until(lambda: contexts)
+        ctx = contexts[0]
+        assert ctx["message"] == "Fatal error: protocol.data_received() call failed."
+        assert type(ctx["exception"]) is asyncio.InvalidStateError
+        assert bytes(reader._buffer) == b"data"
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+        close(writer, peer)
+
+    run(main())
+
+
+def test_reads_wait_with_the_loops_create_future(loop_factory, run):
+    """A loop class that replaces create_future makes every read's waiter, on both loops."""
+    made = []
+
+    class Loop(loop_factory.loop_class):
+        def create_future(self):
+            future = super().create_future()
+            made.append(future)
+            return future
+
+    async def main():
+        reader, writer, peer = await pair()
+        for op in (lambda: reader.read(3), lambda: reader.readexactly(3), lambda: reader.readline()):
+            before = len(made)
+            pending = asyncio.ensure_future(op())
+            await settle()
+            assert len(made) == before + 1 and reader._waiter is made[-1]
+            peer.send(b"ab\n")
+            assert await pending == b"ab\n"
+        close(writer, peer)
+
+    lp = Loop()
+    try:
+        lp.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        lp.close()
+
+
 def test_data_after_feed_eof_is_a_protocol_error(loop, run):
     """``feed_data`` after ``feed_eof`` fails its assertion inside data_received: the connection
     is closed and the exception handler told, as with asyncio."""

@@ -16,10 +16,28 @@
 //!    wait in Rust, reading asyncio's own state from the reader's instance dictionary; delivery
 //!    into such a reader reads the dictionary too. `readline`, iteration and the rest are
 //!    asyncio's, calling these.
-//! 3. **Writing** (planned): `drain` without a coroutine when the transport is not paused.
-//! 4. **The wake-up** (planned): the waiter's result schedules the reading task's step through
-//!    asyncio's `Future` (`call_soon`, with its context), about 1,800 instructions of a 1 KiB
-//!    round trip's 43,000; a reader owned by Rust could resume its task with less.
+//! 3. **Writing** (tried, not kept): a server's writer given ferroloop's subclass after
+//!    `connection_made` (where the stock protocol makes it; `open_connection` makes a client's
+//!    after the transport, out of its reach), whose `drain` asks in one Rust call what asyncio's
+//!    `drain` asks (the reader's exception, `is_closing()`, the protocol's `_connection_lost`
+//!    and `_paused`, the stock methods in place) and returns when it would. Measured on
+//!    `bench/cost.py`'s `streams_server_1k` (the server's instructions alone, Python 3.11):
+//!    asyncio's `drain` costs 1,855 instructions per request more than a coroutine that returns
+//!    at once, but the checks, made from C, cost more than that (+270 to +830 per request against
+//!    asyncio's `drain`): reading the reader's dictionary, the protocol's attributes (or a bound
+//!    `_drain_helper`, which 3.11 cannot specialise outside a call) cost what the interpreter's
+//!    specialised attribute reads and calls in asyncio's `drain` do not. With a server and a
+//!    client in one process it also made `StreamWriter.write`'s attribute reads see two classes,
+//!    which 3.11's one-class inline caches pay for on every write (+1,200 per round trip on the
+//!    echo). A native `drain` needs a check cheaper than asyncio's whole `drain`, which on 3.11
+//!    means not asking from C at all.
+//! 4. **The wake-up** (in part): the waiter's result schedules the reading task's step through
+//!    asyncio's `Future` (`call_soon`, with its context), about 1,800 instructions of a request;
+//!    a reader owned by Rust could resume its task with less. Done so far: [`wake`] calls the C
+//!    future's `set_result` without asking `cancelled()` first, and a read's wait makes its
+//!    future through ferroloop's `create_future` without the method call when the loop's class
+//!    keeps it (`reader::create_future`); together 336 instructions less per server request
+//!    (21,883 → 21,547 on `streams_server_1k`).
 //!
 //! Measured (callgrind, instructions per round trip of `bench/cost.py`'s streams echo in one
 //! process, Python 3.11, three heap layouts averaged), before → step 1 → step 2: 1 KiB 46,604 →
@@ -289,12 +307,29 @@ fn feed_data<'py>(reader: &impl Attrs<'py>, data: &[u8]) -> PyResult<bool> {
 }
 
 /// The waiter's result, unless it was cancelled (`_wakeup_waiter` once `_waiter` is cleared).
+///
+/// A waiter of asyncio's C `Future` class (what `create_future` makes) is not asked first:
+/// its `set_result` changes nothing and raises `InvalidStateError` when it was cancelled, which
+/// is then what `cancelled()` says, so the one method call answers both (about 290 instructions
+/// less per wake-up on 3.11). Any other waiter is asked first, as asyncio asks.
 fn wake(waiter: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = waiter.py();
+    if c_future_type(py).is_ok_and(|t| waiter.get_type().is(t)) {
+        return match waiter.call_method1(intern!(py, "set_result"), (py.None(),)) {
+            Err(_) if waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? => Ok(()),
+            result => result.map(drop),
+        };
+    }
     if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
         waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
     }
     Ok(())
+}
+
+/// `_asyncio.Future`, the C class (a patched `asyncio.Future` does not replace it).
+fn c_future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS.import(py, "_asyncio", "Future")
 }
 
 /// `transport.pause_reading()`: `false` if the transport cannot pause (`NotImplementedError`),

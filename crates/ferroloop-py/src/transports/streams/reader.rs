@@ -20,6 +20,8 @@
 //! awaits the future [`stream_wait`] made and clears `_waiter` in a `finally`, as
 //! `_wait_for_data` does, so cancellation behaves as asyncio's.
 
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
 use pyo3::basic::CompareOp;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
@@ -29,6 +31,7 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyString};
 use pyo3::{intern, PyTypeInfo};
 
 use super::Stock;
+use crate::event_loop::EventLoop;
 
 /// The stock methods a transport's delivery (the first two) and this module's reads stand in for.
 pub(super) const STANDS_IN_FOR: [&str; 8] = [
@@ -354,9 +357,34 @@ fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bou
     if fields.get(intern!(py, "_paused"))?.is_truthy()? {
         fields.resume()?;
     }
-    let waiter = fields.get(intern!(py, "_loop"))?.call_method0(intern!(py, "create_future"))?;
+    let waiter = create_future(&fields.get(intern!(py, "_loop"))?)?;
     fields.set(intern!(py, "_waiter"), &waiter)?;
     Ok(waiter)
+}
+
+/// `event_loop.create_future()`: ferroloop's, without the method call, when the loop's class
+/// has not replaced it (which is checked once per class version: CPython gives a class a new
+/// version tag after any change to it or its bases, never one it gave before).
+fn create_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    static CLASS: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+    static TAG: AtomicU32 = AtomicU32::new(0);
+    let py = event_loop.py();
+    let name = intern!(py, "create_future");
+    if let Ok(ours) = event_loop.cast::<EventLoop>() {
+        let class = ours.get_type();
+        let ptr = class.as_type_ptr();
+        // SAFETY: reads a field of a live type object.
+        let tag = unsafe { (*ptr).tp_version_tag };
+        let known = tag != 0 && CLASS.load(Ordering::Relaxed) == ptr && TAG.load(Ordering::Relaxed) == tag;
+        if known || class.getattr(name)?.is(EventLoop::type_object(py).getattr(name)?) {
+            if !known {
+                CLASS.store(ptr, Ordering::Relaxed);
+                TAG.store(tag, Ordering::Relaxed);
+            }
+            return Ok(EventLoop::create_future(ours)?.into_bound(py));
+        }
+    }
+    event_loop.call_method0(name)
 }
 
 fn incomplete_read_class(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
