@@ -44,6 +44,8 @@ WORKLOADS = {
     "streams_echo_1k": (2000, "streams echo, 1 KiB"),
     "streams_echo_100k": (200, "streams echo, 100 KiB"),
     "streams_server_1k": (2000, "streams server, 1 KiB (server only)"),
+    "protocol_server_1k": (2000, "Protocol server, 1 KiB (server only)"),
+    "task_server_1k": (2000, "Task woken by a Future per request, 1 KiB (server only)"),
 }
 LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
 
@@ -112,10 +114,16 @@ def streams_echo(loop, n, size=1024):
     loop.run_until_complete(main())
 
 
-def streams_server(loop, n, size=1024):
-    """A start_server-style server's side alone: the client is a blocking socket in another
-    thread, whose instructions are not counted (see `instructions`), as `make bench` counts the
-    server's CPU only."""
+def server_only(loop, n, kind, size=1024):
+    """One server's side alone, as `make bench` counts the server's CPU only: the client is a
+    blocking socket in another thread, whose instructions are not counted (see `instructions`).
+
+    kind "streams": a start_server-style streams echo (`StreamReaderProtocol` with a callback).
+    kind "protocol": an echo `Protocol`, the loop's floor for the same bytes.
+    kind "task": a coroutine woken through an asyncio `Future` by `data_received` for each
+    request, which then writes: what any coroutine that awaits its data costs on asyncio's Task
+    and Future, the floor under a streams server that keeps them.
+    """
     import asyncio
     import socket
     import threading
@@ -142,10 +150,52 @@ def streams_server(loop, n, size=1024):
             finally:
                 done.set_result(None)
 
-        def protocol():
-            return asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), serve, loop=loop)
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
 
-        await loop.connect_accepted_socket(protocol, a)
+            def data_received(self, data):
+                self.transport.write(data)
+
+            def connection_lost(self, exc):
+                done.set_result(None)
+
+        class Woken(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.waiter = None
+                self.data = None
+                loop.create_task(self.serve())
+
+            def data_received(self, data):
+                self.data = data
+                if self.waiter is not None:
+                    self.waiter.set_result(None)
+
+            def eof_received(self):
+                self.data = b""
+                if self.waiter is not None:
+                    self.waiter.set_result(None)
+
+            async def serve(self):
+                while True:
+                    if self.data is None:
+                        self.waiter = loop.create_future()
+                        await self.waiter
+                        self.waiter = None
+                    data, self.data = self.data, None
+                    if not data:
+                        break
+                    self.transport.write(data)
+                self.transport.close()
+                done.set_result(None)
+
+        factories = {
+            "streams": lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), serve, loop=loop),
+            "protocol": Echo,
+            "task": Woken,
+        }
+        await loop.connect_accepted_socket(factories[kind], a)
         thread = threading.Thread(target=client, args=(b,))
         thread.start()
         await done
@@ -167,7 +217,9 @@ def run_one(name, n, layout):
     work["proto_echo_100k"] = lambda loop, n: proto_echo(loop, n, 100 * 1024)
     work["streams_echo_1k"] = streams_echo
     work["streams_echo_100k"] = lambda loop, n: streams_echo(loop, n, 100 * 1024)
-    work["streams_server_1k"] = streams_server
+    work["streams_server_1k"] = lambda loop, n: server_only(loop, n, "streams")
+    work["protocol_server_1k"] = lambda loop, n: server_only(loop, n, "protocol")
+    work["task_server_1k"] = lambda loop, n: server_only(loop, n, "task")
     gc.collect()
     gc.freeze()
     gc.disable()
