@@ -52,6 +52,14 @@
 //! objects whose attributes no longer live inline once their dictionary is made; a reader of
 //! ferroloop's class runs little of that code, and the protocol's dictionary is not made.)
 //!
+//! The floor (`bench/cost.py`'s server-side-only workloads, 1 KiB, Python 3.11, three layouts):
+//! per request, an echo `Protocol` costs 3,360 instructions, a coroutine woken through an
+//! asyncio `Future` by `data_received` and then writing costs 10,156 (asyncio's Task and Future,
+//! before any streams code), and a streams server 21,498. A streams server that keeps asyncio's
+//! Task and Future, as a program's handler coroutine needs, cannot go below the second figure;
+//! the 11,300 above it are the stream classes' Python (the read coroutines, `drain` with its
+//! `_drain_helper`, `write`) and the Rust that stands in for theirs.
+//!
 //! The rule for every step: the shortcut applies only to the exact stock classes, with the stock
 //! methods in place. A subclass, a method patched on the class or on the instance, a `_buffer`
 //! that is not a `bytearray`, a reader past end of file, or anything else unusual, and the
