@@ -9,10 +9,11 @@ attributes, and every method asyncio defines; ``read(n)``, ``readexactly(n)``,
 Iteration, ``at_eof()`` and the rest are asyncio's, and call these.
 
 The native step answers ``NotImplemented`` where asyncio's own code must run instead (a patched
-class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``), and ``None`` (or, for
-``readuntil`` and ``readline``, the offset to search from next) where the read must wait for
-data; after the wait it is asked again, told that it waited. Each method
-writes its wait out (``_wait`` makes the waiter; the ``finally`` clears it, as asyncio's
+class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``). Where the read must
+wait for data, ``read`` and ``readexactly``'s step answers the future to await, already the
+reader's ``_waiter``; ``readuntil`` and ``readline``'s answers the offset to search from next,
+and ``_wait`` makes the future. After the wait the step is asked again, told that it waited.
+Each method writes its wait out (the ``finally`` clears ``_waiter``, as asyncio's
 ``_wait_for_data`` does): a helper coroutine would cost one more coroutine per wait, which is
 what this class is for saving.
 """
@@ -36,28 +37,28 @@ class StreamReader(asyncio.StreamReader):
 
     async def read(self, n=-1):
         data = _read(self, n, False)
-        if data is None:
-            waiter = _wait(self, "read")
+        if data.__class__ is not bytes:
+            if data is NotImplemented:
+                return await _stock.read(self, n)
             try:
-                await waiter
+                await data
             finally:
                 self._waiter = None
             data = _read(self, n, True)
-        if data is NotImplemented:
-            return await _stock.read(self, n)
+            if data is NotImplemented:
+                return await _stock.read(self, n)
         return data
 
     async def readexactly(self, n):
         data = _readexactly(self, n, False)
-        while data is None:
-            waiter = _wait(self, "readexactly")
+        while data.__class__ is not bytes:
+            if data is NotImplemented:
+                return await _stock.readexactly(self, n)
             try:
-                await waiter
+                await data
             finally:
                 self._waiter = None
             data = _readexactly(self, n, True)
-        if data is NotImplemented:
-            return await _stock.readexactly(self, n)
         return data
 
     async def readuntil(self, separator=b"\n"):

@@ -17,8 +17,9 @@
 //! messages, `consumed`, `partial` and `expected`), one wait per `read`, a wait per shortfall for
 //! `readexactly` and `readuntil` (whose search resumes where the last one stopped), and
 //! `_maybe_resume_transport` after the bytes are taken. The Python side holds each wait: it
-//! awaits the future [`stream_wait`] made and clears `_waiter` in a `finally`, as
-//! `_wait_for_data` does, so cancellation behaves as asyncio's.
+//! awaits the future [`Fields::wait`] made (within `read`'s and `readexactly`'s step, or through
+//! [`stream_wait`] for `readuntil` and `readline`, whose step answers an offset) and clears
+//! `_waiter` in a `finally`, as `_wait_for_data` does, so cancellation behaves as asyncio's.
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
@@ -95,6 +96,23 @@ impl<'py> Fields<'py> {
             Some(v) => Ok(v),
             None => self.reader.getattr(name),
         }
+    }
+
+    /// `_wait_for_data(func_name)` up to its `await`: the future to await, stored as `_waiter`.
+    /// The Python side awaits it and clears `_waiter` in a `finally`, as asyncio does.
+    fn wait(&self, func_name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.reader.py();
+        if !self.get(intern!(py, "_waiter"))?.is_none() {
+            return Err(PyRuntimeError::new_err(format!(
+                "{func_name}() called while another coroutine is already waiting for incoming data"
+            )));
+        }
+        if self.get(intern!(py, "_paused"))?.is_truthy()? {
+            self.resume()?;
+        }
+        let waiter = create_future(&self.get(intern!(py, "_loop"))?)?;
+        self.set(intern!(py, "_waiter"), &waiter)?;
+        Ok(waiter)
     }
 
     /// `self.<name> = value` (the stock class defines no descriptor for these names).
@@ -197,8 +215,10 @@ fn not_implemented(py: Python<'_>) -> Bound<'_, PyAny> {
     py.NotImplemented().into_bound(py)
 }
 
-/// `read(n)`'s step: the data, `None` to wait (once), or `NotImplemented` for asyncio's own
-/// method (`read(-1)`, a size that is not an `int`, a customised reader).
+/// `read(n)`'s step: the data; the future to await, already set up as the reader's `_waiter`
+/// (see [`Fields::wait`]), after which the step is asked again, told that it waited (and then
+/// gives the data); or `NotImplemented` for asyncio's own method (`read(-1)`, a size that is not
+/// an `int`, a customised reader).
 #[pyfunction]
 #[pyo3(name = "_stream_read")]
 fn stream_read<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: bool) -> PyResult<Bound<'py, PyAny>> {
@@ -214,14 +234,15 @@ fn stream_read<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: b
             return Ok(not_implemented(py));
         }
         if buffer.len() == 0 && !fields.eof()? {
-            return Ok(py.None().into_bound(py));
+            return fields.wait("read");
         }
     }
     let n = usize::try_from(n).unwrap_or(usize::MAX).min(buffer.len());
     fields.take(&buffer, n)
 }
 
-/// `readexactly(n)`'s step: the data, `None` to wait, or `NotImplemented` for asyncio's own.
+/// `readexactly(n)`'s step: the data, the future to await (as for `read`, once per shortfall),
+/// or `NotImplemented` for asyncio's own.
 #[pyfunction]
 #[pyo3(name = "_stream_readexactly")]
 fn stream_readexactly<'py>(
@@ -244,7 +265,7 @@ fn stream_readexactly<'py>(
     let want = usize::try_from(n).unwrap_or(usize::MAX);
     if buffer.len() < want {
         if !fields.eof()? {
-            return Ok(py.None().into_bound(py));
+            return fields.wait("readexactly");
         }
         // SAFETY: the live bytearray's bytes, copied at once.
         let partial = PyBytes::new(py, unsafe { buffer.as_bytes() });
@@ -347,19 +368,7 @@ fn readuntil_step<'py>(fields: &Fields<'py>, sep: &[u8], offset: isize) -> PyRes
 #[pyfunction]
 #[pyo3(name = "_stream_wait")]
 fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bound<'py, PyAny>> {
-    let py = reader.py();
-    let fields = Fields::any(reader)?;
-    if !fields.get(intern!(py, "_waiter"))?.is_none() {
-        return Err(PyRuntimeError::new_err(format!(
-            "{func_name}() called while another coroutine is already waiting for incoming data"
-        )));
-    }
-    if fields.get(intern!(py, "_paused"))?.is_truthy()? {
-        fields.resume()?;
-    }
-    let waiter = create_future(&fields.get(intern!(py, "_loop"))?)?;
-    fields.set(intern!(py, "_waiter"), &waiter)?;
-    Ok(waiter)
+    Fields::any(reader)?.wait(func_name)
 }
 
 /// `event_loop.create_future()`: ferroloop's, without the method call, when the loop's class
