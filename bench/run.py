@@ -61,6 +61,13 @@ def cpu_ns(pid):
     return total
 
 
+def sys_ticks(pid):
+    """System (kernel) time of every thread of `pid`, in clock ticks (the kernel samples it at each
+    tick, so it is a statistical split of the CPU time `cpu_ns` counts exactly)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12])  # stime, the 15th field of the whole line
+
+
 def rss_kib(pid):
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -141,9 +148,10 @@ def measure(loop, workload, size, seconds, tmp):
         return {"unsupported": server.unsupported}
     try:
         run_client(workload, address, size, 0.3)  # warm-up: connections, caches, JIT-free but lazy imports
-        before = cpu_ns(server.proc.pid)
+        before, sys_before = cpu_ns(server.proc.pid), sys_ticks(server.proc.pid)
         result = run_client(workload, address, size, seconds)
         used = cpu_ns(server.proc.pid) - before
+        kernel = (sys_ticks(server.proc.pid) - sys_before) / os.sysconf("SC_CLK_TCK")
     except (subprocess.SubprocessError, ValueError, AttributeError, json.JSONDecodeError, IndexError) as exc:
         return {"unsupported": f"client failed: {exc!r}"[:200]}
     finally:
@@ -156,6 +164,7 @@ def measure(loop, workload, size, seconds, tmp):
         "p50_us": result["p50_us"],
         "p99_us": result["p99_us"],
         "cpu_us_per_req": used / n / 1e3,
+        "sys_us_per_req": kernel / n * 1e6,
     }
 
 
@@ -221,7 +230,8 @@ def summarize(network):
             if not ok:
                 row[loop] = {"unsupported": rounds[0][loop].get("unsupported", "failed")}
                 continue
-            cell = {k: statistics.median(x[k] for x in ok) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+            keys = ("rps", "p50_us", "p99_us", "cpu_us_per_req", "sys_us_per_req")
+            cell = {k: statistics.median(x[k] for x in ok) for k in keys if all(k in x for x in ok)}
             ratios = [
                 r["uvloop"]["cpu_us_per_req"] / r[loop]["cpu_us_per_req"]
                 for r in rounds
@@ -237,6 +247,9 @@ def summarize(network):
             ]
             if overheads and loop not in ("reference", "uvloop"):
                 cell["overhead_vs_uvloop"] = statistics.median(overheads)
+            if loop == "reference" and ratios:
+                # No Python at all: the ratio to uvloop that no loop can pass on this machine.
+                cell["ceiling_vs_uvloop"] = cell["vs_uvloop"]
             row[loop] = cell
         rows[name] = row
     return rows
@@ -304,6 +317,30 @@ def markdown(rows, memory, micro, info, seconds, rounds):
             fmt_cell(row["ferroloop"], "overhead_vs_uvloop", 2),
         ]
         lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
+    if any("sys_us_per_req" in row[loop] for row in rows.values() for loop in LOOPS):
+        lines += [
+            "",
+            (
+                "**Kernel and user time per request** (µs, median; kernel / the rest: the server's system "
+                "time, from the kernel's tick-sampled accounting, so a split within about 10 %), and the "
+                "ceiling: uvloop's CPU per request ÷ the reference server's, the ratio to uvloop that a loop "
+                "costing nothing in user space would reach (the loops make the same system calls per request):"
+            ),
+            "",
+            "| workload | " + " | ".join(LOOPS) + " | ceiling vs uvloop |",
+            "| --- |" + " ---: |" * (len(LOOPS) + 1),
+        ]
+        for name, row in rows.items():
+            cells = []
+            for loop in LOOPS:
+                c = row[loop]
+                if "sys_us_per_req" not in c:
+                    cells.append(fmt_cell(c, "sys_us_per_req"))
+                    continue
+                user = c["cpu_us_per_req"] - c["sys_us_per_req"]
+                cells.append(f"{c['sys_us_per_req']:.1f} / {user:.1f}")
+            cells.append(fmt_cell(row["reference"], "ceiling_vs_uvloop", 2, "×"))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "**Requests per second and latency** (median; p50 / p99 in µs):",
