@@ -36,8 +36,9 @@
 //!    a reader owned by Rust could resume its task with less. Done so far: [`wake`] calls the C
 //!    future's `set_result` without asking `cancelled()` first, and a read's wait makes its
 //!    future through ferroloop's `create_future` without the method call when the loop's class
-//!    keeps it (`reader::create_future`); together 336 instructions less per server request
-//!    (21,883 → 21,547 on `streams_server_1k`).
+//!    keeps it (`reader::create_future`), within the read's own step for `read` and
+//!    `readexactly` (`Fields::wait`); together 670 instructions less per server request
+//!    (21,883 → 21,213 on `streams_server_1k`).
 //!
 //! Measured (callgrind, instructions per round trip of `bench/cost.py`'s streams echo in one
 //! process, Python 3.11, three heap layouts averaged), before → step 1 → step 2: 1 KiB 46,604 →
@@ -55,10 +56,14 @@
 //! The floor (`bench/cost.py`'s server-side-only workloads, 1 KiB, Python 3.11, three layouts):
 //! per request, an echo `Protocol` costs 3,360 instructions, a coroutine woken through an
 //! asyncio `Future` by `data_received` and then writing costs 10,156 (asyncio's Task and Future,
-//! before any streams code), and a streams server 21,498. A streams server that keeps asyncio's
-//! Task and Future, as a program's handler coroutine needs, cannot go below the second figure;
-//! the 11,300 above it are the stream classes' Python (the read coroutines, `drain` with its
-//! `_drain_helper`, `write`) and the Rust that stands in for theirs.
+//! before any streams code), and a streams server 21,213 (uvloop's, with one heap layout: 4,590,
+//! 12,638 and 26,786). A streams server that keeps asyncio's Task and Future, as a program's
+//! handler coroutine needs, cannot go below the second figure; the 11,000 above it are the
+//! stream classes' Python (the read coroutines, `drain` with its `_drain_helper`, `write`) and
+//! the Rust that stands in for theirs. Under `make bench`'s load the kernel takes 8 to 10 µs of
+//! a 1 KiB request's 11 to 14 (the same system calls for every loop), so a server with no
+//! user-space cost at all would be 1.05× to 1.7× uvloop depending on the run: `make bench`
+//! reports that ceiling.
 //!
 //! The rule for every step: the shortcut applies only to the exact stock classes, with the stock
 //! methods in place. A subclass, a method patched on the class or on the instance, a `_buffer`
