@@ -1,7 +1,10 @@
 """The side-by-side benchmark suite (`make bench`): network servers and in-process micro-benchmarks.
 
 Network workloads: each server runs in a fresh process pinned to CPU 0, the client (the Rust load
-generator, wrk for HTTP, a Python client for TLS) pinned to CPU 1. Within each round every loop
+generator, wrk for HTTP, a Python client for TLS) pinned to CPU 1. The "connection per request"
+workloads open a new connection for each 1 KiB echo and close it with a FIN or an RST (see
+crates/ferroloop-bench/src/bin/loadgen.rs for how their TIME_WAIT stays off the ephemeral ports);
+a loop under which client connections fail is reported as such, not measured. Within each round every loop
 runs once, in rotating order; each figure is the median over rounds, and each ratio is computed
 within a round, then its median taken. The headline metric is server CPU time per request (from
 /proc/PID/task/*/schedstat), which a noisy machine disturbs far less than requests per second.
@@ -46,6 +49,8 @@ WORKLOADS = [
     ("echo Protocol 10 KiB", "protocol", 10 * KIB),
     ("echo Protocol 100 KiB", "protocol", 100 * KIB),
     ("Unix Protocol echo 1 KiB", "unix", KIB),
+    ("connection per request, 1 KiB, client closes (FIN)", "connect-graceful", KIB),
+    ("connection per request, 1 KiB, client resets (RST)", "connect-reset", KIB),
     ("HTTP/1.1 keep-alive (httptools)", "http", None),
     ("TLS echo 1 KiB", "tls", KIB),
 ]
@@ -135,6 +140,8 @@ def run_client(workload, address, size, seconds):
         target = ["--unix", address] if workload == "unix" else ["--tcp", address]
         cmd = [str(BIN / "loadgen"), *target, "--conns", str(CONNS), "--seconds", str(seconds)]
         cmd += ["--http"] if workload == "http" else ["--size", str(size)]
+        if workload.startswith("connect-"):
+            cmd += ["--per-connection", workload.removeprefix("connect-")]
     out = subprocess.run(
         ["taskset", "-c", "1", *cmd], check=False, capture_output=True, text=True, timeout=seconds + 30
     )
@@ -157,6 +164,8 @@ def measure(loop, workload, size, seconds, tmp):
     finally:
         server.close()
     n = result["requests"]
+    if result.get("errors"):
+        return {"unsupported": f"{result['errors']} client connections failed"}
     if n == 0 or used == 0:
         return {"unsupported": f"no requests completed ({result.get('errors', 0)} client errors)"}
     return {

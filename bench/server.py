@@ -129,6 +129,9 @@ def main():
         "sock": lambda: serve_sock(loop, address),
         "streams": lambda: serve_streams(loop, address),
         "protocol": lambda: serve_protocol(loop, address, EchoProtocol),
+        # A connection per request (the client's --per-connection): the same echo Protocol.
+        "connect-graceful": lambda: serve_protocol(loop, address, EchoProtocol),
+        "connect-reset": lambda: serve_protocol(loop, address, EchoProtocol),
         "unix": lambda: serve_protocol(loop, address, EchoProtocol, unix=True),
         "http": lambda: serve_protocol(loop, address, HttpProtocol),
         "tls": lambda: serve_protocol(loop, address, EchoProtocol, tls=True),
