@@ -46,6 +46,8 @@ WORKLOADS = {
     "streams_server_1k": (2000, "streams server, 1 KiB (server only)"),
     "protocol_server_1k": (2000, "Protocol server, 1 KiB (server only)"),
     "task_server_1k": (2000, "Task woken by a Future per request, 1 KiB (server only)"),
+    "connection_fin": (1000, "a connection per 1 KiB echo, client closes (server only)"),
+    "connection_rst": (1000, "a connection per 1 KiB echo, client resets (server only)"),
 }
 LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
 
@@ -204,6 +206,69 @@ def server_only(loop, n, kind, size=1024):
     loop.run_until_complete(main())
 
 
+# The client of `connections`, run in a child process (valgrind follows only the server's):
+# PORT N CLOSE SIZE SYNC_FD. Each connection waits for the server's word (a byte on SYNC_FD)
+# that the last one is gone.
+CONNECTIONS_CLIENT = """
+import os, socket, struct, sys
+port, n, close, size, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+payload = b"x" * size
+for _ in range(n):
+    with socket.create_connection(("127.0.0.1", int(port))) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(payload)
+        got = 0
+        while got < size:
+            got += len(sock.recv(size - got))
+        if close == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    os.read(sync, 1)
+"""
+
+
+def connections(loop, n, close, size=1024):
+    """A `create_server` echo Protocol's side alone, for `n` connections from a client process
+    (not traced), each one 1 KiB echo, then closed by the client with a FIN (`close` "fin") or an
+    RST ("rst"): what the server pays per connection. The client opens the next connection once
+    the server's protocol has seen the last one lost (it writes a byte to a pipe), so that each
+    connection costs the same work: connections arriving together would share accept calls."""
+    import asyncio
+
+    sync_r, sync_w = os.pipe()
+
+    async def main():
+        served = 0
+        done = loop.create_future()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                self.transport.write(data)
+
+            def connection_lost(self, exc):
+                nonlocal served
+                served += 1
+                os.write(sync_w, b"x")
+                if served == n:
+                    done.set_result(None)
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        args = [sys.executable, "-c", CONNECTIONS_CLIENT, str(port), str(n), close, str(size), str(sync_r)]
+        client = subprocess.Popen(args, pass_fds=(sync_r,))  # noqa: ASYNC220 (once per run: the slope cancels it)
+        await done
+        server.close()
+        await server.wait_closed()
+        return client
+
+    client = loop.run_until_complete(main())
+    client.wait()
+    os.close(sync_r)
+    os.close(sync_w)
+
+
 def run_one(name, n, layout):
     import gc
 
@@ -220,6 +285,8 @@ def run_one(name, n, layout):
     work["streams_server_1k"] = lambda loop, n: server_only(loop, n, "streams")
     work["protocol_server_1k"] = lambda loop, n: server_only(loop, n, "protocol")
     work["task_server_1k"] = lambda loop, n: server_only(loop, n, "task")
+    work["connection_fin"] = lambda loop, n: connections(loop, n, "fin")
+    work["connection_rst"] = lambda loop, n: connections(loop, n, "rst")
     gc.collect()
     gc.freeze()
     gc.disable()

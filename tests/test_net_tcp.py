@@ -1185,3 +1185,59 @@ def test_transport_fd_not_usable_by_add_reader(loop, run):
             await srv.finish()
 
     run(main())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accepted_socket_is_asyncios(loop, run, host):
+    """The server's end of a connection is the socket asyncio makes: a plain ``socket.socket``
+    of the listener's family, type and protocol, non-blocking, with TCP_NODELAY."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+
+    async def main():
+        try:
+            srv = await Served(loop).start(host)
+        except OSError as exc:
+            pytest.skip(f"cannot listen on {host}: {exc}")
+        tr, cli = await loop.create_connection(lambda: Proto(loop), *srv.addr)
+        sp = await srv.first
+        await sp.made
+        sock = sp.transport.get_extra_info("socket")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        assert (sock.family, sock.type, sock.proto) == (family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        assert type(sock.family) is socket.AddressFamily and type(sock.type) is socket.SocketKind
+        assert sock.gettimeout() == 0.0
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sp.transport.get_extra_info("peername")[:2] == tr.get_extra_info("sockname")[:2]
+        tr.close()
+        await cli.lost
+        await srv.finish()
+
+    run(main())
+
+
+def test_listener_subclass_accept_is_called(loop, run):
+    """A server on a socket of the program's own class accepts through that class's
+    ``accept``, as asyncio does."""
+    calls = []
+
+    class Listener(socket.socket):
+        def accept(self):
+            calls.append("accept")
+            return super().accept()
+
+    async def main():
+        sock = Listener(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        srv = Served(loop)
+        srv.server = await loop.create_server(srv.factory, sock=sock)
+        srv.addr = sock.getsockname()
+        tr, cli = await loop.create_connection(lambda: Proto(loop), *srv.addr)
+        sp = await srv.first
+        await sp.made
+        assert "accept" in calls
+        tr.close()
+        await cli.lost
+        await srv.finish()
+
+    run(main())

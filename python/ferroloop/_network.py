@@ -188,9 +188,10 @@ class NetworkMixin(_compat.BorrowedNetworking):
 
     def _accept_connection(self, serving):
         sock, server = serving.sock, serving.server
+        accept = _compat.accepted(sock)
         for _ in range(serving.backlog):
             try:
-                conn, addr = sock.accept()
+                conn, addr = accept()
                 conn.setblocking(False)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
