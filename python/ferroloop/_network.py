@@ -28,6 +28,38 @@ def _overrides_io(sock):
     return cls is not socket.socket and any(getattr(cls, m, None) is not getattr(socket.socket, m) for m in _SOCKET_IO)
 
 
+def _acceptor(listener):
+    """A function that accepts one connection on ``listener`` at each call and answers
+    ``(socket, address)`` as ``listener.accept()`` does (the caller sets the new socket's
+    blocking mode), or ``None`` when no connection is pending, where ``accept()`` raises
+    ``BlockingIOError``; other errors are ``accept()``'s.
+
+    A ``socket.socket`` is accepted on without ``accept()``'s conversions of the family and
+    type to enums (the new socket is made from the listener's ints); an IPv4 one through
+    ``_ferroloop._accept_inet``, which answers ``None`` where ``_accept()`` would make an
+    exception and its message for every connection. A listener of another class is accepted on
+    through its own ``accept``."""
+    if type(listener) is not socket.socket:
+        return listener.accept
+    family, kind, proto = _compat.sock_family(listener), _compat.sock_type(listener), listener.proto
+    make = socket.socket
+    if family == socket.AF_INET:
+        fd, accept_inet = listener.fileno(), _ferroloop._accept_inet
+
+        def accept_one():
+            got = accept_inet(fd)
+            return None if got is None else (make(family, kind, proto, fileno=got[0]), got[1])
+
+    else:
+        accept = listener._accept
+
+        def accept_one():
+            fd, address = accept()
+            return make(family, kind, proto, fileno=fd), address
+
+    return accept_one
+
+
 class _Serving(NamedTuple):
     """What a listening socket serves with: ``_start_serving``'s arguments."""
 
@@ -188,10 +220,13 @@ class NetworkMixin(_compat.BorrowedNetworking):
 
     def _accept_connection(self, serving):
         sock, server = serving.sock, serving.server
-        accept = _compat.accepted(sock)
+        accept = _acceptor(sock)
         for _ in range(serving.backlog):
             try:
-                conn, addr = accept()
+                accepted = accept()
+                if accepted is None:
+                    return
+                conn, addr = accepted
                 conn.setblocking(False)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return

@@ -62,7 +62,7 @@ use ferroloop_core::net;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyTuple};
 use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 
 use crate::buffers::Export;
@@ -316,6 +316,44 @@ fn try_accept(sock: &Bound<'_, PyAny>) -> Attempt {
     Ok(Some(pair.unbind()))
 }
 
+/// A server's accept of one IPv4 connection (`_acceptor` in `_network.py`): `accept4` with
+/// `SOCK_CLOEXEC`, as the socket module's `_accept()` calls it, answering `(new_fd, (host,
+/// port))` with the address as the socket module writes it (dotted quad, port), `None` when no
+/// connection is pending (where `_accept()` raises `BlockingIOError`: an exception, a traceback
+/// and a decoded message for every connection a server takes), or the `OSError` `_accept()`
+/// raises. An interrupted call is retried after Python's signal handlers ran, as the socket
+/// module does.
+#[pyfunction]
+#[pyo3(name = "_accept_inet")]
+pub(crate) fn accept_inet(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyTuple>>> {
+    loop {
+        // SAFETY: a zeroed sockaddr_in is a valid value; `accept4` writes at most `len` bytes of
+        // it and the length it wrote.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+        // SAFETY: as above; `fd` is the caller's descriptor, only read from.
+        let conn = unsafe { libc::accept4(fd, (&raw mut addr).cast(), &raw mut len, libc::SOCK_CLOEXEC) };
+        if conn >= 0 {
+            let host = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).to_string();
+            let port = u16::from_be(addr.sin_port);
+            return match (conn, (host, port)).into_pyobject(py) {
+                Ok(pair) => Ok(Some(pair.unbind())),
+                Err(e) => {
+                    // SAFETY: the descriptor just accepted, owned by nothing else yet.
+                    unsafe { libc::close(conn) };
+                    Err(e)
+                }
+            };
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            py.check_signals()?;
+            continue;
+        }
+        return if would_block(&e) { Ok(None) } else { Err(os_error(&e)) };
+    }
+}
+
 /// A socket method's outcome as an attempt: `BlockingIOError` would block.
 fn python_attempt(py: Python<'_>, res: PyResult<Bound<'_, PyAny>>) -> Attempt {
     match res {
@@ -476,6 +514,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(sendall, m)?)?;
     m.add_function(wrap_pyfunction!(accept, m)?)?;
+    m.add_function(wrap_pyfunction!(accept_inet, m)?)?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     Ok(())
 }
