@@ -35,6 +35,7 @@ pub(crate) mod streams;
 pub mod tls;
 
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -220,15 +221,19 @@ pub(crate) fn warn_unclosed(py: Python<'_>, kind: &str, fd: std::os::fd::RawFd) 
 }
 
 /// `get_extra_info` of a stream socket transport, made lazily. `peername` is taken when the
-/// transport is made (the peer may be gone when it is asked for); `sockname` and `socket`
-/// (asyncio's `TransportSocket` wrapper) are made on first request, or when the socket is closed,
-/// and kept. Made up front they were three objects and a dictionary per connection, a quarter of
-/// the memory of an idle one (10,000 idle connections: `make bench`).
+/// transport is made (the peer may be gone when it is asked for); `sockname` is made on first
+/// request, or when the socket is closed, and kept; `socket` (asyncio's `TransportSocket`
+/// wrapper) on first request, from the socket object, which is kept once closed for it. Made up
+/// front they were three objects and a dictionary per connection, a quarter of the memory of an
+/// idle one (10,000 idle connections: `make bench`); the wrapper made at every close was a
+/// Python object per connection that nobody asked for.
 pub(crate) struct SocketExtra {
     /// `getpeername()`'s answer at creation (or the caller's), None when it failed.
     peername: Py<PyAny>,
     /// The caller's other entries, then the answers made so far; made on first need.
     more: Option<Py<PyDict>>,
+    /// The socket object once the transport closed it: what `socket` wraps if asked later.
+    closed: Option<Py<PyAny>>,
 }
 
 impl SocketExtra {
@@ -236,6 +241,12 @@ impl SocketExtra {
         let py = sock.py();
         let mut peername = None;
         let mut more = None;
+        // A server's connection: `{"peername": address}` alone, taken without a copy.
+        if let Some(extra) = extra.filter(|e| e.len() == 1) {
+            if let Some(p) = extra.get_item(intern!(py, "peername"))? {
+                return Ok(Self { peername: p.unbind(), more: None, closed: None });
+            }
+        }
         if let Some(extra) = extra {
             let extra = extra.copy()?;
             if let Some(p) = extra.get_item("peername")? {
@@ -256,7 +267,12 @@ impl SocketExtra {
             Some(p) => p,
             None => sock.call_method0("getpeername").map_or_else(|_| py.None(), Bound::unbind),
         };
-        Ok(Self { peername, more })
+        Ok(Self { peername, more, closed: None })
+    }
+
+    /// Keeps `sock`, just closed, for a `socket` answer asked for later.
+    pub(crate) fn keep_closed(&mut self, sock: Py<PyAny>) -> Option<Py<PyAny>> {
+        self.closed.replace(sock)
     }
 
     /// TCP or Unix, for the statistics: a Unix socket's peer name is a `str` or `bytes`, an IP
@@ -283,7 +299,8 @@ impl SocketExtra {
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.peername)?;
-        visit.call(&self.more)
+        visit.call(&self.more)?;
+        visit.call(&self.closed)
     }
 }
 
@@ -292,7 +309,10 @@ impl SocketExtra {
 pub(crate) struct ExtraSnapshot {
     peername: Py<PyAny>,
     more: Option<Py<PyDict>>,
+    /// The open socket.
     sock: Option<Py<PyAny>>,
+    /// The socket, once closed.
+    closed: Option<Py<PyAny>>,
 }
 
 impl ExtraSnapshot {
@@ -301,6 +321,7 @@ impl ExtraSnapshot {
             peername: extra.peername.clone_ref(py),
             more: extra.more.as_ref().map(|d| d.clone_ref(py)),
             sock: sock.map(|s| s.clone_ref(py)),
+            closed: extra.closed.as_ref().map(|s| s.clone_ref(py)),
         }
     }
 
@@ -326,7 +347,10 @@ impl ExtraSnapshot {
             ("sockname", Some(sock)) => {
                 sock.bind(py).call_method0("getsockname").unwrap_or_else(|_| py.None().into_bound(py))
             }
-            ("socket", Some(sock)) => crate::pyrefs::transport_socket_type(py)?.call1((sock,))?,
+            ("socket", sock) => match sock.as_ref().or(self.closed.as_ref()) {
+                Some(sock) => crate::pyrefs::transport_socket_type(py)?.call1((sock,))?,
+                None => return Ok((default(), None)),
+            },
             _ => return Ok((default(), None)),
         };
         let dict = match self.more {

@@ -338,10 +338,11 @@ impl StreamTransport {
             (st.sock.take(), st.protocol.take(), st.server.take(), st.empty_waiter.take())
         };
         if let Some(sock) = sock {
-            // What get_extra_info answers from the socket must outlive it, as with asyncio.
-            for name in [intern!(py, "sockname"), intern!(py, "socket")] {
-                this.socket_extra_info(py, name, None, Some(&sock))?;
-            }
+            // What get_extra_info answers from the socket must outlive it, as with asyncio: its
+            // address now, and the socket object for a `socket` wrapper made if asked.
+            this.socket_extra_info(py, intern!(py, "sockname"), None, Some(&sock))?;
+            let old = this.state.borrow_mut(py).extra.keep_closed(sock.clone_ref(py));
+            drop(old);
             this.tally.closed();
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
