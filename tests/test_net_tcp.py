@@ -1312,3 +1312,52 @@ def test_accept_out_of_descriptors_pauses_then_resumes(loop_factory):
     once = loop_factory.name == "ferroloop"
     expected = f"('socket.accept() out of system resource', 'OSError', 24) {once} b'hello'"
     assert out.stdout.strip() == expected
+
+
+async def until_true(predicate, timeout=5.0):
+    """Yields to the loop until ``predicate()`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+def test_server_side_addresses_as_the_socket_module_writes_them(loop, run):
+    """peername and sockname of an accepted IPv4 connection, for addresses whose octets have one,
+    two and three digits and zeros, equal what the socket module answers, before and after the
+    connection ends."""
+
+    async def main():
+        srv = await Served(loop).start("127.100.255.1")
+        client = socket.socket()
+        client.bind(("127.9.10.0", 0))
+        client.setblocking(False)
+        await loop.sock_connect(client, srv.addr)
+        sp = await srv.first
+        await sp.made
+        server_side = sp.transport.get_extra_info("socket")
+        assert sp.transport.get_extra_info("peername") == client.getsockname() == server_side.getpeername()
+        assert sp.transport.get_extra_info("sockname") == srv.addr == server_side.getsockname()
+        client.close()
+        await sp.lost
+        assert sp.transport.get_extra_info("peername")[0] == "127.9.10.0"
+        assert sp.transport.get_extra_info("sockname") == ("127.100.255.1", srv.addr[1])
+        # A second connection, asked only once it has ended: the address kept at its close.
+        client = socket.socket()
+        client.bind(("127.200.0.99", 0))
+        client.setblocking(False)
+        await loop.sock_connect(client, srv.addr)
+        address = client.getsockname()
+        await until_true(lambda: len(srv.protos) == 2 and srv.protos[1].transport is not None)
+        second = srv.protos[1]
+        client.close()
+        await second.lost
+        assert second.transport.get_extra_info("sockname") == ("127.100.255.1", srv.addr[1])
+        assert second.transport.get_extra_info("peername") == address
+        wrapper = second.transport.get_extra_info("socket")  # made now, of the closed socket
+        assert wrapper is second.transport.get_extra_info("socket")
+        assert (wrapper.family, wrapper.fileno()) == (socket.AF_INET, -1)
+        await srv.finish()
+
+    run(main())

@@ -334,9 +334,7 @@ pub(crate) fn accept_inet(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyTup
         // SAFETY: as above; `fd` is the caller's descriptor, only read from.
         let conn = unsafe { libc::accept4(fd, (&raw mut addr).cast(), &raw mut len, libc::SOCK_CLOEXEC) };
         if conn >= 0 {
-            let host = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).to_string();
-            let port = u16::from_be(addr.sin_port);
-            return match (conn, (host, port)).into_pyobject(py) {
+            return match inet_address(py, &addr).and_then(|address| (conn, address).into_pyobject(py)) {
                 Ok(pair) => Ok(Some(pair.unbind())),
                 Err(e) => {
                     // SAFETY: the descriptor just accepted, owned by nothing else yet.
@@ -352,6 +350,49 @@ pub(crate) fn accept_inet(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyTup
         }
         return if would_block(&e) { Ok(None) } else { Err(os_error(&e)) };
     }
+}
+
+/// An IPv4 socket address as the socket module gives it: `(host, port)`, the host in dotted
+/// quad (what `inet_ntop` writes; formatted here, where `Ipv4Addr`'s `Display` through
+/// `core::fmt` cost about 1,300 instructions).
+pub(crate) fn inet_address<'py>(py: Python<'py>, addr: &libc::sockaddr_in) -> PyResult<Bound<'py, PyTuple>> {
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in u32::from_be(addr.sin_addr.s_addr).to_be_bytes().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    // The bytes are ASCII digits and dots.
+    let host = pyo3::types::PyString::new(py, std::str::from_utf8(&text[..len]).unwrap_or_default());
+    (host, u16::from_be(addr.sin_port)).into_pyobject(py)
+}
+
+/// `sock.getsockname()` of an IPv4 socket, by the descriptor: `None` when it fails or the socket
+/// is not IPv4 (the caller then asks the socket object).
+pub(crate) fn inet_sockname(py: Python<'_>, fd: RawFd) -> Option<Bound<'_, PyTuple>> {
+    // SAFETY: a zeroed sockaddr_in is valid; `getsockname` writes at most `len` bytes.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+    // SAFETY: as above; the descriptor is only read from.
+    let ok = unsafe { libc::getsockname(fd, (&raw mut addr).cast(), &raw mut len) } == 0;
+    if !ok || i32::from(addr.sin_family) != libc::AF_INET {
+        return None;
+    }
+    inet_address(py, &addr).ok()
 }
 
 /// A socket method's outcome as an attempt: `BlockingIOError` would block.

@@ -313,11 +313,14 @@ pub(crate) struct ExtraSnapshot {
     sock: Option<Py<PyAny>>,
     /// The socket, once closed.
     closed: Option<Py<PyAny>>,
+    /// The socket's descriptor, for the address of a `socket.socket` read without its methods.
+    fd: std::os::fd::RawFd,
 }
 
 impl ExtraSnapshot {
-    pub(crate) fn take(py: Python<'_>, extra: &SocketExtra, sock: Option<&Py<PyAny>>) -> Self {
+    pub(crate) fn take(py: Python<'_>, extra: &SocketExtra, sock: Option<&Py<PyAny>>, fd: std::os::fd::RawFd) -> Self {
         Self {
+            fd,
             peername: extra.peername.clone_ref(py),
             more: extra.more.as_ref().map(|d| d.clone_ref(py)),
             sock: sock.map(|s| s.clone_ref(py)),
@@ -345,7 +348,14 @@ impl ExtraSnapshot {
         let made = match (key.to_str()?, &self.sock) {
             ("peername", _) => return Ok((self.peername.into_bound(py), None)),
             ("sockname", Some(sock)) => {
-                sock.bind(py).call_method0("getsockname").unwrap_or_else(|_| py.None().into_bound(py))
+                let sock = sock.bind(py);
+                // A plain IPv4 socket's address is read here: the socket module's costs about
+                // ten times as much (inet_ntop, sprintf, the decoding of its text).
+                let plain = crate::pyrefs::socket_type(py).is_ok_and(|t| sock.get_type().is(t));
+                match plain.then(|| crate::sock_ops::inet_sockname(py, self.fd)).flatten() {
+                    Some(address) => address.into_any(),
+                    None => sock.call_method0("getsockname").unwrap_or_else(|_| py.None().into_bound(py)),
+                }
             }
             ("socket", sock) => match sock.as_ref().or(self.closed.as_ref()) {
                 Some(sock) => crate::pyrefs::transport_socket_type(py)?.call1((sock,))?,

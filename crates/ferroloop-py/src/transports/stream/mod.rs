@@ -274,7 +274,7 @@ impl StreamTransport {
     ) -> PyResult<Bound<'py, PyAny>> {
         let snapshot = {
             let st = self.state.borrow(py);
-            ExtraSnapshot::take(py, &st.extra, sock.or(st.sock.as_ref()))
+            ExtraSnapshot::take(py, &st.extra, sock.or(st.sock.as_ref()), self.fd)
         };
         let (answer, keep) = snapshot.answer(name, default)?;
         if let Some(dict) = keep {
