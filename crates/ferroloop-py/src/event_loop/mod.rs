@@ -189,7 +189,7 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let number = if obj.is_instance_of::<PyInt>() {
         obj.clone()
     } else {
-        obj.call_method0("fileno").and_then(|f| py.get_type::<PyInt>().call1((f,))).map_err(|_| {
+        obj.call_method0(intern!(py, "fileno")).and_then(|f| py.get_type::<PyInt>().call1((f,))).map_err(|_| {
             PyValueError::new_err(format!(
                 "Invalid file object: {}",
                 obj.repr().map_or_else(|_| "?".into(), |r| r.to_string())
@@ -384,7 +384,7 @@ impl EventLoop {
     /// Called by a socket coroutine cancelled (or closed) while awaiting `fut`: stops the
     /// operation's watching, unless it completed or was replaced meanwhile.
     fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        let fd = sock.call_method0("fileno").and_then(|f| f.extract()).unwrap_or(-1);
+        let fd = sock.call_method0(intern!(py, "fileno")).and_then(|f| f.extract()).unwrap_or(-1);
         self.abandon_op(py, fd, fut)?;
         Ok(())
     }

@@ -455,7 +455,7 @@ pub fn make_datagram_transport<'py>(
     extra: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, DatagramTransport>> {
     let py = event_loop.py();
-    let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     let extra = super::socket_extra(sock, extra)?;
     let connected = extra.get_item("peername")?.is_some_and(|p| p.is_truthy().unwrap_or(false));
     let state = State {

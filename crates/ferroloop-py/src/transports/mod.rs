@@ -265,7 +265,7 @@ impl SocketExtra {
         }
         let peername = match peername {
             Some(p) => p,
-            None => sock.call_method0("getpeername").map_or_else(|_| py.None(), Bound::unbind),
+            None => sock.call_method0(intern!(py, "getpeername")).map_or_else(|_| py.None(), Bound::unbind),
         };
         Ok(Self { peername, more, closed: None })
     }
@@ -354,7 +354,7 @@ impl ExtraSnapshot {
                 let plain = crate::pyrefs::socket_type(py).is_ok_and(|t| sock.get_type().is(t));
                 match plain.then(|| crate::sock_ops::inet_sockname(py, self.fd)).flatten() {
                     Some(address) => address.into_any(),
-                    None => sock.call_method0("getsockname").unwrap_or_else(|_| py.None().into_bound(py)),
+                    None => sock.call_method0(intern!(py, "getsockname")).unwrap_or_else(|_| py.None().into_bound(py)),
                 }
             }
             ("socket", sock) => match sock.as_ref().or(self.closed.as_ref()) {
@@ -385,9 +385,9 @@ pub(crate) fn socket_extra<'py>(
     };
     let trsock = crate::pyrefs::transport_socket_type(py)?.call1((sock,))?;
     extra.set_item("socket", trsock)?;
-    extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
+    extra.set_item("sockname", sock.call_method0(intern!(py, "getsockname")).ok())?;
     if !extra.contains("peername")? {
-        extra.set_item("peername", sock.call_method0("getpeername").ok())?;
+        extra.set_item("peername", sock.call_method0(intern!(py, "getpeername")).ok())?;
     }
     Ok(extra)
 }
@@ -403,8 +403,8 @@ pub(crate) fn schedule_start(
 ) -> PyResult<()> {
     let py = event_loop.py();
     let lp = event_loop.get();
-    lp.call_soon_in(py, &protocol.getattr("connection_made")?, &PyTuple::new(py, [transport])?, context)?;
-    lp.call_soon_in(py, &transport.getattr("_start_reading")?, &PyTuple::empty(py), context)?;
+    lp.call_soon_in(py, &protocol.getattr(intern!(py, "connection_made"))?, &PyTuple::new(py, [transport])?, context)?;
+    lp.call_soon_in(py, &transport.getattr(intern!(py, "_start_reading"))?, &PyTuple::empty(py), context)?;
     if let Some(waiter) = waiter.filter(|w| !w.is_none()) {
         let set = crate::compat::set_result_unless_cancelled(py)?;
         lp.call_soon_in(py, set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?, context)?;

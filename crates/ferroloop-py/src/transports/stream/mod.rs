@@ -349,14 +349,14 @@ impl StreamTransport {
         drop(protocol);
         if let Some(server) = server {
             if crate::compat::server_attach_takes_transport(py) {
-                server.bind(py).call_method1("_detach", (slf,))?;
+                server.bind(py).call_method1(intern!(py, "_detach"), (slf,))?;
             } else {
-                server.bind(py).call_method0("_detach")?;
+                server.bind(py).call_method0(intern!(py, "_detach"))?;
             }
         }
         if let Some(w) = waiter {
             let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
-            w.bind(py).call_method1("set_exception", (err.into_value(py),))?;
+            w.bind(py).call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
         }
         result
     }
@@ -446,7 +446,7 @@ pub fn make_stream_transport<'py>(
     context: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, StreamTransport>> {
     let py = event_loop.py();
-    let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+    let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     let extra = SocketExtra::new(sock, extra)?;
     let tally = super::Tally::new(event_loop.get(), extra.kind(py, fd));
     let state = State {
@@ -477,9 +477,9 @@ pub fn make_stream_transport<'py>(
     )?;
     if let Some(server) = server.filter(|s| !s.is_none()) {
         if crate::compat::server_attach_takes_transport(py) {
-            server.call_method1("_attach", (&transport,))?;
+            server.call_method1(intern!(py, "_attach"), (&transport,))?;
         } else {
-            server.call_method0("_attach")?;
+            server.call_method0(intern!(py, "_attach"))?;
         }
     }
     super::schedule_start(event_loop, protocol, transport.as_any(), waiter, transport.get().context.as_ref())?;

@@ -28,7 +28,7 @@ impl StreamTransport {
                 let exc = err.value(py).clone();
                 Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
                 if let Some(w) = waiter {
-                    w.bind(py).call_method1("set_exception", (exc,))?;
+                    w.bind(py).call_method1(intern!(py, "set_exception"), (exc,))?;
                 }
                 Ok(())
             }
@@ -47,7 +47,7 @@ impl StreamTransport {
                 }
                 this.unwatch(py, true)?;
                 if let Some(w) = waiter {
-                    w.bind(py).call_method1("set_result", (py.None(),))?;
+                    w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
                 }
                 if closing {
                     Self::_call_connection_lost(slf, None)
@@ -178,7 +178,7 @@ impl StreamTransport {
             st.buffer.is_empty()
         };
         if empty {
-            waiter.bind(py).call_method1("set_result", (py.None(),))?;
+            waiter.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
         }
         Ok(waiter)
     }

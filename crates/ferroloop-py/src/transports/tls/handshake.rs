@@ -2,6 +2,7 @@
 //! handshake timeout; its completion wakes `start_tls`/`create_connection`'s waiter and makes the
 //! application protocol's connection.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::*;
@@ -15,7 +16,8 @@ impl TlsProtocol {
             crate::pyrefs::asyncio_logger(py)?.call_method1("debug", ("%r starts SSL handshake", slf))?;
         }
         this.set_tls(py, Tls::Handshake)?;
-        let timer = call_later(this.lp(py), this.handshake_timeout, slf.getattr("_check_handshake_timeout")?)?;
+        let timer =
+            call_later(this.lp(py), this.handshake_timeout, slf.getattr(intern!(py, "_check_handshake_timeout"))?)?;
         {
             let mut st = this.state.borrow_mut(py);
             st.handshake_started = if debug { ferroloop_core::clock::monotonic() } else { 0.0 };

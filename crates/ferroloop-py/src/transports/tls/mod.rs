@@ -359,7 +359,7 @@ impl TlsProtocol {
         drop((backlog, transport, app_transport));
         let exc_obj = exc.clone().unwrap_or_else(|| py.None().into_bound(py));
         if let (true, Some(app)) = (notify, &app) {
-            let cb = app.bind(py).getattr("connection_lost")?;
+            let cb = app.bind(py).getattr(intern!(py, "connection_lost"))?;
             this.lp(py).get().call_soon_native(py, &cb, &PyTuple::new(py, [&exc_obj])?)?;
         }
         drop(app);

@@ -1,6 +1,7 @@
 //! Reading: ciphertext in, plaintext to the application protocol (copied, or into a
 //! `BufferedProtocol`'s buffer), and the raw transport paused while undecrypted input piles up.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::*;
@@ -183,7 +184,7 @@ impl TlsProtocol {
         this.note_read(py);
         if again {
             // The buffer is full: there may be more plaintext; read it on the next iteration.
-            this.lp(py).get().call_soon_native(py, &slf.getattr("_do_read")?, &PyTuple::empty(py))?;
+            this.lp(py).get().call_soon_native(py, &slf.getattr(intern!(py, "_do_read"))?, &PyTuple::empty(py))?;
         }
         if offset > 0 {
             this.tally.received(offset);

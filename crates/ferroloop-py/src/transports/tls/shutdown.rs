@@ -1,6 +1,7 @@
 //! Closing: the flush of what the application wrote, the TLS shutdown (close_notify) within the
 //! shutdown timeout, and `abort`.
 
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::*;
@@ -21,7 +22,8 @@ impl TlsProtocol {
             return Self::abort(slf, None);
         }
         this.set_tls(py, Tls::Flushing)?;
-        let timer = call_later(this.lp(py), this.shutdown_timeout, slf.getattr("_check_shutdown_timeout")?)?;
+        let timer =
+            call_later(this.lp(py), this.shutdown_timeout, slf.getattr(intern!(py, "_check_shutdown_timeout"))?)?;
         this.state.borrow_mut(py).shutdown_timer = Some(timer);
         Self::do_flush(slf)
     }
@@ -68,11 +70,14 @@ impl TlsProtocol {
             return Self::fatal_error(slf, &e, "Fatal error on transport");
         }
         if this.state.borrow(py).shutdown_timer.is_none() {
-            let timer = call_later(this.lp(py), this.shutdown_timeout, slf.getattr("_check_shutdown_timeout")?)?;
+            let timer =
+                call_later(this.lp(py), this.shutdown_timeout, slf.getattr(intern!(py, "_check_shutdown_timeout"))?)?;
             this.state.borrow_mut(py).shutdown_timer = Some(timer);
         }
         match this.transport(py) {
-            Some(t) => this.lp(py).get().call_soon_native(py, &t.bind(py).getattr("close")?, &PyTuple::empty(py)),
+            Some(t) => {
+                this.lp(py).get().call_soon_native(py, &t.bind(py).getattr(intern!(py, "close"))?, &PyTuple::empty(py))
+            }
             None => Ok(()),
         }
     }

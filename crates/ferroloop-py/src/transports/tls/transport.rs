@@ -125,7 +125,7 @@ impl TlsTransport {
         let p = self.proto(py)?;
         let was_paused = std::mem::replace(&mut p.get().state.borrow_mut(py).app_reading_paused, false);
         if was_paused {
-            p.get().lp(py).get().call_soon_native(py, &p.getattr("_resume")?, &PyTuple::empty(py))?;
+            p.get().lp(py).get().call_soon_native(py, &p.getattr(intern!(py, "_resume"))?, &PyTuple::empty(py))?;
         }
         Ok(())
     }
