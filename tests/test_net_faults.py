@@ -111,56 +111,16 @@ async def settle():
 # protocol factory raising
 
 
-def test_protocol_factory_raises_outside_debug_mode(loop_factory, loop, run, errors):
-    """Outside debug mode (ferroloop's own accept path for a plain IPv4 server): the connection
-    whose factory raised is closed at once and reported, and the server keeps serving."""
-    if loop_factory.name == "asyncio":
+@pytest.mark.parametrize("debug", [True, False])
+def test_protocol_factory_raises_server_keeps_serving(loop_factory, loop, run, errors, debug):
+    """The connection whose factory raised is closed and reported; the server keeps serving.
+    Outside debug mode ferroloop takes its own accept path for a plain IPv4 server."""
+    if loop_factory.name == "asyncio" and not debug:
         pytest.skip(
             "stock asyncio outside debug mode neither reports a failing protocol factory nor closes "
             "the accepted socket (it is left to the garbage collector): docs/usage.md, known differences"
         )
-
-    async def main():
-        boom = RuntimeError("factory failed")
-        fail = [True]
-        protos = []
-
-        def factory():
-            if fail[0]:
-                fail[0] = False
-                raise boom
-            p = Proto(loop, echo=True)
-            protos.append(p)
-            return p
-
-        server = await loop.create_server(factory, "127.0.0.1", 0)
-        addr = server.sockets[0].getsockname()
-        try:
-            first = await raw_connect(loop, addr)
-            try:
-                assert await recv_eof_or_reset(loop, first)
-            finally:
-                first.close()
-            tr, cli = await loop.create_connection(lambda: Proto(loop), *addr)
-            tr.write(b"second")
-            while len(cli.data) < 6:
-                await asyncio.sleep(0.01)
-            assert cli.data == b"second"
-            tr.close()
-            await cli.lost
-            for p in protos:
-                await p.lost
-        finally:
-            server.close()
-            await server.wait_closed()
-        assert errors.exceptions() == [boom]
-
-    run(main())
-
-
-def test_protocol_factory_raises_server_keeps_serving(loop, run, errors):
-    # Stock asyncio reports a failing protocol factory only in debug mode.
-    loop.set_debug(True)
+    loop.set_debug(debug)
 
     async def main():
         boom = RuntimeError("factory failed")

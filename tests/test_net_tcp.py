@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from conftest import open_fds
+from test_streams import until
 
 
 def has_ipv6():
@@ -1314,15 +1315,6 @@ def test_accept_out_of_descriptors_pauses_then_resumes(loop_factory):
     assert out.stdout.strip() == expected
 
 
-async def until_true(predicate, timeout=5.0):
-    """Yields to the loop until ``predicate()`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.001)
-
-
 def test_server_side_addresses_as_the_socket_module_writes_them(loop, run):
     """peername and sockname of an accepted IPv4 connection, for addresses whose octets have one,
     two and three digits and zeros, equal what the socket module answers, before and after the
@@ -1349,7 +1341,7 @@ def test_server_side_addresses_as_the_socket_module_writes_them(loop, run):
         client.setblocking(False)
         await loop.sock_connect(client, srv.addr)
         address = client.getsockname()
-        await until_true(lambda: len(srv.protos) == 2 and srv.protos[1].transport is not None)
+        await until(lambda: len(srv.protos) == 2 and srv.protos[1].transport is not None)
         second = srv.protos[1]
         client.close()
         await second.lost
