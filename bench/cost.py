@@ -23,6 +23,7 @@ reports instructions per operation, all of them (the loop's, Python's, the C lib
 """
 
 import argparse
+import asyncio
 import os
 import re
 import subprocess
@@ -52,20 +53,23 @@ WORKLOADS = {
 LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
 
 
+class Echo(asyncio.Protocol):
+    """The echo servers' protocol: writes back what it receives (a workload that must know when
+    the connection ends adds its own `connection_lost`)."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
 def proto_echo(loop, n, size):
-    import asyncio
     import socket
 
     a, b = socket.socketpair()
     payload = b"x" * size
     done = loop.create_future()
-
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
 
     class Client(asyncio.Protocol):
         def connection_made(self, transport):
@@ -91,7 +95,6 @@ def proto_echo(loop, n, size):
 
 
 def streams_echo(loop, n, size=1024):
-    import asyncio
     import socket
 
     async def main():
@@ -126,7 +129,6 @@ def server_only(loop, n, kind, size=1024):
     request, which then writes: what any coroutine that awaits its data costs on asyncio's Task
     and Future, the floor under a streams server that keeps them.
     """
-    import asyncio
     import socket
     import threading
 
@@ -152,13 +154,7 @@ def server_only(loop, n, kind, size=1024):
             finally:
                 done.set_result(None)
 
-        class Echo(asyncio.Protocol):
-            def connection_made(self, transport):
-                self.transport = transport
-
-            def data_received(self, data):
-                self.transport.write(data)
-
+        class Ended(Echo):
             def connection_lost(self, exc):
                 done.set_result(None)
 
@@ -194,7 +190,7 @@ def server_only(loop, n, kind, size=1024):
 
         factories = {
             "streams": lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), serve, loop=loop),
-            "protocol": Echo,
+            "protocol": Ended,
             "task": Woken,
         }
         await loop.connect_accepted_socket(factories[kind], a)
@@ -232,7 +228,6 @@ def connections(loop, n, close, size=1024):
     RST ("rst"): what the server pays per connection. The client opens the next connection once
     the server's protocol has seen the last one lost (it writes a byte to a pipe), so that each
     connection costs the same work: connections arriving together would share accept calls."""
-    import asyncio
 
     sync_r, sync_w = os.pipe()
 
@@ -240,13 +235,7 @@ def connections(loop, n, close, size=1024):
         served = 0
         done = loop.create_future()
 
-        class Echo(asyncio.Protocol):
-            def connection_made(self, transport):
-                self.transport = transport
-
-            def data_received(self, data):
-                self.transport.write(data)
-
+        class Counted(Echo):
             def connection_lost(self, exc):
                 nonlocal served
                 served += 1
@@ -254,7 +243,7 @@ def connections(loop, n, close, size=1024):
                 if served == n:
                     done.set_result(None)
 
-        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        server = await loop.create_server(Counted, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         args = [sys.executable, "-c", CONNECTIONS_CLIENT, str(port), str(n), close, str(size), str(sync_r)]
         client = subprocess.Popen(args, pass_fds=(sync_r,))  # noqa: ASYNC220 (once per run: the slope cancels it)

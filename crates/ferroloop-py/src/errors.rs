@@ -1,7 +1,6 @@
 //! Errors crossing into Python.
 
 use pyo3::prelude::*;
-use pyo3::{PyErr, Python};
 
 /// An OS error as Python raises it: `OSError(errno, strerror)`, which Python turns into the
 /// matching subclass (`BrokenPipeError`, `ConnectionResetError`, ...) with `errno` set.

@@ -153,8 +153,7 @@ impl Stock {
     /// `class` (the protocol's, `which` 0, or the reader's, 1) still has the stock methods in
     /// its own dictionary.
     fn intact(&self, class: &Bound<'_, PyType>, which: usize) -> bool {
-        // SAFETY: reads a field of a live type object.
-        let tag = unsafe { (*class.as_type_ptr()).tp_version_tag };
+        let tag = version_tag(class);
         let known = &self.intact_tags[which];
         if tag != 0 && known.load(Ordering::Relaxed) == tag {
             return true;
@@ -166,6 +165,14 @@ impl Stock {
         known.store(if intact { tag } else { 0 }, Ordering::Relaxed);
         intact
     }
+}
+
+/// A class's version tag: CPython gives a class a new one after any change to it or to its bases,
+/// never one it gave before (0: none assigned yet), so an unchanged tag vouches for what was
+/// looked up under it.
+fn version_tag(class: &Bound<'_, PyType>) -> u32 {
+    // SAFETY: reads a field of a live type object.
+    unsafe { (*class.as_type_ptr()).tp_version_tag }
 }
 
 /// A heap type's own attribute dictionary (`tp_dict`).

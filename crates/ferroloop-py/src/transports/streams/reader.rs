@@ -372,8 +372,7 @@ fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bou
 }
 
 /// `event_loop.create_future()`: ferroloop's, without the method call, when the loop's class
-/// has not replaced it (which is checked once per class version: CPython gives a class a new
-/// version tag after any change to it or its bases, never one it gave before).
+/// has not replaced it (checked once per class version, see [`super::version_tag`]).
 fn create_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     static CLASS: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
     static TAG: AtomicU32 = AtomicU32::new(0);
@@ -381,9 +380,7 @@ fn create_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyA
     let name = intern!(py, "create_future");
     if let Ok(ours) = event_loop.cast::<EventLoop>() {
         let class = ours.get_type();
-        let ptr = class.as_type_ptr();
-        // SAFETY: reads a field of a live type object.
-        let tag = unsafe { (*ptr).tp_version_tag };
+        let (ptr, tag) = (class.as_type_ptr(), super::version_tag(&class));
         let known = tag != 0 && CLASS.load(Ordering::Relaxed) == ptr && TAG.load(Ordering::Relaxed) == tag;
         if known || class.getattr(name)?.is(EventLoop::type_object(py).getattr(name)?) {
             if !known {
