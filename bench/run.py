@@ -3,11 +3,13 @@
 Network workloads: each server runs in a fresh process pinned to CPU 0, the client (the Rust load
 generator, wrk for HTTP, a Python client for TLS) pinned to CPU 1. The "connection per request"
 workloads open a new connection for each 1 KiB echo and close it with a FIN or an RST (see
-crates/ferroloop-bench/src/bin/loadgen.rs for how their TIME_WAIT stays off the ephemeral ports);
-a loop under which client connections fail is reported as such, not measured. Within each round every loop
-runs once, in rotating order; each figure is the median over rounds, and each ratio is computed
-within a round, then its median taken. The headline metric is server CPU time per request (from
-/proc/PID/task/*/schedstat), which a noisy machine disturbs far less than requests per second.
+crates/ferroloop-bench/src/bin/loadgen.rs for how their TIME_WAIT stays off the ephemeral ports); a
+loop under which client connections fail is reported as such, not measured. The real-app workload is
+uvicorn (httptools) serving a one-route Starlette app over 50 keep-alive connections (uvicorn and
+Starlette are pinned in requirements-integration.txt, which every venv installs). Within each round
+every loop runs once, in rotating order; each figure is the median over rounds, and each ratio is
+computed within a round, then its median taken. The headline metric is server CPU time per request
+(from /proc/PID/task/*/schedstat), which a noisy machine disturbs far less than requests per second.
 "reference" is a Rust server with no Python: the ceiling on this machine.
 
 Writes bench/results/latest.{md,json,png} and the README's performance section.
@@ -52,9 +54,14 @@ WORKLOADS = [
     ("connection per request, 1 KiB, client closes (FIN)", "connect-graceful", KIB),
     ("connection per request, 1 KiB, client resets (RST)", "connect-reset", KIB),
     ("HTTP/1.1 keep-alive (httptools)", "http", None),
+    ("uvicorn + Starlette app, HTTP/1.1 keep-alive", "uvicorn", None),
     ("TLS echo 1 KiB", "tls", KIB),
 ]
 CONNS = 10
+# The real app is measured as its issue saw it: 50 keep-alive connections, so that every loop
+# iteration has many ready sockets and the loop's fairness rule comes into play.
+CONNS_FOR = {"uvicorn": 50}
+HTTP = ("http", "uvicorn")  # served to wrk (or loadgen --http); the reference answers them alike
 
 
 def cpu_ns(pid):
@@ -93,7 +100,7 @@ class Server:
         self.unsupported = None
         if loop == "reference":
             target = ["--unix", address] if workload == "unix" else ["--tcp", address]
-            cmd = [str(BIN / "refserver"), *target] + (["--http"] if workload == "http" else [])
+            cmd = [str(BIN / "refserver"), *target] + (["--http"] if workload in HTTP else [])
             if workload == "tls":
                 self.proc = None
                 self.unsupported = "no TLS in the reference server"
@@ -117,10 +124,11 @@ class Server:
 
 
 def run_client(workload, address, size, seconds):
-    if workload == "http" and shutil.which("wrk"):
+    conns = CONNS_FOR.get(workload, CONNS)
+    if workload in HTTP and shutil.which("wrk"):
         seconds = max(1, round(seconds))  # wrk takes whole seconds
         out = subprocess.run(
-            ["taskset", "-c", "1", "wrk", "-t1", f"-c{CONNS}", f"-d{seconds}s", "--latency", f"http://{address}/"],
+            ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://{address}/"],
             capture_output=True,
             text=True,
             check=True,
@@ -135,11 +143,11 @@ def run_client(workload, address, size, seconds):
         return {"requests": rps * seconds, "seconds": seconds, "p50_us": pct(50), "p99_us": pct(99), "errors": 0}
     if workload == "tls":
         host, port = address.rsplit(":", 1)
-        cmd = [sys.executable, str(ROOT / "bench" / "tls_client.py"), host, port, str(CONNS), str(size), str(seconds)]
+        cmd = [sys.executable, str(ROOT / "bench" / "tls_client.py"), host, port, str(conns), str(size), str(seconds)]
     else:
         target = ["--unix", address] if workload == "unix" else ["--tcp", address]
-        cmd = [str(BIN / "loadgen"), *target, "--conns", str(CONNS), "--seconds", str(seconds)]
-        cmd += ["--http"] if workload == "http" else ["--size", str(size)]
+        cmd = [str(BIN / "loadgen"), *target, "--conns", str(conns), "--seconds", str(seconds)]
+        cmd += ["--http"] if workload in HTTP else ["--size", str(size)]
         if workload.startswith("connect-"):
             cmd += ["--per-connection", workload.removeprefix("connect-")]
     out = subprocess.run(
@@ -302,7 +310,8 @@ def markdown(rows, memory, micro, info, seconds, rounds):
         (
             f"Measured {info.get('date') or time.strftime('%Y-%m-%d')} on {info['machine']}; Python {info['python']}, "
             f"uvloop {info['uvloop']}, rloop {info['rloop']}, ferroloop {info['ferroloop']}. "
-            f"{rounds} rounds of {seconds} s per workload, {CONNS} connections, server on CPU 0, client on CPU 1."
+            f"{rounds} rounds of {seconds} s per workload, {CONNS} connections "
+            f"({', '.join(f'{n} for {w}' for w, n in CONNS_FOR.items())}), server on CPU 0, client on CPU 1."
         ),
         "",
         (

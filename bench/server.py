@@ -109,6 +109,44 @@ async def serve_protocol(loop, address, factory, *, unix=False, tls=False):
     await run_until_killed(server)
 
 
+def starlette_app():
+    """The real-app workload's app: one Starlette route answering 12 bytes of text."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request):
+        return PlainTextResponse("Hello World!")
+
+    return Starlette(routes=[Route("/", hello)])
+
+
+async def serve_uvicorn(loop, address):
+    """uvicorn (httptools) serving the Starlette app, on the loop this process made."""
+    import uvicorn
+
+    host, port = address
+    config = uvicorn.Config(
+        starlette_app(),
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    serving = loop.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()  # raises what stopped it
+            raise RuntimeError("uvicorn stopped before it started serving")
+        await asyncio.sleep(0.01)
+    print("READY", flush=True)
+    await serving
+
+
 async def run_until_killed(server):
     """Serve until the process is killed (rloop's Server has no serve_forever: not needed)."""
     _ = server
@@ -135,6 +173,7 @@ def main():
         "unix": lambda: serve_protocol(loop, address, EchoProtocol, unix=True),
         "http": lambda: serve_protocol(loop, address, HttpProtocol),
         "tls": lambda: serve_protocol(loop, address, EchoProtocol, tls=True),
+        "uvicorn": lambda: serve_uvicorn(loop, address),
     }
     asyncio.set_event_loop(loop)
     try:

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 from conftest import WAIT
@@ -86,6 +87,35 @@ def test_reader_called_once_per_iteration(loop, sockpair):
     loop.stop()
     loop.run_forever()
     assert calls == [1, 1]
+    assert loop.remove_reader(a)
+
+
+def test_reader_runs_once_per_report_while_the_loop_is_busy(loop, sockpair):
+    # 200 callbacks of 5 µs each are queued before the reader's report: ferroloop's fairness
+    # budget cuts that batch short, so the report waits in the queue over several polls that
+    # find the socket still readable. Each report must run once, as asyncio runs it: a second
+    # call would find nothing to read (and a blocking read there would block the loop).
+    a, b = sockpair
+    calls = []
+
+    def on_readable():
+        try:
+            calls.append(a.recv(100))
+        except BlockingIOError:
+            calls.append("nothing to read")
+
+    def spin():
+        end = time.perf_counter() + 5e-6
+        while time.perf_counter() < end:
+            pass
+
+    for _ in range(200):
+        loop.call_soon(spin)
+    b.send(b"x")
+    loop.add_reader(a, on_readable)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert calls == [b"x"]
     assert loop.remove_reader(a)
 
 

@@ -1,8 +1,38 @@
 //! One iteration of the loop (see the parent module's documentation): timers pruned, the poll,
 //! due timers queued, and the ready callbacks run within the fairness budget.
 
+use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+
+use ferroloop_core::fd_map::FdHasher;
+
 use super::stats::{Batch, Ran};
 use super::*;
+
+/// Identities of queued readiness reports (see [`report_key`]).
+type Reports = HashSet<usize, BuildHasherDefault<FdHasher>>;
+
+/// What a readiness report runs, as a number: the handle's or the native watcher's address,
+/// with the direction in the low bit for a native watcher (which watches both with one object;
+/// both addresses are aligned).
+fn report_key(w: &Watcher, write: bool) -> usize {
+    match w {
+        Watcher::Handle(h) => h.as_ptr() as usize,
+        Watcher::Native(w, _) | Watcher::Op(w) => Arc::as_ptr(w).cast::<()>() as usize | usize::from(write),
+    }
+}
+
+/// The keys of the reports in `ready` (handles included: a reader's handle is one of them).
+#[cold]
+fn queued_reports(ready: &VecDeque<Ready>) -> Reports {
+    ready
+        .iter()
+        .map(|r| match r {
+            Ready::Handle(h, _) => h.as_ptr() as usize,
+            Ready::Io(w, write, _, _) => Arc::as_ptr(w).cast::<()>() as usize | usize::from(*write),
+        })
+        .collect()
+}
 
 impl EventLoop {
     /// One iteration (see the module documentation).
@@ -127,6 +157,8 @@ impl EventLoop {
             let mut q = self.queues.borrow_mut(py);
             let Queues { ready, readers, writers, .. } = &mut *q;
             let queued_before = ready.len();
+            // Left by a batch cut short: the reports still queued (see the module documentation).
+            let left = if self.cut_short.swap(false, Relaxed) { queued_reports(ready) } else { Reports::default() };
             for ev in poller.ready() {
                 for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
                     if !is_ready {
@@ -135,6 +167,7 @@ impl EventLoop {
                     let map = if write { &*writers } else { &*readers };
                     match map.get(&ev.fd) {
                         None => {}
+                        Some(w) if !left.is_empty() && left.contains(&report_key(w, write)) => {}
                         Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
                         Some(Watcher::Handle(h)) => ready.push_back(Ready::Handle(h.clone_ref(py), ready_at)),
                         Some(Watcher::Native(w, context)) => {
@@ -192,6 +225,7 @@ impl EventLoop {
         for i in 0..ntodo {
             if i % 64 == 63 && this.stats.ticks.seconds(batch.elapsed()) > POLL_INTERVAL && !this.stopping.load(Relaxed)
             {
+                this.cut_short.store(true, Relaxed);
                 break;
             }
             let Some(item) = this.queues.borrow_mut(py).ready.pop_front() else {

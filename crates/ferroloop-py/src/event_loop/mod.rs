@@ -14,7 +14,9 @@
 //! 4. run the callbacks that were ready when the iteration began, in order. Callbacks scheduled
 //!    by these wait for the next iteration. When one iteration's batch runs longer than
 //!    `POLL_INTERVAL`, the rest waits for the next iteration, so file descriptors are polled
-//!    at least every [`FAIRNESS_BUDGET`].
+//!    at least every [`FAIRNESS_BUDGET`]. A descriptor whose readiness report is among the
+//!    rest is not queued again by that poll: each report still runs once per poll that saw it,
+//!    as in asyncio (where a batch is never cut), and no reader runs twice to find nothing.
 //!
 //! Invariants: all mutable state sits in [`GilCell`]s (see its rules: no Python call, object
 //! creation or drop while borrowed). `call_soon_threadsafe` runs with the GIL like everything
@@ -143,6 +145,9 @@ pub struct EventLoop {
     deferred_changes: AtomicBool,
     /// The loop is busy: a poll that may wait looks without waiting first (`iteration::poll`).
     look_first: AtomicBool,
+    /// The last batch was cut short by the fairness budget: readiness reports it left in the
+    /// ready queue are not queued again by the next poll (`iteration::poll`).
+    cut_short: AtomicBool,
     /// Cancelled timers still in the heap, counted by `TimerHandle.cancel()`.
     timers_cancelled: Arc<AtomicUsize>,
     /// `stop()` was called: finish this iteration, then return from `run_forever`.
@@ -299,6 +304,7 @@ impl EventLoop {
             polling: AtomicBool::new(false),
             deferred_changes: AtomicBool::new(false),
             look_first: AtomicBool::new(false),
+            cut_short: AtomicBool::new(false),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
