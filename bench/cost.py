@@ -49,6 +49,7 @@ WORKLOADS = {
     "task_server_1k": (2000, "Task woken by a Future per request, 1 KiB (server only)"),
     "connection_fin": (1000, "a connection per 1 KiB echo, client closes (server only)"),
     "connection_rst": (1000, "a connection per 1 KiB echo, client resets (server only)"),
+    "uvicorn": (1000, "uvicorn + Starlette, a keep-alive request (server only)"),
 }
 LAYOUTS = (1, 500, 1000, 1500, 2000, 3000, 5000, 9000)
 
@@ -258,6 +259,62 @@ def connections(loop, n, close, size=1024):
     os.close(sync_w)
 
 
+# The client of `uvicorn_app`, run in a child process: PORT N DONE_FD. One keep-alive connection,
+# one request at a time; a byte on DONE_FD when all are answered.
+HTTP_CLIENT = """
+import os, socket, sys
+port, n, done = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+with socket.create_connection(("127.0.0.1", port)) as sock:
+    for _ in range(n):
+        sock.sendall(b"GET / HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n")
+        got = b""
+        while not got.endswith(b"Hello World!"):
+            got += sock.recv(4096)
+os.write(done, b"x")
+"""
+
+
+def uvicorn_app(loop, n):
+    """The server side of `make bench`'s real-app workload (uvicorn with httptools serving a
+    one-route Starlette app, bench/server.py's), for `n` requests on one keep-alive connection
+    from a client process (not traced)."""
+    import server as bench_server
+    import uvicorn
+
+    done_r, done_w = os.pipe()
+
+    async def main():
+        config = uvicorn.Config(
+            bench_server.starlette_app(),
+            host="127.0.0.1",
+            port=0,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        serving = loop.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        done = loop.create_future()
+        loop.add_reader(done_r, done.set_result, None)
+        args = [sys.executable, "-c", HTTP_CLIENT, str(port), str(n), str(done_w)]
+        client = subprocess.Popen(args, pass_fds=(done_w,))  # noqa: ASYNC220 (once per run: the slope cancels it)
+        await done
+        loop.remove_reader(done_r)
+        server.should_exit = True
+        await serving
+        return client
+
+    client = loop.run_until_complete(main())
+    client.wait()
+    os.close(done_r)
+    os.close(done_w)
+
+
 def run_one(name, n, layout):
     import gc
 
@@ -276,6 +333,7 @@ def run_one(name, n, layout):
     work["task_server_1k"] = lambda loop, n: server_only(loop, n, "task")
     work["connection_fin"] = lambda loop, n: connections(loop, n, "fin")
     work["connection_rst"] = lambda loop, n: connections(loop, n, "rst")
+    work["uvicorn"] = uvicorn_app
     gc.collect()
     gc.freeze()
     gc.disable()
