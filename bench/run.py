@@ -419,6 +419,8 @@ def markdown(rows, memory, micro, info, seconds, rounds):
 
 
 def chart(rows, micro, path):
+    """Speed relative to uvloop (its CPU per request ÷ each loop's; micro: time per operation),
+    the network workloads with the reference server (no Python: the floor) beside the loops."""
     try:
         import matplotlib
 
@@ -426,27 +428,40 @@ def chart(rows, micro, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    names, series = [], {"ferroloop": [], "rloop": [], "asyncio": []}
-    for name, row in rows.items():
-        names.append(name)
-        for loop, values in series.items():
-            values.append(row[loop].get("vs_uvloop", 0.0))
+    panels = [
+        (
+            "Network servers: CPU per request (reference = a Rust server with no Python, the floor)",
+            list(rows),
+            {loop: [rows[n][loop].get("vs_uvloop", 0.0) for n in rows] for loop in LOOPS},
+        )
+    ]
     if micro:
-        for name, res in micro["results"].items():
-            names.append(f"micro: {name}")
-            for loop, values in series.items():
-                values.append(res.get("vs", {}).get("uvloop", {}).get(loop, 0.0))
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 1.5))
-    height = 0.27
-    for i, (loop, values) in enumerate(series.items()):
-        ax.barh([y + (i - 1) * height for y in range(len(names))], values, height, label=loop)
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("speed relative to uvloop (server CPU per request; micro: time per op) — higher is better")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        names = list(micro["results"])
+        results = micro["results"]
+        speed = {
+            loop: [results[n].get("vs", {}).get("uvloop", {}).get(loop, 0.0) for n in names] for loop in micro["loops"]
+        }
+        panels.append(("In-process micro-benchmarks: time per operation", names, speed))
+    heights = [0.55 * len(names) * len(series) / 4 + 1 for _, names, series in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights)), height_ratios=heights, squeeze=False)
+    colors = {"reference": "0.6", "asyncio": "C3", "uvloop": "C0", "rloop": "C2", "ferroloop": "C1"}
+    for ax, (title, names, series) in zip(axes[:, 0], panels, strict=True):
+        height = 0.8 / len(series)
+        for i, (loop, values) in enumerate(series.items()):
+            offsets = [y + (i - (len(series) - 1) / 2) * height for y in range(len(names))]
+            hatch = "//" if loop == "reference" else None
+            ax.barh(offsets, values, height, label=loop, color=colors[loop], hatch=hatch)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.xaxis.set_major_formatter("{x:.1f}×")
+        ax.grid(axis="x", linewidth=0.3)
+        ax.set_title(title, fontsize=9)
+    axes[-1, 0].set_xlabel("speed relative to uvloop (higher is better)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=100)
     return True
 
 
