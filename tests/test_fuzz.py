@@ -15,7 +15,9 @@ on stream, listening, TCP client and datagram sockets, a ``socket.socket`` subcl
 cancellation, closing while waiting, blocking sockets); pipe transports (a read and a write pipe
 over ``os.pipe()`` or a socketpair, with their peers' reads, writes and closes); asyncio's streams
 (``open_connection``'s reader and writer: every kind of read as a task, with the limit, the peer's
-sends and end of file, cancellation, ``feed_eof``, writes and close).
+sends and end of file, cancellation, ``feed_eof``, writes and close); servers (``create_server``
+under clients that connect, send, half-close, close and reset at random points, a protocol
+factory that raises for some connections, the server's side writing, closing and aborting).
 
 The reference is asyncio of the interpreter running the test. Where asyncio is itself broken or
 version dependent, the comparison is by outcome class, each case named where it is made:
@@ -73,6 +75,7 @@ import math
 import os
 import select
 import socket
+import struct
 import sys
 import termios
 import warnings
@@ -1949,6 +1952,208 @@ def interpret_streams(run, program):
 @given(streams_programs())
 def test_fuzz_streams(program):
     run_both(interpret_streams, program)
+
+
+# ---------------------------------------------------------------------------
+# servers: create_server under clients that connect, send, half-close, close and reset at
+# random points, a protocol factory that raises for some connections, and the server's side
+# writing, closing and aborting; recorded: each connection's protocol calls (which client by its
+# port), what each client receives, the exception handler's calls, descriptors left open
+
+
+@st.composite
+def server_programs(draw):
+    clients = draw(st.integers(1, 4))
+    setup = {
+        "clients": clients,
+        # The factory raises for these connections (by accept order, which is connect order).
+        "raise_at": draw(st.sets(st.integers(0, clients - 1), max_size=2)),
+        # What eof_received() returns: None closes the transport, True keeps it open.
+        "keep_open": draw(st.booleans()),
+    }
+    client = st.integers(0, clients - 1)
+    sizes = st.sampled_from([0, 1, 7, 100, 3000])
+    op = st.one_of(
+        st.tuples(st.just("connect"), client),
+        st.tuples(st.just("send"), client, sizes),
+        st.tuples(st.just("shutdown"), client),
+        st.tuples(st.just("close"), client),
+        st.tuples(st.just("reset"), client),
+        st.tuples(st.just("server_write"), client, sizes),
+        st.tuples(st.just("server_write_eof"), client),
+        st.tuples(st.just("server_close"), client),
+        st.tuples(st.just("server_abort"), client),
+        st.tuples(st.just("step"), st.integers(1, 3)),
+        st.tuples(st.just("stop_serving")),
+    )
+    return [setup, *draw(st.lists(op, max_size=25))]
+
+
+class ServerProtocol(asyncio.Protocol):
+    def __init__(self, servers, keep_open):
+        self.servers, self.keep_open = servers, keep_open
+        self.run, self.index, self.received = servers.run, None, bytearray()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.index = self.servers.by_port.get(transport.get_extra_info("peername")[1], "?")
+        self.servers.transports[self.index] = transport
+        self.run.event("made", self.index, transport.get_extra_info("sockname") == self.servers.address)
+
+    def data_received(self, data):
+        self.received += data
+        self.run.event("data", self.index, digest(self.received))
+
+    def eof_received(self):
+        self.run.event("eof", self.index)
+        return True if self.keep_open else None
+
+    def connection_lost(self, exc):
+        self.run.event("lost", self.index, exc_name(exc))
+
+
+class FactoryError(Exception):
+    """What the servers' protocol factory raises for the connections it is told to fail."""
+
+
+class Servers:
+    """One program's server and clients (see `interpret_server`)."""
+
+    def __init__(self, run, setup):
+        self.run, self.setup = run, setup
+        self.clients, self.by_port, self.transports, self.failed = {}, {}, {}, set()
+        self.received, self.client_eof, self.accepted = {}, set(), 0
+        run.loop.set_exception_handler(self.exception_handler)
+        self.server = run.do(
+            "create_server", lambda: run.loop.run_until_complete(run.loop.create_server(self.factory, "127.0.0.1", 0))
+        )
+        self.address = None if self.server is FAILED else self.server.sockets[0].getsockname()
+
+    def factory(self):
+        index, self.accepted = self.accepted, self.accepted + 1
+        if index in self.setup["raise_at"]:
+            self.failed.add(index)
+            self.run.event("factory raised", index)
+            raise FactoryError("the factory fails for this connection")
+        return ServerProtocol(self, self.setup["keep_open"])
+
+    def exception_handler(self, loop, context):
+        # ferroloop reports a failed factory always, asyncio in debug mode only (docs/usage.md).
+        if not isinstance(context.get("exception"), FactoryError):
+            self.run._exception_handler(loop, context)
+
+    def connect(self, i):
+        sock = socket.create_connection(self.address)
+        sock.setblocking(False)
+        self.clients[i] = sock
+        self.by_port[sock.getsockname()[1]] = i
+        self.received[i] = bytearray()
+
+    def iterate(self, n):
+        """`n` iterations of the loop, recorded as one operation (by the caller)."""
+        for _ in range(n):
+            self.run.loop.call_soon(self.run.loop.stop)
+            self.run.loop.run_forever()
+
+    def client_read(self, i):
+        """What client `i` received since the last look (not for a connection whose factory failed:
+        asyncio leaves its socket to the garbage collector, ferroloop closes it; docs/usage.md)."""
+        sock = self.clients[i]
+        while i not in self.client_eof and i not in self.failed:
+            try:
+                chunk = sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.run.event("client_recv", i, exc_name(exc))
+                self.client_eof.add(i)
+                return
+            if not chunk:
+                self.run.event("client_eof", i)
+                self.client_eof.add(i)
+                return
+            self.received[i] += chunk
+            self.run.event("client_got", i, digest(self.received[i]))
+
+    def op(self, seed, op):
+        name, run = op[0], self.run
+        i = op[1] if len(op) > 1 and name != "step" else None
+        if name == "connect":
+            if i not in self.clients and self.server.is_serving():
+                run.do("connect", self.connect, i, record=False)
+                # ferroloop makes the protocol in the iteration that accepts, asyncio in a task
+                # one iteration later (docs/usage.md): three iterations, and both have made it.
+                run.do("connected", self.iterate, 3, record=False)
+            return
+        if name == "step":
+            for _ in range(op[1]):
+                run.step()
+            return
+        if name == "stop_serving":
+            run.do("stop_serving", self.server.close)
+            return
+        sock = self.clients.get(i)
+        transport = self.transports.get(i)
+        if name == "send" and sock is not None and i not in self.failed:
+            data = pattern(seed, op[2])
+            run.do("send", lambda: sock.send(data) if data else 0, record=False)
+        elif name == "shutdown" and sock is not None and i not in self.failed:
+            run.do("shutdown", sock.shutdown, socket.SHUT_WR)
+        elif name in ("close", "reset") and sock is not None:
+            if name == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            del self.clients[i]
+            run.event(name, i)
+        elif name == "server_write" and transport is not None:
+            run.do("server_write", transport.write, pattern(seed, op[2]))
+        elif name == "server_write_eof" and transport is not None:
+            run.do("server_write_eof", transport.write_eof)
+        elif name == "server_close" and transport is not None:
+            run.do("server_close", transport.close)
+        elif name == "server_abort" and transport is not None:
+            run.do("server_abort", transport.abort)
+
+    def end(self):
+        """Close what is left: the server, its connections, the clients; iterate until quiet."""
+        run = self.run
+        if self.server is not FAILED:
+            run.do("stop_serving", self.server.close)
+        for i in sorted(self.transports):
+            if not self.transports[i].is_closing():
+                run.do("server_abort", self.transports[i].abort)
+        for _ in range(5):
+            run.step("settle")
+            for i in sorted(self.clients):
+                self.client_read(i)
+        for sock in self.clients.values():
+            sock.close()
+        self.clients.clear()
+        if self.server is not FAILED:
+            run.do("wait_closed", lambda: run.loop.run_until_complete(self.server.wait_closed()))
+        # asyncio's socket of a failed factory goes when the garbage collector takes it.
+        gc.collect()
+
+
+def interpret_server(run, program):
+    setup, ops = program[0], program[1:]
+    servers = Servers(run, setup)
+    if servers.server is FAILED:
+        return
+    try:
+        for seed, op in enumerate(ops):
+            servers.op(seed, op)
+            run.step()
+            for i in sorted(servers.clients):
+                servers.client_read(i)
+    finally:
+        servers.end()
+
+
+@PROFILE
+@given(server_programs())
+def test_fuzz_servers(program):
+    run_both(interpret_server, program)
 
 
 # ---------------------------------------------------------------------------
