@@ -271,8 +271,8 @@ class NetworkMixin(_compat.BorrowedNetworking):
                 return self._accept_failed(serving, exc)
             if accepted is None:
                 return
-            conn = make_socket(socket.AF_INET, kind, proto, fileno=accepted[0])
-            conn.setblocking(False)
+            # Accepted non-blocking: SOCK_NONBLOCK sets the object's timeout to 0 (no ioctl).
+            conn = make_socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK, proto, fileno=accepted[0])
             if nodelay:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:

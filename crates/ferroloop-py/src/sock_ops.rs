@@ -317,7 +317,9 @@ fn try_accept(sock: &Bound<'_, PyAny>) -> Attempt {
 }
 
 /// A server's accept of one IPv4 connection (`_acceptor` in `_network.py`): `accept4` with
-/// `SOCK_CLOEXEC`, as the socket module's `_accept()` calls it, answering `(new_fd, (host,
+/// `SOCK_CLOEXEC`, as the socket module's `_accept()` calls it, and `SOCK_NONBLOCK` (every
+/// caller makes the connection non-blocking; a socket object made with `SOCK_NONBLOCK` in its
+/// type then has its timeout at 0 without `setblocking`'s `ioctl`), answering `(new_fd, (host,
 /// port))` with the address as the socket module writes it (dotted quad, port), `None` when no
 /// connection is pending (where `_accept()` raises `BlockingIOError`: an exception, a traceback
 /// and a decoded message for every connection a server takes), or the `OSError` `_accept()`
@@ -332,7 +334,9 @@ pub(crate) fn accept_inet(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyTup
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
         // SAFETY: as above; `fd` is the caller's descriptor, only read from.
-        let conn = unsafe { libc::accept4(fd, (&raw mut addr).cast(), &raw mut len, libc::SOCK_CLOEXEC) };
+        let conn = unsafe {
+            libc::accept4(fd, (&raw mut addr).cast(), &raw mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+        };
         if conn >= 0 {
             return match inet_address(py, &addr).and_then(|address| (conn, address).into_pyobject(py)) {
                 Ok(pair) => Ok(Some(pair.unbind())),
