@@ -454,6 +454,35 @@ def test_extra_info_outlives_the_socket_and_the_peer(loop, run):
     run(main())
 
 
+def test_server_socket_asked_while_open_is_the_one_closed(loop, run):
+    """The socket of an accepted connection, asked for while it is open, is non-blocking and is
+    the object the transport closes when the connection ends (asyncio makes it up front,
+    ferroloop on this first request); the connection is served the same before and after."""
+
+    async def main():
+        srv = await served(loop, echo=True)
+        tr, cli = await loop.create_connection(lambda: Proto(loop), *srv.addr)
+        sp = await srv.first
+        await sp.made
+        tr.write(b"one")
+        await cli.wait_bytes(3)
+        ssock = sp.transport.get_extra_info("socket")
+        fd = ssock.fileno()
+        assert fd == sp.transport.get_extra_info("socket").fileno() >= 0
+        assert os.get_blocking(fd) is False
+        assert ssock.getsockname() == srv.addr == sp.transport.get_extra_info("sockname")
+        tr.write(b"two")
+        await cli.wait_bytes(6)
+        assert bytes(cli.data) == b"onetwo"
+        tr.close()
+        await sp.lost
+        assert ssock.fileno() == -1
+        assert sp.transport.get_extra_info("socket") is ssock
+        await srv.finish()
+
+    run(main())
+
+
 def test_extra_info_and_transport_types(loop, run):
     async def main():
         srv = await served(loop)

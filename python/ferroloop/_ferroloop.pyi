@@ -19,6 +19,7 @@ __all__ = [
     "TimerHandle",
     "WritePipeTransport",
     "_accept_inet",
+    "_accepted_transport",
     "_fast_methods",
     "_live_objects",
     "_report_blocking",
@@ -220,6 +221,16 @@ def make_stream_transport(
     extra: dict[str, Any] | None = None,
     server: Any = None,
     context: Any = None,
+) -> StreamTransport: ...
+def _accepted_transport(
+    event_loop: EventLoop,
+    fd: int,
+    kind: int,
+    proto: int,
+    nodelay: bool,
+    protocol: Any,
+    peername: Any,
+    server: Any = None,
 ) -> StreamTransport: ...
 def make_datagram_transport(
     event_loop: EventLoop,

@@ -48,6 +48,15 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<i32> {
     Ok(err)
 }
 
+/// Turns Nagle's algorithm off (`TCP_NODELAY`), as asyncio does for its TCP transports.
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    #[allow(clippy::cast_possible_truncation)]
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&raw const on).cast(), len))?;
+    Ok(())
+}
+
 /// A socket's address family (`getsockopt(SO_DOMAIN)`): `AF_UNIX`, `AF_INET`, ...
 pub fn socket_domain(fd: RawFd) -> io::Result<i32> {
     let mut domain: libc::c_int = 0;

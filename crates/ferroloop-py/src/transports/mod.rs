@@ -270,6 +270,16 @@ impl SocketExtra {
         Ok(Self { peername, more, closed: None })
     }
 
+    /// A server's accepted connection's: its peer's address alone.
+    pub(crate) fn with_peername(peername: &Bound<'_, PyAny>) -> Self {
+        Self { peername: peername.clone().unbind(), more: None, closed: None }
+    }
+
+    /// The socket object kept once closed (see `keep_closed`).
+    pub(crate) fn closed(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.closed.as_ref().map(|s| s.clone_ref(py))
+    }
+
     /// Keeps `sock`, just closed, for a `socket` answer asked for later.
     pub(crate) fn keep_closed(&mut self, sock: Py<PyAny>) -> Option<Py<PyAny>> {
         self.closed.replace(sock)
@@ -315,12 +325,21 @@ pub(crate) struct ExtraSnapshot {
     closed: Option<Py<PyAny>>,
     /// The socket's descriptor, for the address of a `socket.socket` read without its methods.
     fd: std::os::fd::RawFd,
+    /// The socket is open with no object: its IPv4 address is read by the descriptor.
+    by_fd: bool,
 }
 
 impl ExtraSnapshot {
-    pub(crate) fn take(py: Python<'_>, extra: &SocketExtra, sock: Option<&Py<PyAny>>, fd: std::os::fd::RawFd) -> Self {
+    pub(crate) fn take(
+        py: Python<'_>,
+        extra: &SocketExtra,
+        sock: Option<&Py<PyAny>>,
+        by_fd: bool,
+        fd: std::os::fd::RawFd,
+    ) -> Self {
         Self {
             fd,
+            by_fd,
             peername: extra.peername.clone_ref(py),
             more: extra.more.as_ref().map(|d| d.clone_ref(py)),
             sock: sock.map(|s| s.clone_ref(py)),
@@ -347,6 +366,9 @@ impl ExtraSnapshot {
         };
         let made = match (key.to_str()?, &self.sock) {
             ("peername", _) => return Ok((self.peername.into_bound(py), None)),
+            ("sockname", None) if self.by_fd => {
+                crate::sock_ops::inet_sockname(py, self.fd).map_or_else(|| py.None().into_bound(py), Bound::into_any)
+            }
             ("sockname", Some(sock)) => {
                 let sock = sock.bind(py);
                 // A plain IPv4 socket's address is read here: the socket module's costs about

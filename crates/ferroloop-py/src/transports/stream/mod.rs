@@ -31,7 +31,7 @@ use ferroloop_core::net;
 use ferroloop_core::write_buffer::{Pushed, WriteBuffer};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{IntoPyDict, PyBytes, PyDict};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use super::base::{
@@ -47,9 +47,34 @@ use crate::watch::IoWatcher;
 mod read;
 mod write;
 
+/// The transport's socket: a Python object, or, for a server's accepted IPv4 connection, the
+/// descriptor alone until somebody asks for the object (`_sock`, `get_extra_info("socket")`).
+/// Made for every connection, the `socket.socket` and its closing cost about 6,500
+/// instructions and a `getsockname` (callgrind, a connection per request).
+enum Sock {
+    /// Only the descriptor (`StreamTransport::fd`, which the transport owns); the object is
+    /// made with this family, type and protocol on first need.
+    Fd(SockKind),
+    /// The socket object, which owns the descriptor.
+    Object(Py<PyAny>),
+    /// Closed, when `connection_lost` has run; with the kind of a socket that never had an
+    /// object, for a `socket` answer asked for afterwards (a new socket of that kind, closed).
+    Closed(Option<SockKind>),
+}
+
+/// A socket's family, type and protocol.
+#[derive(Clone, Copy)]
+struct SockKind(i32, i32, i32);
+
+impl Sock {
+    fn is_open(&self) -> bool {
+        !matches!(self, Self::Closed(_))
+    }
+}
+
 struct State {
-    /// The Python socket; closed and dropped when `connection_lost` has run.
-    sock: Option<Py<PyAny>>,
+    /// The socket; closed when `connection_lost` has run.
+    sock: Sock,
     /// The protocol; dropped when `connection_lost` has run.
     protocol: Option<Py<PyAny>>,
     /// How reads reach the protocol.
@@ -82,7 +107,7 @@ pub struct StreamTransport {
     _live: crate::live::Token,
     /// The loop the transport belongs to.
     event_loop: Py<EventLoop>,
-    /// The socket's descriptor (valid while `state.sock` is `Some`).
+    /// The socket's descriptor (valid while `state.sock` is open).
     fd: RawFd,
     /// The `contextvars.Context` every callback of the transport runs in, when its maker gave
     /// one (asyncio 3.15's `context=`: a server's connection runs in a copy of the server's
@@ -263,6 +288,42 @@ impl StreamTransport {
         base::schedule_connection_lost(slf, exc)
     }
 
+    /// The socket object, made now when the transport had its descriptor alone (see [`Sock`]);
+    /// for a socket closed without one, a new socket of its kind, closed, kept for `socket`.
+    fn sock_object(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let (SockKind(family, kind, proto), open) = match &self.state.borrow(py).sock {
+            Sock::Object(s) => return Ok(Some(s.clone_ref(py))),
+            Sock::Closed(None) => return Ok(None),
+            Sock::Closed(Some(kind)) => (*kind, false),
+            Sock::Fd(kind) => (*kind, true),
+        };
+        let make = crate::pyrefs::socket_type(py)?;
+        if !open {
+            if let Some(closed) = self.state.borrow(py).extra.closed(py) {
+                return Ok(Some(closed));
+            }
+            let sock = make.call1((family, kind, proto))?;
+            sock.call_method0(intern!(py, "close"))?;
+            let old = self.state.borrow_mut(py).extra.keep_closed(sock.clone().unbind());
+            drop(old);
+            return Ok(Some(sock.unbind()));
+        }
+        // Non-blocking already (accept4): SOCK_NONBLOCK in the type sets the object's timeout
+        // to 0 without an ioctl.
+        let kwargs = [(intern!(py, "fileno"), self.fd)].into_py_dict(py)?;
+        let sock = make.call((family, kind | libc::SOCK_NONBLOCK, proto), Some(&kwargs))?;
+        let mut st = self.state.borrow_mut(py);
+        if matches!(st.sock, Sock::Fd(_)) {
+            st.sock = Sock::Object(sock.clone().unbind());
+            return Ok(Some(sock.unbind()));
+        }
+        drop(st);
+        // Made meanwhile by the code the socket's constructor ran: this one lets go of the
+        // descriptor, which that one owns.
+        sock.call_method0(intern!(py, "detach"))?;
+        self.sock_object(py)
+    }
+
     /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`); `sock`
     /// stands in for the socket once the state no longer holds it (while it is being closed).
     fn socket_extra_info<'py>(
@@ -272,9 +333,17 @@ impl StreamTransport {
         default: Option<Bound<'py, PyAny>>,
         sock: Option<&Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if name.eq(intern!(py, "socket"))? {
+            self.sock_object(py)?;
+        }
         let snapshot = {
             let st = self.state.borrow(py);
-            ExtraSnapshot::take(py, &st.extra, sock.or(st.sock.as_ref()), self.fd)
+            let (object, by_fd) = match &st.sock {
+                Sock::Object(s) => (Some(s), false),
+                Sock::Fd(_) => (None, true),
+                Sock::Closed(_) => (None, false),
+            };
+            ExtraSnapshot::take(py, &st.extra, sock.or(object), by_fd, self.fd)
         };
         let (answer, keep) = snapshot.answer(name, default)?;
         if let Some(dict) = keep {
@@ -333,18 +402,34 @@ impl StreamTransport {
             (Some(p), true) => p.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
             _ => Ok(()),
         };
+        if matches!(this.state.borrow(py).sock, Sock::Fd(_)) {
+            // What get_extra_info answers from the socket must outlive it, as with asyncio.
+            this.socket_extra_info(py, intern!(py, "sockname"), None, None)?;
+        }
         let (sock, protocol, server, waiter) = {
             let mut st = this.state.borrow_mut(py);
-            (st.sock.take(), st.protocol.take(), st.server.take(), st.empty_waiter.take())
+            let closed = match &st.sock {
+                Sock::Fd(kind) => Sock::Closed(Some(*kind)),
+                _ => Sock::Closed(None),
+            };
+            (std::mem::replace(&mut st.sock, closed), st.protocol.take(), st.server.take(), st.empty_waiter.take())
         };
-        if let Some(sock) = sock {
-            // What get_extra_info answers from the socket must outlive it, as with asyncio: its
-            // address now, and the socket object for a `socket` wrapper made if asked.
-            this.socket_extra_info(py, intern!(py, "sockname"), None, Some(&sock))?;
-            let old = this.state.borrow_mut(py).extra.keep_closed(sock.clone_ref(py));
-            drop(old);
-            this.tally.closed();
-            sock.bind(py).call_method0(intern!(py, "close"))?;
+        match sock {
+            Sock::Object(sock) => {
+                // Its address now, and the socket object for a `socket` wrapper made if asked.
+                this.socket_extra_info(py, intern!(py, "sockname"), None, Some(&sock))?;
+                let old = this.state.borrow_mut(py).extra.keep_closed(sock.clone_ref(py));
+                drop(old);
+                this.tally.closed();
+                sock.bind(py).call_method0(intern!(py, "close"))?;
+            }
+            Sock::Fd(_) => {
+                this.tally.closed();
+                // SAFETY: the transport owns the descriptor and, its state closed, never uses
+                // it again.
+                unsafe { libc::close(this.fd) };
+            }
+            Sock::Closed(_) => {}
         }
         drop(protocol);
         if let Some(server) = server {
@@ -362,8 +447,8 @@ impl StreamTransport {
     }
 
     #[getter]
-    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    fn _sock(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.sock_object(py)
     }
 
     #[getter]
@@ -386,13 +471,13 @@ impl StreamTransport {
     fn __repr__(&self, py: Python<'_>) -> String {
         let st = self.state.borrow(py);
         let mut info = vec!["StreamTransport".to_owned()];
-        if st.sock.is_none() {
+        if !st.sock.is_open() {
             info.push("closed".into());
         } else if st.life.is_closing() {
             info.push("closing".into());
         }
         info.push(format!("fd={}", self.fd));
-        if st.sock.is_some() && !self.event_loop.get().closed() {
+        if st.sock.is_open() && !self.event_loop.get().closed() {
             info.push(format!("read={}", if st.life.is_closing() || st.paused { "idle" } else { "polling" }));
             let state = if st.writing { "polling" } else { "idle" };
             info.push(format!("write=<{state}, bufsize={}>", st.buffer.len()));
@@ -404,7 +489,9 @@ impl StreamTransport {
         visit.call(&self.event_loop)?;
         visit.call(&self.context)?;
         if let Some(st) = self.state.try_borrow() {
-            visit.call(&st.sock)?;
+            if let Sock::Object(sock) = &st.sock {
+                visit.call(sock)?;
+            }
             visit.call(&st.protocol)?;
             st.extra.traverse(&visit)?;
             visit.call(&st.server)?;
@@ -424,10 +511,16 @@ impl StreamTransport {
 
 impl Drop for StreamTransport {
     fn drop(&mut self) {
-        if self.state.get_mut().sock.is_none() {
+        let sock = &self.state.get_mut().sock;
+        if !sock.is_open() {
             return;
         }
+        let fd_only = matches!(sock, Sock::Fd(_));
         Python::attach(|py| super::warn_unclosed(py, "StreamTransport", self.fd));
+        if fd_only {
+            // SAFETY: the transport owns the descriptor (no socket object was made for it).
+            unsafe { libc::close(self.fd) };
+        }
     }
 }
 
@@ -448,9 +541,60 @@ pub fn make_stream_transport<'py>(
     let py = event_loop.py();
     let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
     let extra = SocketExtra::new(sock, extra)?;
+    let sock = Sock::Object(sock.clone().unbind());
+    let context = context.filter(|c| !c.is_none());
+    let transport = new_transport(event_loop, fd, sock, protocol, extra, server, context)?;
+    start(event_loop, &transport, protocol, waiter, server)?;
+    Ok(transport)
+}
+
+/// A server's accepted IPv4 connection (`_accept_inet` in `_network.py`): a transport for the
+/// descriptor `fd` (non-blocking, of the listener's `kind` and `proto`), which it owns from
+/// now on, with no socket object until one is asked for (see [`Sock`]); `TCP_NODELAY` set when
+/// `nodelay`. Schedules what `make_stream_transport` schedules.
+#[pyfunction]
+#[pyo3(name = "_accepted_transport")]
+#[allow(clippy::too_many_arguments)]
+pub fn accepted_transport<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    fd: RawFd,
+    kind: i32,
+    proto: i32,
+    nodelay: bool,
+    protocol: &Bound<'py, PyAny>,
+    peername: &Bound<'py, PyAny>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, StreamTransport>> {
+    let fail = |err: PyErr| {
+        // SAFETY: the caller gave the descriptor to this function, and no transport has it.
+        unsafe { libc::close(fd) };
+        err
+    };
+    if nodelay {
+        net::set_nodelay(fd).map_err(|e| fail(crate::errors::os_error(&e)))?;
+    }
+    let extra = SocketExtra::with_peername(peername);
+    let sock = Sock::Fd(SockKind(libc::AF_INET, kind, proto));
+    let transport = new_transport(event_loop, fd, sock, protocol, extra, server, None).map_err(fail)?;
+    // The transport owns the descriptor now (and closes it when dropped unclosed).
+    start(event_loop, &transport, protocol, None, server)?;
+    Ok(transport)
+}
+
+/// The transport of `fd` (see `make_stream_transport`).
+fn new_transport<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    fd: RawFd,
+    sock: Sock,
+    protocol: &Bound<'py, PyAny>,
+    extra: SocketExtra,
+    server: Option<&Bound<'py, PyAny>>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, StreamTransport>> {
+    let py = event_loop.py();
     let tally = super::Tally::new(event_loop.get(), extra.kind(py, fd));
     let state = State {
-        sock: Some(sock.clone().unbind()),
+        sock,
         protocol: Some(protocol.clone().unbind()),
         delivery: Delivery::of(protocol)?,
         protocol_connected: true,
@@ -464,29 +608,40 @@ pub fn make_stream_transport<'py>(
         flow: WriteFlow::default(),
         empty_waiter: None,
     };
-    let transport = super::new_transport(
+    super::new_transport(
         py,
         StreamTransport {
             _live: crate::live::Token::new(crate::live::Kind::StreamTransport),
             event_loop: event_loop.clone().unbind(),
             fd,
-            context: context.filter(|c| !c.is_none()).map(|c| c.clone().unbind()),
+            context: context.map(|c| c.clone().unbind()),
             state: GilCell::new(state),
             tally,
         },
-    )?;
+    )
+}
+
+/// Tells `server` of the new transport, and schedules its start (see `make_stream_transport`).
+fn start<'py>(
+    event_loop: &Bound<'py, EventLoop>,
+    transport: &Bound<'py, StreamTransport>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: Option<&Bound<'py, PyAny>>,
+    server: Option<&Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    let py = event_loop.py();
     if let Some(server) = server.filter(|s| !s.is_none()) {
         if crate::compat::server_attach_takes_transport(py) {
-            server.call_method1(intern!(py, "_attach"), (&transport,))?;
+            server.call_method1(intern!(py, "_attach"), (transport,))?;
         } else {
             server.call_method0(intern!(py, "_attach"))?;
         }
     }
-    super::schedule_start(event_loop, protocol, transport.as_any(), waiter, transport.get().context.as_ref())?;
-    Ok(transport)
+    super::schedule_start(event_loop, protocol, transport.as_any(), waiter, transport.get().context.as_ref())
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StreamTransport>()?;
-    m.add_function(wrap_pyfunction!(make_stream_transport, m)?)
+    m.add_function(wrap_pyfunction!(make_stream_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(accepted_transport, m)?)
 }
