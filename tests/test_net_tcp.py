@@ -6,6 +6,7 @@ Every test runs on stock asyncio and on ferroloop and asserts asyncio's behaviou
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -452,6 +453,27 @@ def test_extra_info_outlives_the_socket_and_the_peer(loop, run):
         await srv.finish()
 
     run(main())
+
+
+def test_debug_mode_turned_on_while_serving_logs_each_connection(loop, run, caplog):
+    """A server started outside debug mode logs the connections it accepts once debug mode is
+    on (ferroloop's native accept hands them to the general path then)."""
+
+    async def main():
+        srv = await served(loop)
+        loop.set_debug(True)
+        tr, cli = await loop.create_connection(lambda: Proto(loop), *srv.addr)
+        sp = await srv.first
+        await sp.made
+        tr.write(b"ping")
+        assert await sp.wait_bytes(4) == b"ping"
+        tr.close()
+        await cli.lost
+        await srv.finish()
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        run(main())
+    assert [r for r in caplog.records if "got a new connection from" in r.getMessage()]
 
 
 def test_server_socket_asked_while_open_is_the_one_closed(loop, run):

@@ -19,10 +19,10 @@ __all__ = [
     "TimerHandle",
     "WritePipeTransport",
     "_accept_inet",
-    "_accepted_transport",
     "_fast_methods",
     "_live_objects",
     "_report_blocking",
+    "_serve_inet",
     "_stream_read",
     "_stream_readexactly",
     "_stream_readline",
@@ -222,16 +222,15 @@ def make_stream_transport(
     server: Any = None,
     context: Any = None,
 ) -> StreamTransport: ...
-def _accepted_transport(
+def _serve_inet(
     event_loop: EventLoop,
+    serving: Any,
     fd: int,
     kind: int,
     proto: int,
     nodelay: bool,
-    protocol: Any,
-    peername: Any,
-    server: Any = None,
-) -> StreamTransport: ...
+    backlog: int,
+) -> None: ...
 def make_datagram_transport(
     event_loop: EventLoop,
     sock: Any,

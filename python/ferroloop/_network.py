@@ -200,7 +200,23 @@ class NetworkMixin(_compat.BorrowedNetworking):
         serving = _Serving(
             protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout, context
         )
-        self.add_reader(sock.fileno(), self._accept_connection, serving)
+        accept_connection = self._accept_connection
+        if (
+            sslcontext is None
+            and context is None
+            and type(sock) is socket.socket
+            and _compat.sock_family(sock) == socket.AF_INET
+            and getattr(accept_connection, "__func__", None) is NetworkMixin._accept_connection
+            and type(self)._make_socket_transport is NetworkMixin._make_socket_transport
+        ):
+            # The common server: accepted and made transports in Rust (`_serve_inet`), with no
+            # socket object nor Python frame per connection; the general path in debug mode.
+            kind, proto = _compat.sock_type(sock), sock.proto
+            nodelay = kind == socket.SOCK_STREAM and proto == socket.IPPROTO_TCP
+            args = (self, serving, sock.fileno(), kind, proto, nodelay, backlog)
+            self.add_reader(sock.fileno(), _ferroloop._serve_inet, *args)
+        else:
+            self.add_reader(sock.fileno(), accept_connection, serving)
 
     def _stop_serving(self, sock):
         # Python 3.13's create_unix_server records each socket's inode here, so that closing
@@ -220,15 +236,6 @@ class NetworkMixin(_compat.BorrowedNetworking):
 
     def _accept_connection(self, serving):
         sock, server = serving.sock, serving.server
-        if (
-            serving.sslcontext is None
-            and serving.context is None
-            and type(sock) is socket.socket
-            and _compat.sock_family(sock) == socket.AF_INET
-            and type(self)._make_socket_transport is NetworkMixin._make_socket_transport
-            and not self.get_debug()
-        ):
-            return self._accept_inet(serving)
         accept = _acceptor(sock)
         for _ in range(serving.backlog):
             try:
@@ -251,36 +258,6 @@ class NetworkMixin(_compat.BorrowedNetworking):
                 self._accept_plain(serving.protocol_factory, conn, extra, server)
             else:
                 conn_context.run(self._accept_plain, serving.protocol_factory, conn, extra, server, conn_context)
-
-    def _accept_inet(self, serving):
-        """``_accept_connection`` for the common server: a ``socket.socket`` IPv4 listener whose
-        connections are plain (no TLS, no context of their own, not in debug mode), made by
-        ferroloop's own ``_make_socket_transport``. The same steps as the general path's helpers
-        (``_acceptor``, ``_accept_plain``, ``_make_socket_transport``, ``set_nodelay``), written
-        out in this one frame, and no socket object: the transport takes the descriptor, and
-        makes the object if it is asked for (about 8,500 instructions less per connection)."""
-        sock, server, factory = serving.sock, serving.server, serving.protocol_factory
-        fd, kind, proto = sock.fileno(), _compat.sock_type(sock), sock.proto
-        nodelay = kind == socket.SOCK_STREAM and proto == socket.IPPROTO_TCP
-        accept, make_transport = _ferroloop._accept_inet, _ferroloop._accepted_transport
-        for _ in range(serving.backlog):
-            try:
-                accepted = accept(fd)
-            except (InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                return self._accept_failed(serving, exc)
-            if accepted is None:
-                return
-            try:
-                protocol = factory()
-            except (SystemExit, KeyboardInterrupt):
-                os.close(accepted[0])
-                raise
-            except BaseException as exc:
-                self._factory_failed(accepted[0], exc)
-                continue
-            make_transport(self, accepted[0], kind, proto, nodelay, protocol, accepted[1], server)
 
     def _accept_failed(self, serving, exc):
         """An accept failed with ``exc``: out of descriptors or memory, stop accepting for a

@@ -328,6 +328,21 @@ fn try_accept(sock: &Bound<'_, PyAny>) -> Attempt {
 #[pyfunction]
 #[pyo3(name = "_accept_inet")]
 pub(crate) fn accept_inet(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyTuple>>> {
+    match accept_inet_conn(py, fd)? {
+        None => Ok(None),
+        Some((conn, address)) => match (conn, address).into_pyobject(py) {
+            Ok(pair) => Ok(Some(pair.unbind())),
+            Err(e) => {
+                // SAFETY: the descriptor just accepted, owned by nothing else yet.
+                unsafe { libc::close(conn) };
+                Err(e)
+            }
+        },
+    }
+}
+
+/// `_accept_inet`'s accept: the new descriptor (the caller's to close) and the peer's address.
+pub(crate) fn accept_inet_conn(py: Python<'_>, fd: RawFd) -> PyResult<Option<(RawFd, Bound<'_, PyTuple>)>> {
     loop {
         // SAFETY: a zeroed sockaddr_in is a valid value; `accept4` writes at most `len` bytes of
         // it and the length it wrote.
@@ -338,8 +353,8 @@ pub(crate) fn accept_inet(py: Python<'_>, fd: RawFd) -> PyResult<Option<Py<PyTup
             libc::accept4(fd, (&raw mut addr).cast(), &raw mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
         };
         if conn >= 0 {
-            return match inet_address(py, &addr).and_then(|address| (conn, address).into_pyobject(py)) {
-                Ok(pair) => Ok(Some(pair.unbind())),
+            return match inet_address(py, &addr) {
+                Ok(address) => Ok(Some((conn, address))),
                 Err(e) => {
                     // SAFETY: the descriptor just accepted, owned by nothing else yet.
                     unsafe { libc::close(conn) };

@@ -548,14 +548,12 @@ pub fn make_stream_transport<'py>(
     Ok(transport)
 }
 
-/// A server's accepted IPv4 connection (`_accept_inet` in `_network.py`): a transport for the
-/// descriptor `fd` (non-blocking, of the listener's `kind` and `proto`), which it owns from
-/// now on, with no socket object until one is asked for (see [`Sock`]); `TCP_NODELAY` set when
-/// `nodelay`. Schedules what `make_stream_transport` schedules.
-#[pyfunction]
-#[pyo3(name = "_accepted_transport")]
+/// A server's accepted IPv4 connection (`serve_inet`): a transport for the descriptor `fd`
+/// (non-blocking, of the listener's `kind` and `proto`), which it owns from now on, with no
+/// socket object until one is asked for (see [`Sock`]); `TCP_NODELAY` set when `nodelay`.
+/// Schedules what `make_stream_transport` schedules.
 #[allow(clippy::too_many_arguments)]
-pub fn accepted_transport<'py>(
+fn accepted_transport<'py>(
     event_loop: &Bound<'py, EventLoop>,
     fd: RawFd,
     kind: i32,
@@ -579,6 +577,61 @@ pub fn accepted_transport<'py>(
     // The transport owns the descriptor now (and closes it when dropped unclosed).
     start(event_loop, &transport, protocol, None, server)?;
     Ok(transport)
+}
+
+/// A plain IPv4 server's listener `fd` is ready: `_start_serving` (`_network.py`) registers
+/// this as its reader when nothing about the server needs asyncio's general path (no TLS, no
+/// context of its own, a `socket.socket` listener, the loop's own transports). Accepts up to
+/// `backlog` connections, as asyncio's `_accept_connection` does, each made a transport
+/// (`accepted_transport`) for the protocol `serving.protocol_factory` makes; no Python frame of
+/// its own. In debug mode, which may be turned on while serving, the loop's general
+/// `_accept_connection` runs instead (it logs each connection). Failures go to the general
+/// path's helpers: `_accept_failed` (out of descriptors: accepting pauses), `_factory_failed`.
+#[pyfunction]
+#[pyo3(name = "_serve_inet")]
+#[allow(clippy::too_many_arguments)]
+pub fn serve_inet(
+    event_loop: &Bound<'_, EventLoop>,
+    serving: &Bound<'_, PyAny>,
+    fd: RawFd,
+    kind: i32,
+    proto: i32,
+    nodelay: bool,
+    backlog: usize,
+) -> PyResult<()> {
+    let py = event_loop.py();
+    if event_loop.get().debug() {
+        event_loop.call_method1(intern!(py, "_accept_connection"), (serving,))?;
+        return Ok(());
+    }
+    let factory = serving.getattr(intern!(py, "protocol_factory"))?;
+    let server = serving.getattr(intern!(py, "server"))?;
+    for _ in 0..backlog {
+        let (conn, peer) = match crate::sock_ops::accept_inet_conn(py, fd) {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyConnectionAbortedError>(py) => return Ok(()),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
+                event_loop.call_method1(intern!(py, "_accept_failed"), (serving, e.into_value(py)))?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let protocol = match factory.call0() {
+            Ok(protocol) => protocol,
+            Err(e) => {
+                if crate::errors::is_exit(py, &e) {
+                    // SAFETY: the descriptor just accepted, owned by nothing else.
+                    unsafe { libc::close(conn) };
+                    return Err(e);
+                }
+                event_loop.call_method1(intern!(py, "_factory_failed"), (conn, e.into_value(py)))?;
+                continue;
+            }
+        };
+        accepted_transport(event_loop, conn, kind, proto, nodelay, &protocol, peer.as_any(), Some(&server))?;
+    }
+    Ok(())
 }
 
 /// The transport of `fd` (see `make_stream_transport`).
@@ -643,5 +696,5 @@ fn start<'py>(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StreamTransport>()?;
     m.add_function(wrap_pyfunction!(make_stream_transport, m)?)?;
-    m.add_function(wrap_pyfunction!(accepted_transport, m)?)
+    m.add_function(wrap_pyfunction!(serve_inet, m)?)
 }
