@@ -252,7 +252,7 @@ bench-setup: build
 	  || echo "wrk is not installed: HTTP is measured with the Rust load generator"
 
 .PHONY: bench
-bench: bench-setup ## asyncio, uvloop, rloop, ferroloop and a Rust reference side by side (~12 min)
+bench: bench-setup ## asyncio, uvloop, rloop, ferroloop and a Rust reference side by side (~16 min)
 	$(VPY) bench/run.py
 
 .PHONY: bench-micro
