@@ -418,6 +418,9 @@ def markdown(rows, memory, micro, info, seconds, rounds):
     return "\n".join(lines) + "\n"
 
 
+CLIP = 3.0  # the chart's widest ratio to uvloop
+
+
 def chart(rows, micro, path):
     """Speed relative to uvloop (its CPU per request ÷ each loop's; micro: time per operation),
     the network workloads with the reference server (no Python: the floor) beside the loops."""
@@ -447,10 +450,17 @@ def chart(rows, micro, path):
     colors = {"reference": "0.6", "asyncio": "C3", "uvloop": "C0", "rloop": "C2", "ferroloop": "C1"}
     for ax, (title, names, series) in zip(axes[:, 0], panels, strict=True):
         height = 0.8 / len(series)
+        # Past CLIP× a bar is cut at CLIP and its value written beside it, so that one far
+        # reference (an app whose own Python is most of a request) does not squash the rest.
         for i, (loop, values) in enumerate(series.items()):
             offsets = [y + (i - (len(series) - 1) / 2) * height for y in range(len(names))]
             hatch = "//" if loop == "reference" else None
-            ax.barh(offsets, values, height, label=loop, color=colors[loop], hatch=hatch)
+            shown = [min(v, CLIP) for v in values]
+            ax.barh(offsets, shown, height, label=loop, color=colors[loop], hatch=hatch)
+            for offset, v in zip(offsets, values, strict=True):
+                if v > CLIP:
+                    ax.text(CLIP + 0.02, offset, f"{v:.1f}×", ha="left", va="center", fontsize=7)
+        ax.set_xlim(0, CLIP + 0.25)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
@@ -490,6 +500,7 @@ def main():
         seconds, rounds = info.get("seconds", args.seconds), info.get("rounds", args.rounds)
         md = markdown(rows, saved["network"].get("memory"), saved["micro"], info, seconds, rounds)
         (RESULTS / "latest.md").write_text(md)
+        chart(rows, saved["micro"], RESULTS / "latest.png")
         update_readme(md)
         return
     for tool in ("loadgen", "refserver"):
