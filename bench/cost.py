@@ -279,25 +279,11 @@ def uvicorn_app(loop, n):
     one-route Starlette app, bench/server.py's), for `n` requests on one keep-alive connection
     from a client process (not traced)."""
     import server as bench_server
-    import uvicorn
 
     done_r, done_w = os.pipe()
 
     async def main():
-        config = uvicorn.Config(
-            bench_server.starlette_app(),
-            host="127.0.0.1",
-            port=0,
-            loop="none",
-            http="httptools",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-        )
-        server = uvicorn.Server(config)
-        serving = loop.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
+        server, serving = await bench_server.start_uvicorn(loop, "127.0.0.1", 0)
         port = server.servers[0].sockets[0].getsockname()[1]
         done = loop.create_future()
         loop.add_reader(done_r, done.set_result, None)

@@ -121,11 +121,11 @@ def starlette_app():
     return Starlette(routes=[Route("/", hello)])
 
 
-async def serve_uvicorn(loop, address):
-    """uvicorn (httptools) serving the Starlette app, on the loop this process made."""
+async def start_uvicorn(loop, host, port):
+    """uvicorn (httptools) serving the Starlette app on `loop`, once it listens: the
+    `uvicorn.Server` and the task serving it (bench/cost.py's `uvicorn` workload starts it too)."""
     import uvicorn
 
-    host, port = address
     config = uvicorn.Config(
         starlette_app(),
         host=host,
@@ -143,6 +143,12 @@ async def serve_uvicorn(loop, address):
             serving.result()  # raises what stopped it
             raise RuntimeError("uvicorn stopped before it started serving")
         await asyncio.sleep(0.01)
+    return server, serving
+
+
+async def serve_uvicorn(loop, address):
+    """The real-app workload: uvicorn and the Starlette app, on the loop this process made."""
+    _, serving = await start_uvicorn(loop, *address)
     print("READY", flush=True)
     await serving
 
