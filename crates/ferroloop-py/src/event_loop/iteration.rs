@@ -22,9 +22,47 @@ fn report_key(w: &Watcher, write: bool) -> usize {
     }
 }
 
+/// Queues the callbacks of the descriptors the poll reported ready (`ready_at`: when), but
+/// those `skip` says are queued already; collects the cancelled reader handles it finds in
+/// `stale`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn queue_reports(
+    py: Python<'_>,
+    poller: &Poller,
+    readers: &FdMap<Watcher>,
+    writers: &FdMap<Watcher>,
+    ready: &mut VecDeque<Ready>,
+    stale: &mut Vec<(RawFd, bool)>,
+    ready_at: u64,
+    skip: impl Fn(&Watcher, bool) -> bool,
+) {
+    for ev in poller.ready() {
+        for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
+            if !is_ready {
+                continue;
+            }
+            let map = if write { writers } else { readers };
+            let Some(watcher) = map.get(&ev.fd) else { continue };
+            if skip(watcher, write) {
+                continue;
+            }
+            match watcher {
+                Watcher::Handle(h) if h.get().is_cancelled() => stale.push((ev.fd, write)),
+                Watcher::Handle(h) => ready.push_back(Ready::Handle(h.clone_ref(py), ready_at)),
+                Watcher::Native(w, context) => {
+                    let context = Some(context.clone_ref(py));
+                    ready.push_back(Ready::Io(Arc::clone(w), write, context, ready_at));
+                }
+                Watcher::Op(w) => ready.push_back(Ready::Io(Arc::clone(w), write, None, ready_at)),
+            }
+        }
+    }
+}
+
 /// The keys of the reports in `ready` (handles included: a reader's handle is one of them).
 #[cold]
-fn queued_reports(ready: &VecDeque<Ready>) -> Reports {
+fn reports_left(ready: &VecDeque<Ready>) -> Reports {
     ready
         .iter()
         .map(|r| match r {
@@ -157,26 +195,14 @@ impl EventLoop {
             let mut q = self.queues.borrow_mut(py);
             let Queues { ready, readers, writers, .. } = &mut *q;
             let queued_before = ready.len();
-            // Left by a batch cut short: the reports still queued (see the module documentation).
-            let left = if self.cut_short.swap(false, Relaxed) { queued_reports(ready) } else { Reports::default() };
-            for ev in poller.ready() {
-                for (is_ready, write) in [(ev.readable, false), (ev.writable, true)] {
-                    if !is_ready {
-                        continue;
-                    }
-                    let map = if write { &*writers } else { &*readers };
-                    match map.get(&ev.fd) {
-                        None => {}
-                        Some(w) if !left.is_empty() && left.contains(&report_key(w, write)) => {}
-                        Some(Watcher::Handle(h)) if h.get().is_cancelled() => stale.push((ev.fd, write)),
-                        Some(Watcher::Handle(h)) => ready.push_back(Ready::Handle(h.clone_ref(py), ready_at)),
-                        Some(Watcher::Native(w, context)) => {
-                            let context = Some(context.clone_ref(py));
-                            ready.push_back(Ready::Io(Arc::clone(w), write, context, ready_at));
-                        }
-                        Some(Watcher::Op(w)) => ready.push_back(Ready::Io(Arc::clone(w), write, None, ready_at)),
-                    }
-                }
+            // A plain load first: the swap is a locked instruction, and cut batches are rare.
+            if self.cut_short.load(Relaxed) && self.cut_short.swap(false, Relaxed) {
+                // Reports a batch cut short left queued are not queued again (module docs).
+                let left = reports_left(ready);
+                let skip = |w: &Watcher, write| left.contains(&report_key(w, write));
+                queue_reports(py, poller, readers, writers, ready, &mut stale, ready_at, skip);
+            } else {
+                queue_reports(py, poller, readers, writers, ready, &mut stale, ready_at, |_, _| false);
             }
             self.stats.io_events(ready.len() - queued_before);
         }
