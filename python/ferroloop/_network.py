@@ -277,7 +277,7 @@ class NetworkMixin(_compat.BorrowedNetworking):
 
     def _factory_failed(self, conn, exc):
         """The protocol factory raised ``exc`` for the connection ``conn`` (a socket, or the
-        one-frame accept's descriptor): closed, and reported."""
+        descriptor of the native accept, ``_ferroloop._serve_inet``): closed, and reported."""
         if isinstance(conn, int):
             os.close(conn)
         else:

@@ -18,8 +18,13 @@ type Reports = HashSet<usize, BuildHasherDefault<FdHasher>>;
 fn report_key(w: &Watcher, write: bool) -> usize {
     match w {
         Watcher::Handle(h) => h.as_ptr() as usize,
-        Watcher::Native(w, _) | Watcher::Op(w) => Arc::as_ptr(w).cast::<()>() as usize | usize::from(write),
+        Watcher::Native(w, _) | Watcher::Op(w) => native_key(w, write),
     }
+}
+
+/// A native watcher's [`report_key`].
+fn native_key(w: &Arc<dyn IoWatcher>, write: bool) -> usize {
+    Arc::as_ptr(w).cast::<()>() as usize | usize::from(write)
 }
 
 /// Queues the callbacks of the descriptors the poll reported ready (`ready_at`: when), but
@@ -67,7 +72,7 @@ fn reports_left(ready: &VecDeque<Ready>) -> Reports {
         .iter()
         .map(|r| match r {
             Ready::Handle(h, _) => h.as_ptr() as usize,
-            Ready::Io(w, write, _, _) => Arc::as_ptr(w).cast::<()>() as usize | usize::from(*write),
+            Ready::Io(w, write, _, _) => native_key(w, *write),
         })
         .collect()
 }

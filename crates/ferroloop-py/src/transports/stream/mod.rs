@@ -203,7 +203,7 @@ impl Core for StreamTransport {
         name: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.socket_extra_info(py, name, default, None)
+        self.socket_extra_info(py, name, default)
     }
 }
 
@@ -324,14 +324,12 @@ impl StreamTransport {
         self.sock_object(py)
     }
 
-    /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`); `sock`
-    /// stands in for the socket once the state no longer holds it (while it is being closed).
+    /// `get_extra_info(name, default)`, keeping what it had to make (see `SocketExtra`).
     fn socket_extra_info<'py>(
         &self,
         py: Python<'py>,
         name: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
-        sock: Option<&Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if name.eq(intern!(py, "socket"))? {
             self.sock_object(py)?;
@@ -343,7 +341,7 @@ impl StreamTransport {
                 Sock::Fd(_) => (None, true),
                 Sock::Closed(_) => (None, false),
             };
-            ExtraSnapshot::take(py, &st.extra, sock.or(object), by_fd, self.fd)
+            ExtraSnapshot::take(py, &st.extra, object, by_fd, self.fd)
         };
         let (answer, keep) = snapshot.answer(name, default)?;
         if let Some(dict) = keep {
@@ -402,9 +400,9 @@ impl StreamTransport {
             (Some(p), true) => p.bind(py).call_method1(intern!(py, "connection_lost"), (exc,)).map(drop),
             _ => Ok(()),
         };
-        if matches!(this.state.borrow(py).sock, Sock::Fd(_)) {
+        if this.state.borrow(py).sock.is_open() {
             // What get_extra_info answers from the socket must outlive it, as with asyncio.
-            this.socket_extra_info(py, intern!(py, "sockname"), None, None)?;
+            this.socket_extra_info(py, intern!(py, "sockname"), None)?;
         }
         let (sock, protocol, server, waiter) = {
             let mut st = this.state.borrow_mut(py);
@@ -416,8 +414,7 @@ impl StreamTransport {
         };
         match sock {
             Sock::Object(sock) => {
-                // Its address now, and the socket object for a `socket` wrapper made if asked.
-                this.socket_extra_info(py, intern!(py, "sockname"), None, Some(&sock))?;
+                // The socket object, for a `socket` wrapper made if asked later.
                 let old = this.state.borrow_mut(py).extra.keep_closed(sock.clone_ref(py));
                 drop(old);
                 this.tally.closed();
@@ -543,7 +540,8 @@ pub fn make_stream_transport<'py>(
     let extra = SocketExtra::new(sock, extra)?;
     let sock = Sock::Object(sock.clone().unbind());
     let context = context.filter(|c| !c.is_none());
-    let transport = new_transport(event_loop, fd, sock, protocol, extra, server, context)?;
+    let delivery = Delivery::of(protocol)?;
+    let transport = new_transport(event_loop, fd, sock, protocol, delivery, extra, server, context)?;
     start(event_loop, &transport, protocol, waiter, server)?;
     Ok(transport)
 }
@@ -571,10 +569,12 @@ fn accepted_transport<'py>(
     if nodelay {
         net::set_nodelay(fd).map_err(|e| fail(crate::errors::os_error(&e)))?;
     }
+    let delivery = Delivery::of(protocol).map_err(fail)?;
     let extra = SocketExtra::with_peername(peername);
     let sock = Sock::Fd(SockKind(libc::AF_INET, kind, proto));
-    let transport = new_transport(event_loop, fd, sock, protocol, extra, server, None).map_err(fail)?;
-    // The transport owns the descriptor now (and closes it when dropped unclosed).
+    // From here the transport owns the descriptor (and closes it when dropped unclosed, also
+    // when it could not be allocated).
+    let transport = new_transport(event_loop, fd, sock, protocol, delivery, extra, server, None)?;
     start(event_loop, &transport, protocol, None, server)?;
     Ok(transport)
 }
@@ -634,12 +634,15 @@ pub fn serve_inet(
     Ok(())
 }
 
-/// The transport of `fd` (see `make_stream_transport`).
+/// The transport of `fd` (see `make_stream_transport`); it cannot fail but for its
+/// allocation, which drops (and so closes) `sock`.
+#[allow(clippy::too_many_arguments)]
 fn new_transport<'py>(
     event_loop: &Bound<'py, EventLoop>,
     fd: RawFd,
     sock: Sock,
     protocol: &Bound<'py, PyAny>,
+    delivery: Delivery,
     extra: SocketExtra,
     server: Option<&Bound<'py, PyAny>>,
     context: Option<&Bound<'py, PyAny>>,
@@ -649,7 +652,7 @@ fn new_transport<'py>(
     let state = State {
         sock,
         protocol: Some(protocol.clone().unbind()),
-        delivery: Delivery::of(protocol)?,
+        delivery,
         protocol_connected: true,
         extra,
         server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
