@@ -19,12 +19,11 @@ what this class is for saving.
 """
 
 import asyncio
+import collections.abc
 
 from . import _ferroloop
 
 _stock = asyncio.StreamReader
-_read = _ferroloop._stream_read
-_readexactly = _ferroloop._stream_readexactly
 _readuntil = _ferroloop._stream_readuntil
 _readline = _ferroloop._stream_readline
 _wait = _ferroloop._stream_wait
@@ -34,32 +33,6 @@ class StreamReader(asyncio.StreamReader):
     """``asyncio.StreamReader`` with ``read``, ``readexactly``, ``readuntil`` and ``readline`` in Rust."""
 
     __slots__ = ()
-
-    async def read(self, n=-1):
-        data = _read(self, n, False)
-        if data.__class__ is not bytes:
-            if data is NotImplemented:
-                return await _stock.read(self, n)
-            try:
-                await data
-            finally:
-                self._waiter = None
-            data = _read(self, n, True)
-            if data is NotImplemented:
-                return await _stock.read(self, n)
-        return data
-
-    async def readexactly(self, n):
-        data = _readexactly(self, n, False)
-        while data.__class__ is not bytes:
-            if data is NotImplemented:
-                return await _stock.readexactly(self, n)
-            try:
-                await data
-            finally:
-                self._waiter = None
-            data = _readexactly(self, n, True)
-        return data
 
     async def readuntil(self, separator=b"\n"):
         # While it must wait, the step answers where the next search starts.
@@ -89,3 +62,14 @@ class StreamReader(asyncio.StreamReader):
         if data is NotImplemented:
             return await _stock.readline(self)
         return data
+
+
+class StreamWriter(asyncio.StreamWriter):
+    """``asyncio.StreamWriter`` with ``drain`` in Rust (a server's writer, given this class by
+    its transport after ``connection_made``)."""
+
+    __slots__ = ()
+
+
+collections.abc.Coroutine.register(_ferroloop.StreamOperation)
+_ferroloop._install_stream_operations(StreamReader, StreamWriter)

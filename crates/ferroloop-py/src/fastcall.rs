@@ -180,7 +180,7 @@ entry!(call_later, Method::Later);
 entry!(call_at, Method::At);
 
 /// A method descriptor of `EventLoop` for `f` (a `'static` method definition, made once).
-fn descriptor(
+pub(crate) fn descriptor(
     py: Python<'_>,
     owner: *mut ffi::PyTypeObject,
     name: &'static CStr,

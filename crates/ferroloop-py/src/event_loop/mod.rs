@@ -214,6 +214,10 @@ fn current_thread_id() -> u64 {
     u64::from(unsafe { ffi::PyThread_get_thread_ident() })
 }
 
+/// Some loop of this process has been in debug mode (it is never cleared): until then no loop
+/// is, and code that must ask a loop whether it is need not.
+pub(crate) static DEBUG_EVER: AtomicBool = AtomicBool::new(false);
+
 impl EventLoop {
     #[inline]
     fn check_closed(&self) -> PyResult<()> {
@@ -343,7 +347,11 @@ impl EventLoop {
     }
 
     fn set_debug(&self, enabled: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.debug.store(enabled.is_truthy()?, Relaxed);
+        let enabled = enabled.is_truthy()?;
+        if enabled {
+            DEBUG_EVER.store(true, Relaxed);
+        }
+        self.debug.store(enabled, Relaxed);
         Ok(())
     }
 

@@ -245,6 +245,11 @@ pub(crate) trait ReadSide: Core + pyo3::PyClass<Frozen = True> + Sync {
 
     /// Starts (`on`) or stops watching the descriptor for reading.
     fn watch_reading(slf: &Bound<'_, Self>, on: bool) -> PyResult<()>;
+
+    /// What `_start_reading` does first, once `connection_made` has run (nothing by default).
+    fn on_start(_slf: &Bound<'_, Self>) -> PyResult<()> {
+        Ok(())
+    }
 }
 
 /// asyncio's `is_reading()`: neither paused nor closing.
@@ -298,6 +303,7 @@ macro_rules! read_methods {
             }
 
             fn _start_reading(slf: &pyo3::Bound<'_, Self>) -> pyo3::PyResult<()> {
+                <Self as $crate::transports::base::ReadSide>::on_start(slf)?;
                 if $crate::transports::base::is_reading(slf.get(), slf.py()) {
                     <Self as $crate::transports::base::ReadSide>::watch_reading(slf, true)?;
                 }

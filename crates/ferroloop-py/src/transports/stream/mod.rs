@@ -229,6 +229,20 @@ impl ReadSide for StreamTransport {
             slf.get().unwatch(slf.py(), false)
         }
     }
+
+    /// A stock `StreamReaderProtocol`'s writer, made by its `connection_made`, gets ferroloop's
+    /// `drain` (see `streams::adopt_writer`).
+    fn on_start(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let st = slf.get().state.borrow(py);
+            match (st.delivery, &st.protocol) {
+                (Delivery::Streams, Some(protocol)) => protocol.clone_ref(py),
+                _ => return Ok(()),
+            }
+        };
+        super::streams::adopt_writer(protocol.bind(py))
+    }
 }
 
 impl Readiness for StreamTransport {

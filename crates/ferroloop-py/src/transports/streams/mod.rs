@@ -89,9 +89,13 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyDict, PyInt, PyString, PyType, PyWeakrefReference};
 use pyo3::{intern, PyTypeInfo};
 
+mod op;
 mod reader;
 
-pub(crate) use reader::register;
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    reader::register(m)?;
+    op::register(m)
+}
 
 /// The stock classes and the methods of theirs the shortcut stands in for, as asyncio defined them.
 struct Stock {
@@ -104,10 +108,25 @@ struct Stock {
     /// `StreamReader`'s methods that delivery (`feed_data`, `_wakeup_waiter`, first) and the
     /// fast reader's reads stand in for.
     reader_methods: Vec<(Py<PyString>, Py<PyAny>)>,
-    /// The classes' version tags when their methods were last found intact (0: not yet).
-    /// CPython gives a class a new tag, never one it gave before, after any change to it or to
-    /// its bases, so an unchanged tag spares the lookups.
-    intact_tags: [AtomicU32; 2],
+    /// `asyncio.StreamWriter`, and its `drain`, which ferroloop's writer stands in for.
+    writer: Py<PyType>,
+    writer_methods: [(Py<PyString>, Py<PyAny>); 1],
+    /// ferroloop's subclass of the writer (`ferroloop._streams.StreamWriter`, see [`op`]).
+    fast_writer: Py<PyType>,
+    /// `FlowControlMixin._drain_helper`, which a fast `drain` stands in for.
+    drain_helper: (Py<PyString>, Py<PyAny>),
+    /// The classes' version tags when their methods were last found intact (0: not yet), by
+    /// [`Class`]. CPython gives a class a new tag, never one it gave before, after any change to
+    /// it or to its bases, so an unchanged tag spares the lookups.
+    intact_tags: [AtomicU32; 3],
+}
+
+/// The stock classes whose methods ferroloop stands in for, as [`Stock::intact`] checks them.
+#[derive(Clone, Copy)]
+enum Class {
+    Protocol = 0,
+    Reader = 1,
+    Writer = 2,
 }
 
 impl Stock {
@@ -139,26 +158,38 @@ impl Stock {
             let Some(method) = original(&reader, name)? else { return Ok(None) };
             reader_methods.push(method);
         }
-        let fast_reader = py.import("ferroloop._streams")?.getattr("StreamReader")?.cast_into::<PyType>()?;
+        let writer = module.getattr("StreamWriter")?.cast_into::<PyType>()?;
+        let mixin = module.getattr("FlowControlMixin")?.cast_into::<PyType>()?;
+        let (Some(drain), Some(drain_helper)) = (original(&writer, "drain")?, original(&mixin, "_drain_helper")?) else {
+            return Ok(None);
+        };
+        let ours = py.import("ferroloop._streams")?;
         Ok(Some(Stock {
             protocol: protocol.unbind(),
             reader: reader.unbind(),
-            fast_reader: fast_reader.unbind(),
+            fast_reader: ours.getattr("StreamReader")?.cast_into::<PyType>()?.unbind(),
             protocol_methods: [a, b],
             reader_methods,
-            intact_tags: [AtomicU32::new(0), AtomicU32::new(0)],
+            writer: writer.unbind(),
+            writer_methods: [drain],
+            fast_writer: ours.getattr("StreamWriter")?.cast_into::<PyType>()?.unbind(),
+            drain_helper,
+            intact_tags: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
         }))
     }
 
-    /// `class` (the protocol's, `which` 0, or the reader's, 1) still has the stock methods in
-    /// its own dictionary.
-    fn intact(&self, class: &Bound<'_, PyType>, which: usize) -> bool {
+    /// `class` (the stock class `which`) still has the stock methods in its own dictionary.
+    fn intact(&self, class: &Bound<'_, PyType>, which: Class) -> bool {
         let tag = version_tag(class);
-        let known = &self.intact_tags[which];
+        let known = &self.intact_tags[which as usize];
         if tag != 0 && known.load(Ordering::Relaxed) == tag {
             return true;
         }
-        let methods: &[_] = if which == 0 { &self.protocol_methods } else { &self.reader_methods };
+        let methods: &[_] = match which {
+            Class::Protocol => &self.protocol_methods,
+            Class::Reader => &self.reader_methods,
+            Class::Writer => &self.writer_methods,
+        };
         let dict = class_dict(class);
         let intact =
             methods.iter().all(|(name, f)| matches!(dict.get_item(name.bind(class.py())), Ok(Some(v)) if v.is(f)));
@@ -223,6 +254,25 @@ pub(crate) fn adopt_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(true)
 }
 
+/// After the stock `StreamReaderProtocol.connection_made`, which made the server's writer (a
+/// client's is made by `open_connection`, after the transport, out of reach): the writer gets
+/// ferroloop's class, whose `drain` is [`op`]'s, if it is exactly asyncio's `StreamWriter` with
+/// its class intact. (A `drain` set on the instance, now or later, still wins over the class's.)
+/// Its dictionary, made by the class change, is what `drain` reads.
+pub(crate) fn adopt_writer(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let Some(stock) = Stock::get(py) else { return Ok(()) };
+    if !protocol.get_type().is(stock.protocol.bind(py)) {
+        return Ok(());
+    }
+    let Some(writer) = protocol.getattr_opt(intern!(py, "_stream_writer"))? else { return Ok(()) };
+    let class = stock.writer.bind(py);
+    if !writer.get_type().is(class) || !stock.intact(class, Class::Writer) {
+        return Ok(());
+    }
+    writer.setattr(intern!(py, "__class__"), stock.fast_writer.bind(py))
+}
+
 /// Delivers `data` as the stock `protocol.data_received(data)` would, without calling Python,
 /// when `protocol` is exactly a stock `StreamReaderProtocol` whose reader is exactly a stock
 /// `StreamReader` (see the module doc). Returns `Ok(false)`, having changed nothing, when the
@@ -232,7 +282,7 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
     let py = protocol.py();
     let Some(stock) = Stock::get(py) else { return Ok(false) };
     let protocol_class = stock.protocol.bind(py);
-    if !protocol.get_type().is(protocol_class) || !stock.intact(protocol_class, 0) {
+    if !protocol.get_type().is(protocol_class) || !stock.intact(protocol_class, Class::Protocol) {
         return Ok(false);
     }
     let [(name, data_received), _] = &stock.protocol_methods;
@@ -255,7 +305,7 @@ pub(crate) fn feed(protocol: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<bool> {
             None => Ok(false),
         };
     }
-    if !reader.get_type().is(reader_class) || !stock.intact(reader_class, 1) {
+    if !reader.get_type().is(reader_class) || !stock.intact(reader_class, Class::Reader) {
         return Ok(false);
     }
     for (name, function) in &stock.reader_methods[..2] {

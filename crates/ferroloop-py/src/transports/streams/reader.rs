@@ -35,9 +35,10 @@ use super::Stock;
 use crate::event_loop::EventLoop;
 
 /// The stock methods a transport's delivery (the first two) and this module's reads stand in for.
-pub(super) const STANDS_IN_FOR: [&str; 8] = [
+pub(super) const STANDS_IN_FOR: [&str; 9] = [
     "feed_data",
     "_wakeup_waiter",
+    "exception",
     "read",
     "readexactly",
     "readuntil",
@@ -54,7 +55,7 @@ const FIELDS: usize = 8;
 pub(super) fn adopt(stock: &Stock, reader: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = reader.py();
     let class = stock.reader.bind(py);
-    if reader.get_type().is(class) && stock.intact(class, 1) && Fields::of(stock, reader)?.is_some() {
+    if reader.get_type().is(class) && stock.intact(class, super::Class::Reader) && Fields::of(stock, reader)?.is_some() {
         reader.setattr(intern!(py, "__class__"), stock.fast_reader.bind(py))?;
     }
     Ok(())
@@ -71,12 +72,13 @@ impl<'py> Fields<'py> {
     /// intact; `None` otherwise.
     pub(super) fn of(stock: &Stock, reader: &Bound<'py, PyAny>) -> PyResult<Option<Self>> {
         let py = reader.py();
-        if !stock.intact(stock.reader.bind(py), 1) {
+        if !stock.intact(stock.reader.bind(py), super::Class::Reader) {
             return Ok(None);
         }
         let Some(dict) = super::instance_dict(reader) else { return Ok(None) };
-        let expected = FIELDS + usize::from(dict.contains(intern!(py, "_source_traceback"))?);
-        if dict.len() != expected {
+        // The stock fields, and `_source_traceback` in debug mode.
+        let len = dict.len();
+        if len != FIELDS && (len != FIELDS + 1 || !dict.contains(intern!(py, "_source_traceback"))?) {
             return Ok(None);
         }
         Ok(Some(Fields { reader: reader.clone(), dict }))
@@ -141,6 +143,11 @@ impl<'py> Fields<'py> {
             return Ok(());
         }
         Err(PyErr::from_value(exc))
+    }
+
+    /// `self._exception is None`.
+    pub(super) fn exception_is_none(&self) -> PyResult<bool> {
+        Ok(self.get(intern!(self.reader.py(), "_exception"))?.is_none())
     }
 
     fn eof(&self) -> PyResult<bool> {
@@ -219,9 +226,7 @@ fn not_implemented(py: Python<'_>) -> Bound<'_, PyAny> {
 /// (see [`Fields::wait`]), after which the step is asked again, told that it waited (and then
 /// gives the data); or `NotImplemented` for asyncio's own method (`read(-1)`, a size that is not
 /// an `int`, a customised reader).
-#[pyfunction]
-#[pyo3(name = "_stream_read")]
-fn stream_read<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: bool) -> PyResult<Bound<'py, PyAny>> {
+pub(super) fn read_step<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: bool) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
     let (Some(n), Some(fields)) = (size(n), Fields::fast(reader)?) else { return Ok(not_implemented(py)) };
     let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py)) };
@@ -243,9 +248,7 @@ fn stream_read<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: b
 
 /// `readexactly(n)`'s step: the data, the future to await (as for `read`, once per shortfall),
 /// or `NotImplemented` for asyncio's own.
-#[pyfunction]
-#[pyo3(name = "_stream_readexactly")]
-fn stream_readexactly<'py>(
+pub(super) fn readexactly_step<'py>(
     reader: &Bound<'py, PyAny>,
     n: &Bound<'py, PyAny>,
     waited: bool,
@@ -425,8 +428,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(stream_read, m)?)?;
-    m.add_function(wrap_pyfunction!(stream_readexactly, m)?)?;
     m.add_function(wrap_pyfunction!(stream_readuntil, m)?)?;
     m.add_function(wrap_pyfunction!(stream_readline, m)?)?;
     m.add_function(wrap_pyfunction!(stream_wait, m)?)
