@@ -1813,7 +1813,9 @@ def stream_bytes(seed, n):
 @st.composite
 def streams_programs(draw):
     # Mostly limits a few sends pass, so that pausing and resuming happen often.
-    setup = {"limit": draw(st.sampled_from([1, 4, 64, 64, 2**16]))}
+    # The client's streams (open_connection) or a server's (its writer made by the protocol's
+    # connection_made, which ferroloop gives its own drain).
+    setup = {"limit": draw(st.sampled_from([1, 4, 64, 64, 2**16])), "side": draw(st.sampled_from(["client", "server"]))}
     sizes = st.sampled_from([0, 1, 2, 3, 5, 17, 100, 1000, 70000])
     op = st.one_of(
         st.tuples(st.just("peer_send"), sizes),
@@ -1827,6 +1829,7 @@ def streams_programs(draw):
         st.tuples(st.just("step"), st.integers(1, 3)),
         st.tuples(st.just("feed_eof")),
         st.tuples(st.just("write"), sizes),
+        st.tuples(st.just("drain")),
         st.tuples(st.just("close")),
     )
     return [setup, *draw(st.lists(op, max_size=20))]
@@ -1871,9 +1874,18 @@ def interpret_streams(run, program):
                 return
             received.extend(chunk)
 
-    opened = run.do(
-        "open", lambda: loop.run_until_complete(asyncio.open_connection(sock=sock, limit=setup["limit"])), record=False
-    )
+    async def accepted():
+        made = loop.create_future()
+        reader = asyncio.StreamReader(limit=setup["limit"], loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, lambda r, w: made.set_result((r, w)), loop=loop)
+        await loop.connect_accepted_socket(lambda: protocol, sock)
+        return await made
+
+    if setup.get("side") == "server":
+        opening = accepted
+    else:
+        opening = lambda: asyncio.open_connection(sock=sock, limit=setup["limit"])  # noqa: E731
+    opened = run.do("open", lambda: loop.run_until_complete(opening()), record=False)
     if opened is FAILED:
         sock.close()
         peer.close()
@@ -1910,6 +1922,8 @@ def interpret_streams(run, program):
                 run.do("feed_eof", reader.feed_eof)
             elif name == "write":
                 run.do("write", writer.write, stream_bytes(seed + 1, op[1]))
+            elif name == "drain":
+                start("drain", writer.drain())
             elif name == "close":
                 run.do("close", writer.close)
             run.step()

@@ -781,3 +781,223 @@ def test_stock_reader_gets_ferroloops_reads(loop_factory, loop, run):
         b.close()
 
     run(main())
+
+
+# ---------------------------------------------------------------------------
+# what read(), readexactly() and drain() return: awaitables that behave as asyncio's coroutines
+# (on ferroloop, native ones; see crates/ferroloop-py/src/transports/streams/op.rs)
+
+
+async def served():
+    """A ``start_server`` connection: the server's reader and writer (the handler's, which
+    ferroloop gives its own classes), the client's, and a function that closes it all."""
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    async def handle(reader, writer):
+        got.set_result((reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await asyncio.open_connection("127.0.0.1", port)
+    ours = await got
+
+    async def end():
+        for writer in (client[1], ours[1]):
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    return ours, client, end
+
+
+def test_server_reads_and_drain_are_coroutines_to_asyncio(loop, run):
+    async def main():
+        (reader, writer), (creader, cwriter), end = await served()
+        assert isinstance(writer, asyncio.StreamWriter)
+        assert repr(writer).startswith("<StreamWriter ")
+        cwriter.write(b"abcdef")
+        for make in (lambda: reader.read(2), lambda: reader.readexactly(2), writer.drain):
+            awaitable = make()
+            assert asyncio.iscoroutine(awaitable)
+            await asyncio.create_task(awaitable)
+        assert await asyncio.gather(reader.read(1), writer.drain()) == [b"e", None]
+        assert await asyncio.ensure_future(reader.read(1)) == b"f"
+        with pytest.raises(TimeoutError if sys.version_info >= (3, 11) else asyncio.TimeoutError):
+            await asyncio.wait_for(reader.readexactly(4), 0.05)
+        cwriter.write(b"ghij")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ghij"
+        await end()
+
+    run(main())
+
+
+def test_operations_never_awaited_warn(loop, run):
+    import gc
+    import warnings
+
+    async def main():
+        (reader, writer), _, end = await served()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reader.read(1)
+            reader.readexactly(1)
+            writer.drain()
+            gc.collect()
+        messages = sorted(str(w.message) for w in caught if w.category is RuntimeWarning)
+        assert messages == [
+            "coroutine 'StreamReader.read' was never awaited",
+            "coroutine 'StreamReader.readexactly' was never awaited",
+            "coroutine 'StreamWriter.drain' was never awaited",
+        ]
+        await end()
+
+    run(main())
+
+
+def test_read_driven_by_hand(loop, run):
+    """send, throw and close, as a program (or a framework) driving the coroutine itself sees
+    them: the waiter yielded, StopIteration with the data, the errors of a coroutine."""
+
+    async def main():
+        (reader, writer), (creader, cwriter), end = await served()
+        read = reader.read(3)
+        with pytest.raises(TypeError, match="can't send non-None value to a just-started coroutine"):
+            read.send(1)
+        read.close()
+        read = reader.read(3)
+        waiter = read.send(None)
+        assert isinstance(waiter, asyncio.Future)
+        assert waiter is reader._waiter and waiter._asyncio_future_blocking
+        with pytest.raises(ValueError, match="boom"):
+            read.throw(ValueError("boom"))
+        assert reader._waiter is None
+        with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+            read.send(None)
+        read.close()
+        # Closed while it waits: the waiter is forgotten, nothing is read.
+        read = reader.readexactly(2)
+        read.send(None)
+        assert reader._waiter is not None
+        read.close()
+        assert reader._waiter is None
+        cwriter.write(b"xyz")
+        await until(lambda: len(reader._buffer) == 3)
+        read = reader.read(2)
+        with pytest.raises(StopIteration) as info:
+            read.send(None)
+        assert info.value.value == b"xy"
+        drain = writer.drain()
+        with pytest.raises(StopIteration) as info:
+            drain.send(None)
+        assert info.value.value is None
+        assert await reader.read(5) == b"z"
+        await end()
+
+    run(main())
+
+
+def test_drain_waits_while_writing_is_paused(loop, run):
+    async def main():
+        (reader, writer), (creader, cwriter), end = await served()
+        writer.transport.set_write_buffer_limits(high=1)
+        payload = b"x" * (1 << 22)
+        writer.write(payload)
+        drain = asyncio.ensure_future(writer.drain())
+        await settle()
+        assert not drain.done()
+        assert await creader.readexactly(len(payload)) == payload
+        await asyncio.wait_for(drain, 5)
+        await end()
+
+    run(main())
+
+
+def test_drain_raises_the_readers_exception_then_the_lost_connection(loop, run):
+    async def main():
+        (reader, writer), (creader, cwriter), end = await served()
+        reader.set_exception(ValueError("broken"))
+        with pytest.raises(ValueError, match="broken"):
+            await writer.drain()
+        reader._exception = None
+        writer.close()
+        with pytest.raises(ConnectionResetError, match="Connection lost"):
+            await writer.drain()
+        await end()
+
+    run(main())
+
+
+def test_drain_patched_on_the_writer_or_its_class(loop, run, monkeypatch):
+    async def main():
+        (reader, writer), _, end = await served()
+        calls = []
+
+        async def on_instance():
+            calls.append("instance")
+
+        writer.drain = on_instance
+        await writer.drain()
+        del writer.drain
+        original = asyncio.StreamWriter.drain
+
+        async def on_class(self):
+            calls.append("class")
+            await original(self)
+
+        monkeypatch.setattr(asyncio.StreamWriter, "drain", on_class)
+        await writer.drain()
+        monkeypatch.undo()
+        await writer.drain()
+        assert calls == ["instance", "class"]
+        await end()
+
+    run(main())
+
+
+def test_debug_mode_reads_and_drain_are_python_coroutines(loop, run):
+    """In debug mode asyncio tracks where each coroutine was made; ferroloop then gives
+    asyncio's own coroutines."""
+    import inspect
+
+    async def main():
+        loop.set_debug(True)
+        (reader, writer), (creader, cwriter), end = await served()
+        cwriter.write(b"ab")
+        for make in (lambda: reader.read(1), lambda: reader.readexactly(1), writer.drain):
+            coro = make()
+            assert inspect.iscoroutine(coro)
+            await coro
+        await end()
+
+    run(main())
+
+
+def test_server_streams_get_ferroloops_operations(loop_factory, loop, run):
+    """On ferroloop, a server's stock reader and writer get ferroloop's classes, whose read,
+    readexactly and drain are native awaitables (a guard against the fast path silently never
+    applying); a writer made while its class's drain is patched keeps asyncio's class."""
+    if loop_factory.name == "asyncio":
+        pytest.skip("ferroloop's own classes: nothing to check on asyncio")
+
+    async def main():
+        (reader, writer), _, end = await served()
+        assert type(writer).__module__ == "ferroloop._streams"
+        for awaitable in (reader.read(1), reader.readexactly(1), writer.drain()):
+            assert type(awaitable).__name__ == "StreamOperation"
+            awaitable.close()
+        await end()
+        original = asyncio.StreamWriter.drain
+
+        async def patched(self):
+            await original(self)
+
+        asyncio.StreamWriter.drain = patched
+        try:
+            (reader, writer), _, end = await served()
+        finally:
+            asyncio.StreamWriter.drain = original
+        assert type(writer) is asyncio.StreamWriter
+        await end()
+
+    run(main())

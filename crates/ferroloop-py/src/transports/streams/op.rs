@@ -237,9 +237,11 @@ impl StreamOperation {
                 _ => Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine")),
             },
             State::Start => match input {
-                Input::Send(value) if !value.is_none() => Err(PyTypeError::new_err(
-                    "can't send non-None value to a just-started coroutine",
-                )),
+                Input::Send(value) if !value.is_none() => {
+                    // Refused, it is still not started (and warns if never awaited).
+                    *this.state.borrow_mut(py) = State::Start;
+                    return Err(PyTypeError::new_err("can't send non-None value to a just-started coroutine"));
+                }
                 Input::Send(_) => this.advance(py, false),
                 Input::Close => Ok(Next::Return(py.None().into_bound(py))),
                 // Thrown into before it ran: asyncio's coroutine, unstarted, says what that does.
