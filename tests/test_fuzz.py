@@ -1884,7 +1884,7 @@ def interpret_streams(run, program):
     if setup.get("side") == "server":
         opening = accepted
     else:
-        opening = lambda: asyncio.open_connection(sock=sock, limit=setup["limit"])  # noqa: E731
+        opening = lambda: asyncio.open_connection(sock=sock, limit=setup["limit"])
     opened = run.do("open", lambda: loop.run_until_complete(opening()), record=False)
     if opened is FAILED:
         sock.close()

@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension module ``ferroloop._ferroloop``."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from contextvars import Context
 from typing import Any, Self, final
 
@@ -15,16 +15,16 @@ __all__ = [
     "SSLProtocol",
     "SSLTransport",
     "StatsSnapshot",
+    "StreamOperation",
     "StreamTransport",
     "TimerHandle",
     "WritePipeTransport",
     "_accept_inet",
     "_fast_methods",
+    "_install_stream_operations",
     "_live_objects",
     "_report_blocking",
     "_serve_inet",
-    "_stream_read",
-    "_stream_readexactly",
     "_stream_readline",
     "_stream_readuntil",
     "_stream_wait",
@@ -115,6 +115,28 @@ class EventLoop:
     def create_task(self, coro: Any, **kwargs: Any) -> Any: ...
     def set_task_factory(self, factory: Callable[..., Any] | None) -> None: ...
     def get_task_factory(self) -> Callable[..., Any] | None: ...
+
+@final
+class StreamOperation:
+    """What ferroloop's ``read(n)``, ``readexactly(n)`` and a server writer's ``drain()`` return:
+    an awaitable that behaves as asyncio's coroutine for the call."""
+
+    @property
+    def __name__(self) -> str: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    @property
+    def cr_await(self) -> Any: ...
+    @property
+    def cr_running(self) -> bool: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
+
+# Puts the native read, readexactly (on ferroloop's StreamReader) and drain (on its StreamWriter).
+def _install_stream_operations(reader: type, writer: type) -> None: ...
 
 @final
 class StreamTransport:
@@ -257,11 +279,9 @@ def make_tls_protocol(
     ssl_shutdown_timeout: float | None = None,
 ) -> SSLProtocol: ...
 
-# ferroloop's StreamReader (``_streams.py``): a read's step gives the data, what to wait with
-# (read's and readexactly's: the future to await; readuntil's and readline's: the next offset,
-# _stream_wait making the future), or NotImplemented for asyncio's own method.
-def _stream_read(reader: Any, n: Any, waited: bool) -> Any: ...
-def _stream_readexactly(reader: Any, n: Any, waited: bool) -> Any: ...
+# ferroloop's StreamReader (``_streams.py``): readuntil's and readline's step gives the data, the
+# offset to search from after a wait (_stream_wait making the future), or NotImplemented for
+# asyncio's own method.
 def _stream_readuntil(reader: Any, separator: Any, offset: int) -> Any: ...
 def _stream_readline(reader: Any, offset: int) -> Any: ...
 def _stream_wait(reader: Any, func_name: str) -> Any: ...

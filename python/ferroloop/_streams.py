@@ -1,21 +1,22 @@
-"""ferroloop's ``StreamReader``: asyncio's own, with its hot reads done in Rust.
+"""ferroloop's ``StreamReader`` and ``StreamWriter``: asyncio's own, with their hot operations in Rust.
 
 A ferroloop transport made for asyncio's stock ``StreamReaderProtocol`` gives the protocol's
-stock ``StreamReader`` this class (``__class__`` assignment: the layout is the same) before any
-user code can reach the reader, if nothing about the reader is customised (see
-``crates/ferroloop-py/src/transports/streams/``). The reader keeps asyncio's state, in its own
-attributes, and every method asyncio defines; ``read(n)``, ``readexactly(n)``,
-``readuntil(separator)`` and ``readline()`` do their buffer work and their wait in Rust.
-Iteration, ``at_eof()`` and the rest are asyncio's, and call these.
+stock ``StreamReader`` this module's class (``__class__`` assignment: the layout is the same)
+before any user code can reach the reader, if nothing about the reader is customised, and after
+``connection_made`` gives a server's stock ``StreamWriter`` (the one the protocol made) this
+module's writer class, if its class is intact (see ``crates/ferroloop-py/src/transports/streams/``).
+The reader and writer keep asyncio's state, in their own attributes, and every method asyncio
+defines.
 
-The native step answers ``NotImplemented`` where asyncio's own code must run instead (a patched
-class, a replaced buffer, a separator that is not ``bytes``, ``read(-1)``). Where the read must
-wait for data, ``read`` and ``readexactly``'s step answers the future to await, already the
-reader's ``_waiter``; ``readuntil`` and ``readline``'s answers the offset to search from next,
-and ``_wait`` makes the future. After the wait the step is asked again, told that it waited.
-Each method writes its wait out (the ``finally`` clears ``_waiter``, as asyncio's
-``_wait_for_data`` does): a helper coroutine would cost one more coroutine per wait, which is
-what this class is for saving.
+``read(n)``, ``readexactly(n)`` and the writer's ``drain()`` are native methods, installed below,
+that return a ``StreamOperation``: an awaitable that does the operation in Rust and behaves as
+asyncio's coroutine for the call (``streams/op.rs``). ``readuntil(separator)`` and ``readline()``
+are coroutines here whose buffer work and wait setup are done in Rust: the native step answers
+the data, the offset to search from after a wait (``_wait`` then makes the future), or
+``NotImplemented`` where asyncio's own code must run instead (a patched class, a replaced buffer,
+a separator that is not ``bytes``). Each writes its wait out (the ``finally`` clears ``_waiter``,
+as asyncio's ``_wait_for_data`` does). Iteration, ``at_eof()`` and the rest are asyncio's, and
+call these.
 """
 
 import asyncio
@@ -30,7 +31,8 @@ _wait = _ferroloop._stream_wait
 
 
 class StreamReader(asyncio.StreamReader):
-    """``asyncio.StreamReader`` with ``read``, ``readexactly``, ``readuntil`` and ``readline`` in Rust."""
+    """``asyncio.StreamReader`` with ``read``, ``readexactly``, ``readuntil`` and ``readline`` in Rust
+    (the first two installed below)."""
 
     __slots__ = ()
 
@@ -71,5 +73,6 @@ class StreamWriter(asyncio.StreamWriter):
     __slots__ = ()
 
 
+# asyncio takes what these return wherever it takes a coroutine (``asyncio.iscoroutine``).
 collections.abc.Coroutine.register(_ferroloop.StreamOperation)
 _ferroloop._install_stream_operations(StreamReader, StreamWriter)

@@ -16,21 +16,15 @@
 //!    wait in Rust, reading asyncio's own state from the reader's instance dictionary; delivery
 //!    into such a reader reads the dictionary too. `readline`, iteration and the rest are
 //!    asyncio's, calling these.
-//! 3. **Writing** (tried, not kept): a server's writer given ferroloop's subclass after
-//!    `connection_made` (where the stock protocol makes it; `open_connection` makes a client's
-//!    after the transport, out of its reach), whose `drain` asks in one Rust call what asyncio's
-//!    `drain` asks (the reader's exception, `is_closing()`, the protocol's `_connection_lost`
-//!    and `_paused`, the stock methods in place) and returns when it would. Measured on
-//!    `bench/cost.py`'s `streams_server_1k` (the server's instructions alone, Python 3.11):
-//!    asyncio's `drain` costs 1,855 instructions per request more than a coroutine that returns
-//!    at once, but the checks, made from C, cost more than that (+270 to +830 per request against
-//!    asyncio's `drain`): reading the reader's dictionary, the protocol's attributes (or a bound
-//!    `_drain_helper`, which 3.11 cannot specialise outside a call) cost what the interpreter's
-//!    specialised attribute reads and calls in asyncio's `drain` do not. With a server and a
-//!    client in one process it also made `StreamWriter.write`'s attribute reads see two classes,
-//!    which 3.11's one-class inline caches pay for on every write (+1,200 per round trip on the
-//!    echo). A native `drain` needs a check cheaper than asyncio's whole `drain`, which on 3.11
-//!    means not asking from C at all.
+//! 3. **Writing**: first tried as a server writer's `async def drain` asking in one Rust call
+//!    what asyncio's `drain` asks: it measured 270 to 830 instructions per request *more* than
+//!    asyncio's (on 3.11 the interpreter's specialised attribute reads and calls are cheaper than
+//!    those checks made from C), and the coroutine itself stayed. What is kept ([`op`]): after
+//!    `connection_made` (where the stock protocol makes a server's writer; `open_connection`
+//!    makes a client's after the transport, out of reach, and from 3.13 the protocol keeps no
+//!    reference to a server's) the writer gets ferroloop's subclass, whose `drain` is a native
+//!    method returning an awaitable that checks asyncio's conditions when first resumed and
+//!    completes without a frame when nothing is to wait for or raise.
 //! 4. **The wake-up** (in part): the waiter's result schedules the reading task's step through
 //!    asyncio's `Future` (`call_soon`, with its context), about 1,800 instructions of a request;
 //!    a reader owned by Rust could resume its task with less. Done so far: [`wake`] calls the C
@@ -39,6 +33,11 @@
 //!    keeps it (`reader::create_future`), within the read's own step for `read` and
 //!    `readexactly` (`Fields::wait`); together 670 instructions less per server request
 //!    (21,883 → 21,213 on `streams_server_1k`).
+//!
+//! 5. **No coroutine per operation** ([`op`]): `read(n)`, `readexactly(n)` and a server
+//!    writer's `drain()` return a native awaitable instead of a Python coroutine (step 2's reads
+//!    were `async def` methods calling Rust). On `bench/cost.py`'s `streams_server_1k` (Python
+//!    3.11, one heap layout) the server's request went from 21,379 to 19,397 instructions.
 //!
 //! Measured (callgrind, instructions per round trip of `bench/cost.py`'s streams echo in one
 //! process, Python 3.11, three heap layouts averaged), before → step 1 → step 2: 1 KiB 46,604 →
@@ -160,7 +159,8 @@ impl Stock {
         }
         let writer = module.getattr("StreamWriter")?.cast_into::<PyType>()?;
         let mixin = module.getattr("FlowControlMixin")?.cast_into::<PyType>()?;
-        let (Some(drain), Some(drain_helper)) = (original(&writer, "drain")?, original(&mixin, "_drain_helper")?) else {
+        let (Some(drain), Some(drain_helper)) = (original(&writer, "drain")?, original(&mixin, "_drain_helper")?)
+        else {
             return Ok(None);
         };
         let ours = py.import("ferroloop._streams")?;
@@ -255,7 +255,8 @@ pub(crate) fn adopt_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 /// After the stock `StreamReaderProtocol.connection_made`, which made the server's writer (a
-/// client's is made by `open_connection`, after the transport, out of reach): the writer gets
+/// client's is made by `open_connection`, after the transport, out of reach; from 3.13 the
+/// protocol keeps no `_stream_writer`, and a server's is out of reach too): the writer gets
 /// ferroloop's class, whose `drain` is [`op`]'s, if it is exactly asyncio's `StreamWriter` with
 /// its class intact. (A `drain` set on the instance, now or later, still wins over the class's.)
 /// Its dictionary, made by the class change, is what `drain` reads.

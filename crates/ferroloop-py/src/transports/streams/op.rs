@@ -133,12 +133,15 @@ fn forward<'py>(iter: &Bound<'py, PyAny>, input: &Input<'py>) -> PyResult<Sent<'
             // SAFETY: attached; `iter` and `value` are live; `out` receives a new reference
             // unless an error is returned.
             let status = unsafe { ffi::PyIter_Send(iter.as_ptr(), value.as_ptr(), &raw mut out) };
-            return match status {
-                // SAFETY: a new reference in both cases.
-                ffi::PySendResult::PYGEN_NEXT => Ok(Sent::Yield(unsafe { Bound::from_owned_ptr(py, out) })),
-                ffi::PySendResult::PYGEN_RETURN => Ok(Sent::Return(unsafe { Bound::from_owned_ptr(py, out) })),
-                ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
-            };
+            if matches!(status, ffi::PySendResult::PYGEN_ERROR) {
+                return Err(PyErr::fetch(py));
+            }
+            // SAFETY: yielded or returned, `out` is a new reference.
+            let out = unsafe { Bound::from_owned_ptr(py, out) };
+            return Ok(match status {
+                ffi::PySendResult::PYGEN_NEXT => Sent::Yield(out),
+                _ => Sent::Return(out),
+            });
         }
         Input::Throw(args) => iter.call_method1(intern!(py, "throw"), args.clone()),
         Input::Close => {
@@ -376,10 +379,7 @@ fn awaitable_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
             return Ok(Bound::from_owned_ptr(py, iter));
         }
     }
-    Err(PyTypeError::new_err(format!(
-        "object {} can't be used in 'await' expression",
-        obj.get_type().name()?
-    )))
+    Err(PyTypeError::new_err(format!("object {} can't be used in 'await' expression", obj.get_type().name()?)))
 }
 
 #[pymethods]
@@ -557,9 +557,9 @@ unsafe fn one_arg<'py>(
         // SAFETY: one argument, positional or named, at the start of the array.
         (1, _) => Ok(unsafe { Borrowed::from_ptr(py, *args) }.to_owned()),
         (0, Some(default)) => Ok(default.into_pyobject(py)?.into_any()),
-        (0, None) => Err(PyTypeError::new_err(format!(
-            "StreamReader.{method}() missing 1 required positional argument: 'n'"
-        ))),
+        (0, None) => {
+            Err(PyTypeError::new_err(format!("StreamReader.{method}() missing 1 required positional argument: 'n'")))
+        }
         (given, _) => Err(PyTypeError::new_err(format!(
             "StreamReader.{method}() takes {} positional arguments but {} were given",
             if default.is_some() { "from 1 to 2" } else { "2" },
@@ -570,9 +570,15 @@ unsafe fn one_arg<'py>(
 
 /// `reader.read(n)` / `reader.readexactly(n)`: a [`StreamOperation`], or in debug mode asyncio's
 /// coroutine.
-fn new_read<'py>(py: Python<'py>, kind: Kind, reader: &Bound<'py, PyAny>, n: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+fn new_read<'py>(
+    py: Python<'py>,
+    kind: Kind,
+    reader: &Bound<'py, PyAny>,
+    n: Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
     let quiet = quiet_loop(reader)?;
-    let op = StreamOperation { kind, target: reader.clone().unbind(), n: n.unbind(), state: GilCell::new(State::Start) };
+    let op =
+        StreamOperation { kind, target: reader.clone().unbind(), n: n.unbind(), state: GilCell::new(State::Start) };
     if !quiet {
         let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
         let coroutine = op.stock_coroutine(py, stock);
@@ -618,8 +624,12 @@ unsafe fn drain_entry(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: `kwnames` is NULL or a tuple (vectorcall protocol).
-    let nkw = if kwnames.is_null() { 0 } else { unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() }.len() };
+    let nkw = if kwnames.is_null() {
+        0
+    } else {
+        // SAFETY: `kwnames` is a tuple (vectorcall protocol).
+        unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() }.len()
+    };
     if nargs != 0 || nkw != 0 {
         return Err(PyTypeError::new_err(format!(
             "StreamWriter.drain() takes 1 positional argument but {} were given",
@@ -629,12 +639,8 @@ unsafe fn drain_entry(
     // SAFETY: the instance, a live reference for the call.
     let writer = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
     let quiet = quiet_loop(&writer)?;
-    let op = StreamOperation {
-        kind: Kind::Drain,
-        target: writer.unbind(),
-        n: py.None(),
-        state: GilCell::new(State::Start),
-    };
+    let op =
+        StreamOperation { kind: Kind::Drain, target: writer.unbind(), n: py.None(), state: GilCell::new(State::Start) };
     if !quiet {
         let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
         let coroutine = op.stock_coroutine(py, stock);
@@ -648,9 +654,14 @@ unsafe fn drain_entry(
 /// (on `writer`, ferroloop's writer class).
 #[pyfunction]
 #[pyo3(name = "_install_stream_operations")]
-fn install(py: Python<'_>, reader: &Bound<'_, pyo3::types::PyType>, writer: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+fn install(
+    py: Python<'_>,
+    reader: &Bound<'_, pyo3::types::PyType>,
+    writer: &Bound<'_, pyo3::types::PyType>,
+) -> PyResult<()> {
     use pyo3::get_trampoline_function as entry_point;
-    let methods: [(&Bound<'_, pyo3::types::PyType>, &'static CStr, &'static CStr, ffi::PyCFunctionFastWithKeywords); 3] = [
+    let methods: [(&Bound<'_, pyo3::types::PyType>, &'static CStr, &'static CStr, ffi::PyCFunctionFastWithKeywords);
+        3] = [
         (
             reader,
             c"read",

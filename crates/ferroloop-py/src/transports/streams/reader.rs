@@ -16,10 +16,11 @@
 //! Each operation is asyncio's, in asyncio's order: its checks, its exceptions (and their
 //! messages, `consumed`, `partial` and `expected`), one wait per `read`, a wait per shortfall for
 //! `readexactly` and `readuntil` (whose search resumes where the last one stopped), and
-//! `_maybe_resume_transport` after the bytes are taken. The Python side holds each wait: it
-//! awaits the future [`Fields::wait`] made (within `read`'s and `readexactly`'s step, or through
-//! [`stream_wait`] for `readuntil` and `readline`, whose step answers an offset) and clears
-//! `_waiter` in a `finally`, as `_wait_for_data` does, so cancellation behaves as asyncio's.
+//! `_maybe_resume_transport` after the bytes are taken. For `read` and `readexactly` the wait is
+//! held by [`super::op`]'s awaitable, which awaits the future [`Fields::wait`] made within the
+//! step; for `readuntil` and `readline`, whose step answers an offset, by the Python side, which
+//! awaits the future [`stream_wait`] makes. Either clears `_waiter` when the wait ends, however
+//! it ends, as `_wait_for_data`'s `finally` does, so cancellation behaves as asyncio's.
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
@@ -55,7 +56,8 @@ const FIELDS: usize = 8;
 pub(super) fn adopt(stock: &Stock, reader: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = reader.py();
     let class = stock.reader.bind(py);
-    if reader.get_type().is(class) && stock.intact(class, super::Class::Reader) && Fields::of(stock, reader)?.is_some() {
+    if reader.get_type().is(class) && stock.intact(class, super::Class::Reader) && Fields::of(stock, reader)?.is_some()
+    {
         reader.setattr(intern!(py, "__class__"), stock.fast_reader.bind(py))?;
     }
     Ok(())
@@ -226,7 +228,11 @@ fn not_implemented(py: Python<'_>) -> Bound<'_, PyAny> {
 /// (see [`Fields::wait`]), after which the step is asked again, told that it waited (and then
 /// gives the data); or `NotImplemented` for asyncio's own method (`read(-1)`, a size that is not
 /// an `int`, a customised reader).
-pub(super) fn read_step<'py>(reader: &Bound<'py, PyAny>, n: &Bound<'py, PyAny>, waited: bool) -> PyResult<Bound<'py, PyAny>> {
+pub(super) fn read_step<'py>(
+    reader: &Bound<'py, PyAny>,
+    n: &Bound<'py, PyAny>,
+    waited: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
     let (Some(n), Some(fields)) = (size(n), Fields::fast(reader)?) else { return Ok(not_implemented(py)) };
     let Some(buffer) = fields.buffer()? else { return Ok(not_implemented(py)) };
