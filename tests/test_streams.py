@@ -897,6 +897,28 @@ def test_read_driven_by_hand(loop, run):
     run(main())
 
 
+def test_abandoned_waiting_read_is_collected(loop, run):
+    """A read abandoned while it waits, in a reference cycle with its waiter, is garbage the
+    collector frees, as an abandoned coroutine is."""
+    import gc
+    import weakref
+
+    async def main():
+        (reader, _), _, end = await served()
+        read = reader.read(1)
+        waiter = read.send(None)
+        gone = weakref.ref(waiter)
+        holder = [read]
+        waiter.add_done_callback(lambda _, held=holder: held)
+        reader._waiter = None
+        del read, waiter, holder
+        gc.collect()
+        assert gone() is None
+        await end()
+
+    run(main())
+
+
 def test_drain_waits_while_writing_is_paused(loop, run):
     async def main():
         (_, writer), (creader, _), end = await served()

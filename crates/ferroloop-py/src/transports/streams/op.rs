@@ -38,6 +38,7 @@ use std::ffi::CStr;
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use pyo3::{intern, Borrowed};
 
@@ -90,7 +91,7 @@ enum State {
 }
 
 /// The awaitable `read(n)`, `readexactly(n)` and `drain()` return (see the module doc).
-#[pyclass(module = "ferroloop._ferroloop", name = "StreamOperation", frozen, freelist = 16)]
+#[pyclass(module = "ferroloop._ferroloop", name = "StreamOperation", frozen)]
 pub(crate) struct StreamOperation {
     kind: Kind,
     /// The reader or the writer.
@@ -384,6 +385,28 @@ fn awaitable_iter<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 
 #[pymethods]
 impl StreamOperation {
+    /// What it holds, for the garbage collector: a task abandoned while it waits makes a cycle
+    /// through the waiter's iterator (the future's callbacks hold the task).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.target)?;
+        visit.call(&self.n)?;
+        if let Some(state) = self.state.try_borrow() {
+            if let State::Waiting(held) | State::Stock(held) = &*state {
+                visit.call(held)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Breaks such a cycle: what it awaits is let go.
+    fn __clear__(&self) {
+        if let Some(mut state) = self.state.try_borrow_mut() {
+            if matches!(*state, State::Waiting(_) | State::Stock(_)) {
+                *state = State::Done;
+            }
+        }
+    }
+
     fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
