@@ -38,9 +38,9 @@ use std::ffi::CStr;
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use pyo3::{intern, Borrowed};
+use pyo3::{PyTraverseError, PyVisit};
 
 use super::{reader, Stock};
 use crate::event_loop::EventLoop;
