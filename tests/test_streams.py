@@ -631,6 +631,20 @@ def test_read_errors_and_odd_arguments(loop, run):
         assert await reader.read(0) == b""
         assert await reader.readexactly(0) == b""
         assert await reader.readuntil(bytearray(b"t")) == b"dat"
+        peer.send(b"xyz\n")
+        await until(lambda: len(reader._buffer) == 5)
+        assert await reader.readuntil(separator=b"y") == b"axy"
+        assert await reader.read(n=1) == b"z"
+        # Wrong calls fail when made, as a coroutine function's do.
+        for call in (
+            lambda: reader.readline(1),
+            lambda: reader.readuntil(b"a", 1),
+            lambda: reader.readexactly(),
+            lambda: reader.read(m=1),
+            lambda: reader.read(1, 2),
+        ):
+            with pytest.raises(TypeError):
+                call()
         reader.set_exception(ConnectionResetError("gone"))
         for coro in (reader.read(1), reader.readexactly(1), reader.readuntil(b"a"), reader.readline()):
             with pytest.raises(ConnectionResetError, match="gone"):
@@ -816,8 +830,14 @@ def test_server_reads_and_drain_are_coroutines_to_asyncio(loop, run):
         (reader, writer), (_, cwriter), end = await served()
         assert isinstance(writer, asyncio.StreamWriter)
         assert repr(writer).startswith("<StreamWriter ")
-        cwriter.write(b"abcdef")
-        for make in (lambda: reader.read(2), lambda: reader.readexactly(2), writer.drain):
+        cwriter.write(b"abcdxy\nz:ef")
+        for make in (
+            lambda: reader.read(2),
+            lambda: reader.readexactly(2),
+            writer.drain,
+            reader.readline,
+            lambda: reader.readuntil(b":"),
+        ):
             awaitable = make()
             assert asyncio.iscoroutine(awaitable)
             await asyncio.create_task(awaitable)
@@ -842,14 +862,15 @@ def test_operations_never_awaited_warn(loop, run):
             warnings.simplefilter("always")
             reader.read(1)
             reader.readexactly(1)
+            reader.readuntil(b"x")
+            reader.readline()
             writer.drain()
             gc.collect()
         messages = sorted(str(w.message) for w in caught if w.category is RuntimeWarning)
         assert messages == [
-            "coroutine 'StreamReader.read' was never awaited",
-            "coroutine 'StreamReader.readexactly' was never awaited",
-            "coroutine 'StreamWriter.drain' was never awaited",
-        ]
+            f"coroutine 'StreamReader.{name}' was never awaited"
+            for name in ("read", "readexactly", "readline", "readuntil")
+        ] + ["coroutine 'StreamWriter.drain' was never awaited"]
         await end()
 
     run(main())
@@ -891,7 +912,22 @@ def test_read_driven_by_hand(loop, run):
         with pytest.raises(StopIteration) as info:
             drain.send(None)
         assert info.value.value is None
-        assert await reader.read(5) == b"z"
+        # readline waits for each piece, the search going on where it stopped.
+        line = reader.readline()
+        waiter = line.send(None)
+        assert waiter is reader._waiter
+        cwriter.write(b"ab")
+        await until(waiter.done)
+        waiter = line.send(None)
+        assert waiter is reader._waiter
+        assert bytes(reader._buffer) == b"zab"
+        cwriter.write(b"c\nd")
+        await until(waiter.done)
+        with pytest.raises(StopIteration) as info:
+            line.send(None)
+        assert info.value.value == b"zabc\n"
+        assert reader._waiter is None
+        assert await reader.read(5) == b"d"
         await end()
 
     run(main())

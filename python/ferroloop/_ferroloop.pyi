@@ -25,9 +25,6 @@ __all__ = [
     "_live_objects",
     "_report_blocking",
     "_serve_inet",
-    "_stream_readline",
-    "_stream_readuntil",
-    "_stream_wait",
     "make_datagram_transport",
     "make_read_pipe_transport",
     "make_stream_transport",
@@ -118,7 +115,7 @@ class EventLoop:
 
 @final
 class StreamOperation:
-    """What ferroloop's ``read(n)``, ``readexactly(n)`` and a server writer's ``drain()`` return:
+    """What ferroloop's ``read``, ``readexactly``, ``readuntil``, ``readline`` and a server writer's ``drain()`` return:
     an awaitable that behaves as asyncio's coroutine for the call."""
 
     @property
@@ -135,7 +132,7 @@ class StreamOperation:
     def throw(self, *args: Any) -> Any: ...
     def close(self) -> None: ...
 
-# Puts the native read, readexactly (on ferroloop's StreamReader) and drain (on its StreamWriter).
+# Puts the native reads (on ferroloop's StreamReader) and drain (on its StreamWriter).
 def _install_stream_operations(reader: type, writer: type) -> None: ...
 
 @final
@@ -278,13 +275,6 @@ def make_tls_protocol(
     ssl_handshake_timeout: float | None = None,
     ssl_shutdown_timeout: float | None = None,
 ) -> SSLProtocol: ...
-
-# ferroloop's StreamReader (``_streams.py``): readuntil's and readline's step gives the data, the
-# offset to search from after a wait (_stream_wait making the future), or NotImplemented for
-# asyncio's own method.
-def _stream_readuntil(reader: Any, separator: Any, offset: int) -> Any: ...
-def _stream_readline(reader: Any, offset: int) -> Any: ...
-def _stream_wait(reader: Any, func_name: str) -> Any: ...
 def _live_objects() -> dict[str, int] | None: ...
 
 # The socket operations' engines: a result, a future to await, or NotImplemented.

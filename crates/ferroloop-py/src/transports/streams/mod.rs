@@ -92,7 +92,6 @@ mod op;
 mod reader;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    reader::register(m)?;
     op::register(m)
 }
 

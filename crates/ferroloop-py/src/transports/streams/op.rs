@@ -38,7 +38,7 @@ use std::ffi::CStr;
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 use pyo3::{intern, Borrowed};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -52,6 +52,8 @@ use crate::transports::stream::StreamTransport;
 enum Kind {
     Read,
     ReadExactly,
+    ReadUntil,
+    ReadLine,
     Drain,
 }
 
@@ -61,6 +63,8 @@ impl Kind {
         match self {
             Self::Read => "StreamReader.read",
             Self::ReadExactly => "StreamReader.readexactly",
+            Self::ReadUntil => "StreamReader.readuntil",
+            Self::ReadLine => "StreamReader.readline",
             Self::Drain => "StreamWriter.drain",
         }
     }
@@ -69,6 +73,8 @@ impl Kind {
         match self {
             Self::Read => "read",
             Self::ReadExactly => "readexactly",
+            Self::ReadUntil => "readuntil",
+            Self::ReadLine => "readline",
             Self::Drain => "drain",
         }
     }
@@ -80,8 +86,9 @@ enum State {
     /// Not resumed yet: the first `send(None)` runs it.
     #[default]
     Start,
-    /// Awaiting the reader's waiter: its `__await__()` iterator.
-    Waiting(Py<PyAny>),
+    /// Awaiting the reader's waiter: its `__await__()` iterator, and where `readuntil`'s
+    /// search resumes after it (0 for the other reads).
+    Waiting(Py<PyAny>, isize),
     /// asyncio's own coroutine for the call, which gets every resumption.
     Stock(Py<PyAny>),
     /// Being resumed (a nested resumption raises, as a running coroutine's does).
@@ -96,7 +103,8 @@ pub(crate) struct StreamOperation {
     kind: Kind,
     /// The reader or the writer.
     target: Py<PyAny>,
-    /// The size asked for (reads), or None.
+    /// The argument: the size asked for (`read`, `readexactly`), the separator (`readuntil`), or
+    /// None.
     n: Py<PyAny>,
     state: GilCell<State>,
 }
@@ -168,6 +176,7 @@ impl StreamOperation {
         let name = PyString::intern(py, self.kind.name());
         match self.kind {
             Kind::Drain => stock.writer.bind(py).getattr(name)?.call1((target,)),
+            Kind::ReadLine => stock.reader.bind(py).getattr(name)?.call1((target,)),
             _ => stock.reader.bind(py).getattr(name)?.call1((target, self.n.bind(py))),
         }
     }
@@ -186,12 +195,16 @@ impl StreamOperation {
         })
     }
 
-    /// The operation's step (`waited`: after a wait), and what follows from its answer.
-    fn advance<'py>(&self, py: Python<'py>, waited: bool) -> PyResult<Next<'py>> {
+    /// The operation's step (`after`: after a wait, with where `readuntil`'s search resumes),
+    /// and what follows from its answer.
+    fn advance<'py>(&self, py: Python<'py>, after: Option<isize>) -> PyResult<Next<'py>> {
         let target = self.target.bind(py);
+        let (waited, offset) = (after.is_some(), after.unwrap_or(-1));
         let answer = match self.kind {
             Kind::Read => reader::read_step(target, self.n.bind(py), waited)?,
             Kind::ReadExactly => reader::readexactly_step(target, self.n.bind(py), waited)?,
+            Kind::ReadUntil => reader::readuntil_step_of(target, self.n.bind(py), offset)?,
+            Kind::ReadLine => reader::readline_step(target, offset)?,
             Kind::Drain => {
                 return match drain_ready(target)? {
                     true => Ok(Next::Return(py.None().into_bound(py))),
@@ -205,24 +218,36 @@ impl StreamOperation {
         if answer.is(py.NotImplemented().bind(py)) {
             return self.to_stock(py, &Input::Send(py.None().into_bound(py)));
         }
-        // The reader's new `_waiter`: `await self._waiter`.
-        let iter = awaitable_iter(&answer)?;
-        self.wait_on(py, iter, &Input::Send(py.None().into_bound(py)))
+        // `readuntil`'s and `readline`'s step answers where the search resumes, and the wait
+        // is made here; `read`'s and `readexactly`'s made it (the reader's new `_waiter`).
+        let (waiter, offset) = match answer.cast_exact::<PyInt>() {
+            Ok(offset) => (reader::stream_wait(target, "readuntil")?, offset.extract::<isize>()?),
+            Err(_) => (answer, 0),
+        };
+        // `await self._waiter`.
+        let iter = awaitable_iter(&waiter)?;
+        self.wait_on(py, iter, offset, &Input::Send(py.None().into_bound(py)))
     }
 
     /// Hands `input` to the waiter's iterator; once the wait is over (or failed), `_waiter` is
     /// cleared, as `_wait_for_data`'s `finally` does, and the step runs again (or the error
     /// goes on).
-    fn wait_on<'py>(&self, py: Python<'py>, iter: Bound<'py, PyAny>, input: &Input<'py>) -> PyResult<Next<'py>> {
+    fn wait_on<'py>(
+        &self,
+        py: Python<'py>,
+        iter: Bound<'py, PyAny>,
+        offset: isize,
+        input: &Input<'py>,
+    ) -> PyResult<Next<'py>> {
         let sent = forward(&iter, input);
         if let Ok(Sent::Yield(value)) = sent {
-            return Ok(Next::Yield(value, State::Waiting(iter.unbind())));
+            return Ok(Next::Yield(value, State::Waiting(iter.unbind(), offset)));
         }
         let cleared = self.target.bind(py).setattr(intern!(py, "_waiter"), py.None());
         match (sent, cleared) {
             (Err(err), _) | (Ok(_), Err(err)) => Err(err),
             (Ok(_), Ok(())) if matches!(input, Input::Close) => Ok(Next::Return(py.None().into_bound(py))),
-            (Ok(_), Ok(())) => self.advance(py, true),
+            (Ok(_), Ok(())) => self.advance(py, Some(offset)),
         }
     }
 
@@ -246,12 +271,12 @@ impl StreamOperation {
                     *this.state.borrow_mut(py) = State::Start;
                     return Err(PyTypeError::new_err("can't send non-None value to a just-started coroutine"));
                 }
-                Input::Send(_) => this.advance(py, false),
+                Input::Send(_) => this.advance(py, None),
                 Input::Close => Ok(Next::Return(py.None().into_bound(py))),
                 // Thrown into before it ran: asyncio's coroutine, unstarted, says what that does.
                 Input::Throw(_) => this.to_stock(py, &input),
             },
-            State::Waiting(iter) => this.wait_on(py, iter.into_bound(py), &input),
+            State::Waiting(iter, offset) => this.wait_on(py, iter.into_bound(py), offset, &input),
             State::Stock(coroutine) => {
                 let coroutine = coroutine.into_bound(py);
                 match forward(&coroutine, &input) {
@@ -391,7 +416,7 @@ impl StreamOperation {
         visit.call(&self.target)?;
         visit.call(&self.n)?;
         if let Some(state) = self.state.try_borrow() {
-            if let State::Waiting(held) | State::Stock(held) = &*state {
+            if let State::Waiting(held, _) | State::Stock(held) = &*state {
                 visit.call(held)?;
             }
         }
@@ -401,7 +426,7 @@ impl StreamOperation {
     /// Breaks such a cycle: what it awaits is let go.
     fn __clear__(&self) {
         if let Some(mut state) = self.state.try_borrow_mut() {
-            if matches!(*state, State::Waiting(_) | State::Stock(_)) {
+            if matches!(*state, State::Waiting(..) | State::Stock(_)) {
                 *state = State::Done;
             }
         }
@@ -448,7 +473,7 @@ impl StreamOperation {
     #[getter]
     fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         match &*self.state.try_borrow()? {
-            State::Waiting(iter) | State::Stock(iter) => Some(iter.clone_ref(py)),
+            State::Waiting(iter, _) | State::Stock(iter) => Some(iter.clone_ref(py)),
             _ => None,
         }
     }
@@ -461,7 +486,7 @@ impl StreamOperation {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let state = match self.state.try_borrow().as_deref() {
             Some(State::Start) => "not started",
-            Some(State::Waiting(_)) => "waiting for data",
+            Some(State::Waiting(..)) => "waiting for data",
             Some(State::Stock(_)) => "running asyncio's coroutine",
             Some(State::Done) => "done",
             Some(State::Running) | None => "running",
@@ -545,7 +570,8 @@ fn quiet_loop(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     })
 }
 
-/// Parses `(n)` or `(n=...)` (or nothing, when `default` is given) from a vectorcall.
+/// Parses `(param)` or `(param=...)`, or nothing when `default` is given, from a vectorcall,
+/// with the errors a Python method `method(self, param)` gives.
 ///
 /// # Safety
 /// A valid vectorcall: `args` holds `nargs` positional arguments, then one value per name in
@@ -553,10 +579,11 @@ fn quiet_loop(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 unsafe fn one_arg<'py>(
     py: Python<'py>,
     method: &str,
+    param: &str,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    default: Option<i64>,
+    default: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let names = if kwnames.is_null() {
         None
@@ -568,8 +595,8 @@ unsafe fn one_arg<'py>(
     let total = usize::try_from(nargs).unwrap_or(0) + nkw;
     if let Some(names) = names {
         for name in names.iter() {
-            let is_n = name.cast::<PyString>().is_ok_and(|s| s.to_cow().is_ok_and(|s| s == "n"));
-            if !is_n {
+            let known = name.cast::<PyString>().is_ok_and(|s| s.to_cow().is_ok_and(|s| s == param));
+            if !known {
                 return Err(PyTypeError::new_err(format!(
                     "StreamReader.{method}() got an unexpected keyword argument '{name}'"
                 )));
@@ -579,11 +606,11 @@ unsafe fn one_arg<'py>(
     match (total, default) {
         // SAFETY: one argument, positional or named, at the start of the array.
         (1, _) => Ok(unsafe { Borrowed::from_ptr(py, *args) }.to_owned()),
-        (0, Some(default)) => Ok(default.into_pyobject(py)?.into_any()),
-        (0, None) => {
-            Err(PyTypeError::new_err(format!("StreamReader.{method}() missing 1 required positional argument: 'n'")))
-        }
-        (given, _) => Err(PyTypeError::new_err(format!(
+        (0, Some(default)) => Ok(default),
+        (0, None) => Err(PyTypeError::new_err(format!(
+            "StreamReader.{method}() missing 1 required positional argument: '{param}'"
+        ))),
+        (given, default) => Err(PyTypeError::new_err(format!(
             "StreamReader.{method}() takes {} positional arguments but {} were given",
             if default.is_some() { "from 1 to 2" } else { "2" },
             given + 1
@@ -591,17 +618,16 @@ unsafe fn one_arg<'py>(
     }
 }
 
-/// `reader.read(n)` / `reader.readexactly(n)`: a [`StreamOperation`], or in debug mode asyncio's
-/// coroutine.
+/// A reader's operation: a [`StreamOperation`], or in debug mode asyncio's coroutine.
 fn new_read<'py>(
     py: Python<'py>,
     kind: Kind,
     reader: &Bound<'py, PyAny>,
-    n: Bound<'py, PyAny>,
+    arg: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let quiet = quiet_loop(reader)?;
     let op =
-        StreamOperation { kind, target: reader.clone().unbind(), n: n.unbind(), state: GilCell::new(State::Start) };
+        StreamOperation { kind, target: reader.clone().unbind(), n: arg.unbind(), state: GilCell::new(State::Start) };
     if !quiet {
         let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
         let coroutine = op.stock_coroutine(py, stock);
@@ -612,7 +638,7 @@ fn new_read<'py>(
 }
 
 macro_rules! read_entry {
-    ($name:ident, $kind:expr, $default:expr) => {
+    ($name:ident, $kind:expr, $param:expr, $default:expr) => {
         /// # Safety
         /// Called by the interpreter through a `METH_FASTCALL | METH_KEYWORDS` method descriptor
         /// of ferroloop's reader, which checked the instance.
@@ -624,16 +650,52 @@ macro_rules! read_entry {
             kwnames: *mut ffi::PyObject,
         ) -> PyResult<*mut ffi::PyObject> {
             // SAFETY: a valid vectorcall (the interpreter's).
-            let n = unsafe { one_arg(py, $kind.name(), args, nargs, kwnames, $default)? };
+            let arg = unsafe { one_arg(py, $kind.name(), $param, args, nargs, kwnames, $default(py))? };
             // SAFETY: the instance, a live reference for the call.
             let reader = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-            Ok(new_read(py, $kind, &reader, n)?.into_ptr())
+            Ok(new_read(py, $kind, &reader, arg)?.into_ptr())
         }
     };
 }
 
-read_entry!(read_entry, Kind::Read, Some(-1));
-read_entry!(readexactly_entry, Kind::ReadExactly, None);
+read_entry!(read_entry, Kind::Read, "n", |py| Some((-1i64).into_pyobject(py).ok()?.into_any()));
+read_entry!(readexactly_entry, Kind::ReadExactly, "n", |_| None);
+read_entry!(readuntil_entry, Kind::ReadUntil, "separator", |py| Some(PyBytes::new(py, b"\n").into_any()));
+
+/// `reader.readline()`: a [`StreamOperation`], or in debug mode asyncio's coroutine.
+///
+/// # Safety
+/// Called by the interpreter through a `METH_FASTCALL | METH_KEYWORDS` method descriptor of
+/// ferroloop's reader, which checked the instance.
+unsafe fn readline_entry(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    _args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    no_args(py, "StreamReader.readline", nargs, kwnames)?;
+    // SAFETY: the instance, a live reference for the call.
+    let reader = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    Ok(new_read(py, Kind::ReadLine, &reader, py.None().into_bound(py))?.into_ptr())
+}
+
+/// A method without arguments was called with none.
+fn no_args(py: Python<'_>, method: &str, nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> PyResult<()> {
+    let nkw = if kwnames.is_null() {
+        0
+    } else {
+        // SAFETY: `kwnames` is a tuple (vectorcall protocol).
+        unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() }.len()
+    };
+    if nargs != 0 || nkw != 0 {
+        return Err(PyTypeError::new_err(format!(
+            "{method}() takes 1 positional argument but {} were given",
+            usize::try_from(nargs).unwrap_or(0) + nkw + 1
+        )));
+    }
+    Ok(())
+}
 
 /// `writer.drain()`: a [`StreamOperation`], or in debug mode asyncio's coroutine.
 ///
@@ -647,18 +709,7 @@ unsafe fn drain_entry(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    let nkw = if kwnames.is_null() {
-        0
-    } else {
-        // SAFETY: `kwnames` is a tuple (vectorcall protocol).
-        unsafe { Borrowed::from_ptr(py, kwnames).cast_unchecked::<PyTuple>() }.len()
-    };
-    if nargs != 0 || nkw != 0 {
-        return Err(PyTypeError::new_err(format!(
-            "StreamWriter.drain() takes 1 positional argument but {} were given",
-            usize::try_from(nargs).unwrap_or(0) + nkw + 1
-        )));
-    }
+    no_args(py, "StreamWriter.drain", nargs, kwnames)?;
     // SAFETY: the instance, a live reference for the call.
     let writer = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
     let quiet = quiet_loop(&writer)?;
@@ -684,7 +735,7 @@ fn install(
 ) -> PyResult<()> {
     use pyo3::get_trampoline_function as entry_point;
     let methods: [(&Bound<'_, pyo3::types::PyType>, &'static CStr, &'static CStr, ffi::PyCFunctionFastWithKeywords);
-        3] = [
+        5] = [
         (
             reader,
             c"read",
@@ -696,6 +747,18 @@ fn install(
             c"readexactly",
             c"readexactly($self, n)\n--\n\nRead exactly n bytes (asyncio.StreamReader.readexactly).",
             entry_point!(fastcall_cfunction_with_keywords, readexactly_entry),
+        ),
+        (
+            reader,
+            c"readuntil",
+            c"readuntil($self, separator=b'\\n')\n--\n\nRead data until separator is found (asyncio.StreamReader.readuntil).",
+            entry_point!(fastcall_cfunction_with_keywords, readuntil_entry),
+        ),
+        (
+            reader,
+            c"readline",
+            c"readline($self)\n--\n\nRead one line, ending in b'\\n' (asyncio.StreamReader.readline).",
+            entry_point!(fastcall_cfunction_with_keywords, readline_entry),
         ),
         (
             writer,

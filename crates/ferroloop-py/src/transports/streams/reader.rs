@@ -287,9 +287,7 @@ pub(super) fn readexactly_step<'py>(
 /// `readuntil(separator)`'s step for one `bytes` separator: the data; an `int`, the offset to
 /// search from after waiting; or `NotImplemented` for asyncio's own method. `offset` is -1 at
 /// first.
-#[pyfunction]
-#[pyo3(name = "_stream_readuntil")]
-fn stream_readuntil<'py>(
+pub(super) fn readuntil_step_of<'py>(
     reader: &Bound<'py, PyAny>,
     separator: &Bound<'py, PyAny>,
     offset: isize,
@@ -304,9 +302,7 @@ fn stream_readuntil<'py>(
 /// `readline()`'s step: `readuntil(b"\n")`'s, with what asyncio's `readline` makes of its two
 /// errors: at end of file the partial line is the answer; past the limit the line (or, without
 /// its end, the whole buffer) is dropped and `ValueError` raised with the error's message.
-#[pyfunction]
-#[pyo3(name = "_stream_readline")]
-fn stream_readline<'py>(reader: &Bound<'py, PyAny>, offset: isize) -> PyResult<Bound<'py, PyAny>> {
+pub(super) fn readline_step<'py>(reader: &Bound<'py, PyAny>, offset: isize) -> PyResult<Bound<'py, PyAny>> {
     let py = reader.py();
     let Some(fields) = Fields::fast(reader)? else { return Ok(not_implemented(py)) };
     let err = match readuntil_step(&fields, b"\n", offset) {
@@ -374,9 +370,7 @@ fn readuntil_step<'py>(fields: &Fields<'py>, sep: &[u8], offset: isize) -> PyRes
 }
 
 /// `_wait_for_data(func_name)` up to its `await`: the future to await, stored as `_waiter`.
-#[pyfunction]
-#[pyo3(name = "_stream_wait")]
-fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bound<'py, PyAny>> {
+pub(super) fn stream_wait<'py>(reader: &Bound<'py, PyAny>, func_name: &str) -> PyResult<Bound<'py, PyAny>> {
     Fields::any(reader)?.wait(func_name)
 }
 
@@ -431,10 +425,4 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     // returns NULL or a pointer into `haystack`.
     let at = unsafe { libc::memmem(haystack.as_ptr().cast(), haystack.len(), needle.as_ptr().cast(), needle.len()) };
     (!at.is_null()).then(|| at as usize - haystack.as_ptr() as usize)
-}
-
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(stream_readuntil, m)?)?;
-    m.add_function(wrap_pyfunction!(stream_readline, m)?)?;
-    m.add_function(wrap_pyfunction!(stream_wait, m)?)
 }
