@@ -1013,6 +1013,42 @@ def test_drain_patched_on_the_writer_or_its_class(loop, run, monkeypatch):
     run(main())
 
 
+def test_server_writer_write(loop, run, monkeypatch):
+    """A server's writer's write: the transport's, by keyword too; a wrong call or data fails as
+    asyncio's; a write patched on the class or the instance is called."""
+
+    async def main():
+        (_, writer), (creader, _), end = await served()
+        writer.write(b"ab")
+        writer.write(data=b"cd")
+        writer.write(memoryview(b"ef"))
+        assert await creader.readexactly(6) == b"abcdef"
+        for call in (lambda: writer.write(), lambda: writer.write(b"x", b"y"), lambda: writer.write(date=b"x")):
+            with pytest.raises(TypeError):
+                call()
+        with pytest.raises(TypeError, match="bytes-like"):
+            writer.write("text")
+        calls = []
+        original = asyncio.StreamWriter.write
+
+        def on_class(self, data):
+            calls.append(("class", data))
+            original(self, data)
+
+        monkeypatch.setattr(asyncio.StreamWriter, "write", on_class)
+        writer.write(b"gh")
+        monkeypatch.undo()
+        writer.write = lambda data: calls.append(("instance", data))
+        writer.write(b"ij")
+        del writer.write
+        writer.write(b"kl")
+        assert calls == [("class", b"gh"), ("instance", b"ij")]
+        assert await creader.readexactly(4) == b"ghkl"
+        await end()
+
+    run(main())
+
+
 def test_debug_mode_reads_and_drain_are_python_coroutines(loop, run):
     """In debug mode asyncio tracks where each coroutine was made; ferroloop then gives
     asyncio's own coroutines."""

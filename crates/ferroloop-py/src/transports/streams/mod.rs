@@ -106,13 +106,15 @@ struct Stock {
     /// `StreamReader`'s methods that delivery (`feed_data`, `_wakeup_waiter`, first) and the
     /// fast reader's reads stand in for.
     reader_methods: Vec<(Py<PyString>, Py<PyAny>)>,
-    /// `asyncio.StreamWriter`, and its `drain`, which ferroloop's writer stands in for.
+    /// `asyncio.StreamWriter`, and its `drain` and `write`, which ferroloop's writer stands in for.
     writer: Py<PyType>,
-    writer_methods: [(Py<PyString>, Py<PyAny>); 1],
+    writer_methods: [(Py<PyString>, Py<PyAny>); 2],
     /// ferroloop's subclass of the writer (`ferroloop._streams.StreamWriter`, see [`op`]).
     fast_writer: Py<PyType>,
     /// `FlowControlMixin._drain_helper`, which a fast `drain` stands in for.
     drain_helper: (Py<PyString>, Py<PyAny>),
+    /// The protocol class's version tag when it last gave that `_drain_helper` (0: not yet).
+    drain_helper_tag: AtomicU32,
     /// The classes' version tags when their methods were last found intact (0: not yet), by
     /// [`Class`]. CPython gives a class a new tag, never one it gave before, after any change to
     /// it or to its bases, so an unchanged tag spares the lookups.
@@ -158,7 +160,8 @@ impl Stock {
         }
         let writer = module.getattr("StreamWriter")?.cast_into::<PyType>()?;
         let mixin = module.getattr("FlowControlMixin")?.cast_into::<PyType>()?;
-        let (Some(drain), Some(drain_helper)) = (original(&writer, "drain")?, original(&mixin, "_drain_helper")?)
+        let (Some(drain), Some(write), Some(drain_helper)) =
+            (original(&writer, "drain")?, original(&writer, "write")?, original(&mixin, "_drain_helper")?)
         else {
             return Ok(None);
         };
@@ -170,9 +173,10 @@ impl Stock {
             protocol_methods: [a, b],
             reader_methods,
             writer: writer.unbind(),
-            writer_methods: [drain],
+            writer_methods: [drain, write],
             fast_writer: ours.getattr("StreamWriter")?.cast_into::<PyType>()?.unbind(),
             drain_helper,
+            drain_helper_tag: AtomicU32::new(0),
             intact_tags: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
         }))
     }
@@ -193,6 +197,21 @@ impl Stock {
         let intact =
             methods.iter().all(|(name, f)| matches!(dict.get_item(name.bind(class.py())), Ok(Some(v)) if v.is(f)));
         known.store(if intact { tag } else { 0 }, Ordering::Relaxed);
+        intact
+    }
+}
+
+impl Stock {
+    /// `class` (the stock protocol's) gives asyncio's `_drain_helper`, from `FlowControlMixin`
+    /// or wherever it finds it now (a change to a base class changes the subclass's tag too).
+    fn drain_helper_intact(&self, class: &Bound<'_, PyType>) -> bool {
+        let tag = version_tag(class);
+        if tag != 0 && self.drain_helper_tag.load(Ordering::Relaxed) == tag {
+            return true;
+        }
+        let (name, helper) = &self.drain_helper;
+        let intact = class.getattr(name.bind(class.py())).is_ok_and(|f| f.is(helper));
+        self.drain_helper_tag.store(if intact { tag } else { 0 }, Ordering::Relaxed);
         intact
     }
 }

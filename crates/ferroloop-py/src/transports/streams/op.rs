@@ -548,11 +548,18 @@ fn drain_ready<'py>(writer: &Bound<'py, PyAny>) -> PyResult<bool> {
     if !protocol.get_type().is(stock.protocol.bind(py)) {
         return Ok(false);
     }
-    let (name, helper) = &stock.drain_helper;
-    if !super::bound_stock(&protocol, name.bind(py), helper)? {
+    // Read from its dictionary (made here once: no Python code of the protocol's runs per
+    // request on this path, so nothing pays for it, and a lookup costs a fifth of `getattr`).
+    let Some(attrs) = super::instance_dict(&protocol) else { return Ok(false) };
+    if !stock.drain_helper_intact(&protocol.get_type()) || attrs.contains(stock.drain_helper.0.bind(py))? {
         return Ok(false);
     }
-    let falsy = |name: &Bound<'_, PyString>| -> PyResult<bool> { Ok(!protocol.getattr(name)?.is_truthy()?) };
+    let falsy = |name: &Bound<'py, PyString>| -> PyResult<bool> {
+        Ok(match attrs.get_item(name)? {
+            Some(value) => !value.is_truthy()?,
+            None => false,
+        })
+    };
     Ok(falsy(intern!(py, "_connection_lost"))? && falsy(intern!(py, "_paused"))?)
 }
 
@@ -571,14 +578,14 @@ fn quiet_loop(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 }
 
 /// Parses `(param)` or `(param=...)`, or nothing when `default` is given, from a vectorcall,
-/// with the errors a Python method `method(self, param)` gives.
+/// with the errors a Python method `qualname(self, param)` gives.
 ///
 /// # Safety
 /// A valid vectorcall: `args` holds `nargs` positional arguments, then one value per name in
 /// `kwnames` (NULL when there are none).
 unsafe fn one_arg<'py>(
     py: Python<'py>,
-    method: &str,
+    qualname: &str,
     param: &str,
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
@@ -597,9 +604,7 @@ unsafe fn one_arg<'py>(
         for name in names.iter() {
             let known = name.cast::<PyString>().is_ok_and(|s| s.to_cow().is_ok_and(|s| s == param));
             if !known {
-                return Err(PyTypeError::new_err(format!(
-                    "StreamReader.{method}() got an unexpected keyword argument '{name}'"
-                )));
+                return Err(PyTypeError::new_err(format!("{qualname}() got an unexpected keyword argument '{name}'")));
             }
         }
     }
@@ -607,11 +612,11 @@ unsafe fn one_arg<'py>(
         // SAFETY: one argument, positional or named, at the start of the array.
         (1, _) => Ok(unsafe { Borrowed::from_ptr(py, *args) }.to_owned()),
         (0, Some(default)) => Ok(default),
-        (0, None) => Err(PyTypeError::new_err(format!(
-            "StreamReader.{method}() missing 1 required positional argument: '{param}'"
-        ))),
+        (0, None) => {
+            Err(PyTypeError::new_err(format!("{qualname}() missing 1 required positional argument: '{param}'")))
+        }
         (given, default) => Err(PyTypeError::new_err(format!(
-            "StreamReader.{method}() takes {} positional arguments but {} were given",
+            "{qualname}() takes {} positional arguments but {} were given",
             if default.is_some() { "from 1 to 2" } else { "2" },
             given + 1
         ))),
@@ -650,7 +655,7 @@ macro_rules! read_entry {
             kwnames: *mut ffi::PyObject,
         ) -> PyResult<*mut ffi::PyObject> {
             // SAFETY: a valid vectorcall (the interpreter's).
-            let arg = unsafe { one_arg(py, $kind.name(), $param, args, nargs, kwnames, $default(py))? };
+            let arg = unsafe { one_arg(py, $kind.qualname(), $param, args, nargs, kwnames, $default(py))? };
             // SAFETY: the instance, a live reference for the call.
             let reader = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
             Ok(new_read(py, $kind, &reader, arg)?.into_ptr())
@@ -697,6 +702,42 @@ fn no_args(py: Python<'_>, method: &str, nargs: ffi::Py_ssize_t, kwnames: *mut f
     Ok(())
 }
 
+/// `writer.write(data)`: `self._transport.write(data)`, as asyncio's `write` (from 3.11 to 3.13)
+/// is, without its frame: ferroloop's transport's `write` called directly. (The class change that
+/// gives the writer ferroloop's `drain` makes its dictionary, which 3.11's specialised attribute
+/// reads in asyncio's `write` then miss: measured 430 -> 900 instructions per call.) A patched
+/// `asyncio.StreamWriter.write` is called instead.
+///
+/// # Safety
+/// Called by the interpreter through a `METH_FASTCALL | METH_KEYWORDS` method descriptor of
+/// ferroloop's writer, which checked the instance.
+unsafe fn write_entry(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: a valid vectorcall (the interpreter's).
+    let data = unsafe { one_arg(py, "StreamWriter.write", "data", args, nargs, kwnames, None)? };
+    // SAFETY: the instance, a live reference for the call.
+    let writer = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
+    let class = stock.writer.bind(py);
+    if stock.intact(class, super::Class::Writer) {
+        let transport =
+            super::instance_dict(&writer).map(|d| d.get_item(intern!(py, "_transport"))).transpose()?.flatten();
+        if let Some(transport) = transport {
+            match transport.cast_exact::<StreamTransport>() {
+                Ok(ours) => StreamTransport::write(ours, &data)?,
+                Err(_) => drop(transport.call_method1(intern!(py, "write"), (data,))?),
+            }
+            return Ok(py.None().into_ptr());
+        }
+    }
+    Ok(class.getattr(intern!(py, "write"))?.call1((writer, data))?.into_ptr())
+}
+
 /// `writer.drain()`: a [`StreamOperation`], or in debug mode asyncio's coroutine.
 ///
 /// # Safety
@@ -735,7 +776,7 @@ fn install(
 ) -> PyResult<()> {
     use pyo3::get_trampoline_function as entry_point;
     let methods: [(&Bound<'_, pyo3::types::PyType>, &'static CStr, &'static CStr, ffi::PyCFunctionFastWithKeywords);
-        5] = [
+        6] = [
         (
             reader,
             c"read",
@@ -759,6 +800,12 @@ fn install(
             c"readline",
             c"readline($self)\n--\n\nRead one line, ending in b'\\n' (asyncio.StreamReader.readline).",
             entry_point!(fastcall_cfunction_with_keywords, readline_entry),
+        ),
+        (
+            writer,
+            c"write",
+            c"write($self, data)\n--\n\nWrite data to the transport (asyncio.StreamWriter.write).",
+            entry_point!(fastcall_cfunction_with_keywords, write_entry),
         ),
         (
             writer,
