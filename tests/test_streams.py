@@ -1049,6 +1049,36 @@ def test_server_writer_write(loop, run, monkeypatch):
     run(main())
 
 
+def test_stack_of_a_task_waiting_in_a_read(loop, run):
+    """What a debugging program asks of a task waiting in a read: its stack, and on 3.14 its
+    call graph."""
+    import io
+
+    async def main():
+        (reader, _), (_, cwriter), end = await served()
+
+        async def waits():
+            return await reader.read(1)
+
+        outer = asyncio.ensure_future(waits())
+        direct = asyncio.ensure_future(reader.readexactly(1))
+        await settle()
+        assert [f.f_code.co_name for f in outer.get_stack()] == ["waits"]
+        for task in (outer, direct):
+            task.print_stack(file=io.StringIO())
+            if sys.version_info >= (3, 14):
+                assert asyncio.capture_call_graph(task).future is task
+                text = io.StringIO()
+                asyncio.print_call_graph(task, file=text)
+                assert ("waits" in text.getvalue()) is (task is outer)
+        direct.cancel()
+        cwriter.write(b"x")
+        assert await outer == b"x"
+        await end()
+
+    run(main())
+
+
 def test_debug_mode_reads_and_drain_are_python_coroutines(loop, run):
     """In debug mode asyncio tracks where each coroutine was made; ferroloop then gives
     asyncio's own coroutines."""

@@ -1,37 +1,41 @@
-//! The awaitables of ferroloop's `read(n)`, `readexactly(n)` and `drain()`: no Python coroutine
-//! per call.
+//! The awaitables of ferroloop's `read(n)`, `readexactly(n)`, `readuntil(separator)`,
+//! `readline()` and `drain()`, and a writer's `write(data)`: no Python frame per call.
 //!
-//! Before, ferroloop's reader ran these reads as `async def` methods calling Rust; the coroutine
+//! Before, ferroloop's reader ran its reads as `async def` methods calling Rust; the coroutine
 //! alone (its creation, its frame, one more level of `send` on every resumption) cost about
 //! 2,000 instructions per read, and asyncio's `drain` (two coroutines, `exception()`,
 //! `is_closing()`, `_drain_helper`'s checks) 3,650 per request of `bench/cost.py`'s streams
 //! server (callgrind, Python 3.11): a third of what the streams classes add over a coroutine
 //! woken through a `Future` (issue 19's floor).
 //!
-//! Here `read`, `readexactly` (on ferroloop's reader) and `drain` (on ferroloop's writer) are
-//! method descriptors that return a [`StreamOperation`]: a small awaitable, registered as a
+//! Here the four reads (on ferroloop's reader) and `drain` (on ferroloop's writer) are method
+//! descriptors that return a [`StreamOperation`]: a small awaitable, registered as a
 //! `collections.abc.Coroutine` (so `asyncio.iscoroutine`, `create_task`, `ensure_future`,
 //! `wait_for` and `gather` take it), which does the operation when first resumed, as a
 //! coroutine's body runs when first resumed, not when called:
 //!
 //! - its step ([`super::reader`]'s for reads, [`drain_ready`] for `drain`) answers at once in
 //!   the common case (bytes in the buffer; nothing to wait for): the `await` completes without
-//!   a frame;
+//!   a frame (on 3.11 through the type's `am_send`, with no `StopIteration`);
 //! - a read that must wait awaits the reader's `_waiter` through the future's own `__await__`
 //!   iterator, to which it hands every `send`, `throw` and `close` (what a coroutine suspended
 //!   in `await self._waiter` does), then clears `_waiter` as `_wait_for_data`'s `finally` does,
-//!   and takes its step again;
-//! - wherever asyncio's own code must run (a patched class, a replaced buffer, `read(-1)`, an
-//!   exception set on the reader, a paused or closing writer, ...), it makes asyncio's own
-//!   coroutine for the call (`asyncio.StreamReader.read(reader, n)`, `asyncio.StreamWriter.drain(writer)`)
-//!   and hands it everything from then on.
+//!   and takes its step again (`readuntil`'s search going on where it stopped);
+//! - wherever asyncio's own code must run (a patched class, a replaced buffer, `read(-1)`, a
+//!   tuple of separators, an exception set on the reader, a paused or closing writer, ...), it
+//!   makes asyncio's own coroutine for the call (`asyncio.StreamReader.read(reader, n)`,
+//!   `asyncio.StreamWriter.drain(writer)`) and hands it everything from then on.
 //!
-//! What a program can tell: `inspect.iscoroutine()` is false for it (it is not a Python
-//! coroutine, as Cython's are not); it has no frame (`cr_frame`), so a traceback through it
-//! lacks asyncio's `streams.py` lines; its `repr` names the operation. Dropped before it was
+//! The writer's `write` is a method descriptor too ([`write_entry`]), calling the transport's
+//! `write` directly.
+//!
+//! What a program can tell: `inspect.iscoroutine()` is false for the awaitable (it is not a
+//! Python coroutine, as Cython's are not); it has no frame (`cr_frame`), so a traceback through
+//! it lacks asyncio's `streams.py` lines; its `repr` names the operation. Dropped before it was
 //! ever resumed, it warns as a never-awaited coroutine does (`RuntimeWarning: coroutine
-//! 'StreamReader.read' was never awaited`). In debug mode (the loop's), where asyncio tracks
-//! each coroutine's origin, the methods return asyncio's coroutines instead.
+//! 'StreamReader.read' was never awaited`); abandoned while it waits, in a cycle with its task,
+//! the garbage collector frees it. In debug mode (the loop's), where asyncio tracks each
+//! coroutine's origin, the methods return asyncio's coroutines instead.
 
 use std::ffi::CStr;
 
@@ -469,15 +473,9 @@ impl StreamOperation {
         self.kind.qualname()
     }
 
-    /// What it awaits: the waiter's iterator or asyncio's coroutine, or None.
-    #[getter]
-    fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        match &*self.state.try_borrow()? {
-            State::Waiting(iter, _) | State::Stock(iter) => Some(iter.clone_ref(py)),
-            _ => None,
-        }
-    }
-
+    /// Being resumed now (what asyncio's coroutine formatting asks). There is no `cr_await` or
+    /// `cr_frame`: 3.14's `asyncio.capture_call_graph` follows `cr_await` and takes each
+    /// object's `cr_frame`, so a call graph ends at the coroutine awaiting this.
     #[getter]
     fn cr_running(&self) -> bool {
         self.state.try_borrow().is_none_or(|s| matches!(*s, State::Running))
