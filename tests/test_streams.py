@@ -1013,6 +1013,32 @@ def test_drain_patched_on_the_writer_or_its_class(loop, run, monkeypatch):
     run(main())
 
 
+@pytest.mark.parametrize("method", ["read", "readexactly", "readuntil", "readline"])
+def test_read_patched_with_a_function_returning_a_future(loop, run, monkeypatch, method):
+    """A patch on asyncio's class runs when the method is called, as without ferroloop, and
+    what it returns is what is awaited (here not a coroutine)."""
+
+    async def main():
+        (reader, _), _, end = await served()
+        calls = []
+
+        def patched(self, *args):
+            calls.append(args)
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(b"patched")
+            return future
+
+        monkeypatch.setattr(asyncio.StreamReader, method, patched)
+        args = {"read": (3,), "readexactly": (3,), "readuntil": (b"!",), "readline": ()}[method]
+        pending = getattr(reader, method)(*args)
+        assert calls == [args]
+        assert await pending == b"patched"
+        monkeypatch.undo()
+        await end()
+
+    run(main())
+
+
 def test_server_writer_write(loop, run, monkeypatch):
     """A server's writer's write: the transport's, by keyword too; a wrong call or data fails as
     asyncio's; a write patched on the class or the instance is called."""

@@ -188,7 +188,12 @@ impl StreamOperation {
     /// From here on asyncio's own coroutine does the work, starting with `input`.
     fn to_stock<'py>(&self, py: Python<'py>, input: &Input<'py>) -> PyResult<Next<'py>> {
         let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
-        let coroutine = self.stock_coroutine(py, stock)?;
+        // Made while the operation is resumed (its class was patched since the call, or a step
+        // answered that asyncio's code must run): awaited as `await` takes it.
+        let made = self.stock_coroutine(py, stock)?;
+        // SAFETY: reads the type of a live object.
+        let coroutine =
+            if unsafe { ffi::PyCoro_CheckExact(made.as_ptr()) } != 0 { made } else { awaitable_iter(&made)? };
         if matches!(input, Input::Close) {
             coroutine.call_method0(intern!(py, "close"))?;
             return Ok(Next::Return(py.None().into_bound(py)));
@@ -621,21 +626,27 @@ unsafe fn one_arg<'py>(
     }
 }
 
-/// A reader's operation: a [`StreamOperation`], or in debug mode asyncio's coroutine.
-fn new_read<'py>(
+/// `kind`'s call on `target` (a reader, or for `drain` a writer): a [`StreamOperation`]; or what
+/// asyncio's method, as its class has it now, returns, called now as Python calls a method:
+/// when that class's methods are patched (the patch runs when called, as it would without
+/// ferroloop), or in debug mode (where asyncio tracks where each coroutine is made).
+fn new_operation<'py>(
     py: Python<'py>,
     kind: Kind,
-    reader: &Bound<'py, PyAny>,
+    target: &Bound<'py, PyAny>,
     arg: Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let quiet = quiet_loop(reader)?;
+    let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
+    let (class, which) = match kind {
+        Kind::Drain => (&stock.writer, super::Class::Writer),
+        _ => (&stock.reader, super::Class::Reader),
+    };
     let op =
-        StreamOperation { kind, target: reader.clone().unbind(), n: arg.unbind(), state: GilCell::new(State::Start) };
-    if !quiet {
-        let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
-        let coroutine = op.stock_coroutine(py, stock);
+        StreamOperation { kind, target: target.clone().unbind(), n: arg.unbind(), state: GilCell::new(State::Start) };
+    if !stock.intact(class.bind(py), which) || !quiet_loop(target)? {
+        let answer = op.stock_coroutine(py, stock);
         *op.state.borrow_mut(py) = State::Done;
-        return coroutine;
+        return answer;
     }
     Ok(Bound::new(py, op)?.into_any())
 }
@@ -656,7 +667,7 @@ macro_rules! read_entry {
             let arg = unsafe { one_arg(py, $kind.qualname(), $param, args, nargs, kwnames, $default(py))? };
             // SAFETY: the instance, a live reference for the call.
             let reader = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-            Ok(new_read(py, $kind, &reader, arg)?.into_ptr())
+            Ok(new_operation(py, $kind, &reader, arg)?.into_ptr())
         }
     };
 }
@@ -680,7 +691,7 @@ unsafe fn readline_entry(
     no_args(py, "StreamReader.readline", nargs, kwnames)?;
     // SAFETY: the instance, a live reference for the call.
     let reader = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-    Ok(new_read(py, Kind::ReadLine, &reader, py.None().into_bound(py))?.into_ptr())
+    Ok(new_operation(py, Kind::ReadLine, &reader, py.None().into_bound(py))?.into_ptr())
 }
 
 /// A method without arguments was called with none.
@@ -751,16 +762,7 @@ unsafe fn drain_entry(
     no_args(py, "StreamWriter.drain", nargs, kwnames)?;
     // SAFETY: the instance, a live reference for the call.
     let writer = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-    let quiet = quiet_loop(&writer)?;
-    let op =
-        StreamOperation { kind: Kind::Drain, target: writer.unbind(), n: py.None(), state: GilCell::new(State::Start) };
-    if !quiet {
-        let stock = Stock::get(py).ok_or_else(|| PyRuntimeError::new_err("asyncio.streams is not as expected"))?;
-        let coroutine = op.stock_coroutine(py, stock);
-        *op.state.borrow_mut(py) = State::Done;
-        return Ok(coroutine?.into_ptr());
-    }
-    Ok(Bound::new(py, op)?.into_any().into_ptr())
+    Ok(new_operation(py, Kind::Drain, &writer, py.None().into_bound(py))?.into_ptr())
 }
 
 /// Puts the native `read`, `readexactly` (on `reader`, ferroloop's reader class) and `drain`
