@@ -77,9 +77,12 @@ test-debug: build-debug services ## Debug build counting live handles and transp
 # each stage; not the ones of argument checking, certificate verification or ALPN, nor those that
 # assert a timeout fires within 3 s (valgrind's slowdown breaks them).
 MEMCHECK_TESTS ?= tests/test_net_tcp.py tests/test_net_unix.py tests/test_net_datagram.py tests/test_sock.py \
-  tests/test_tls.py tests/test_pipes.py tests/test_robustness.py
+  tests/test_tls.py tests/test_pipes.py tests/test_robustness.py tests/test_streams.py
+# Of the streams tests, those of the native stream operations (streams/op.rs) and their waits.
 MEMCHECK_SELECT ?= ferroloop and not (test_tls and (argument_errors or verification or certificate or alpn \
-  or timeout or hostname or https_exchange or start_tls_over_tls or start_tls_failures or not_reported))
+  or timeout or hostname or https_exchange or start_tls_over_tls or start_tls_failures or not_reported)) \
+  and not (test_streams and not (coroutines or never_awaited or by_hand or abandoned or drain or writer_write \
+  or waiting_in_a_read or patched_with or ferroloops_operations or cancelled or second_reader))
 
 .PHONY: test-memcheck
 test-memcheck: build-debug ## The transport, socket and TLS tests under valgrind memcheck, on the debug build (~4 min)
