@@ -1154,3 +1154,42 @@ def test_server_streams_get_ferroloops_operations(loop_factory, loop, run):
         await end()
 
     run(main())
+
+
+def test_writer_patched_before_ferroloop_first_looks(loop_factory):
+    """asyncio's StreamWriter.drain replaced before ferroloop first looks at asyncio's streams
+    (say by an instrumentation library): no writer gets ferroloop's class, readers still do."""
+    if loop_factory.name == "asyncio":
+        pytest.skip("ferroloop's own classes: nothing to check on asyncio")
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, ferroloop
+
+        original = asyncio.StreamWriter.drain
+        async def instrumented(self):
+            await original(self)
+        asyncio.StreamWriter.drain = instrumented
+
+        async def main():
+            got = asyncio.get_running_loop().create_future()
+            async def handle(reader, writer):
+                got.set_result((reader, writer))
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            theirs = await got
+            writer.write(b"ab")
+            await theirs[1].drain()
+            print(type(theirs[0]).__module__, type(theirs[1]).__module__, await theirs[0].readexactly(2))
+            writer.close()
+            theirs[1].close()
+            server.close()
+            await server.wait_closed()
+
+        ferroloop.run(main())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out.split() == ["ferroloop._streams", "asyncio.streams", "b'ab'"]

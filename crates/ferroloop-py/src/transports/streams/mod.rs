@@ -106,13 +106,15 @@ struct Stock {
     /// `StreamReader`'s methods that delivery (`feed_data`, `_wakeup_waiter`, first) and the
     /// fast reader's reads stand in for.
     reader_methods: Vec<(Py<PyString>, Py<PyAny>)>,
-    /// `asyncio.StreamWriter`, and its `drain` and `write`, which ferroloop's writer stands in for.
+    /// `asyncio.StreamWriter`.
     writer: Py<PyType>,
-    writer_methods: [(Py<PyString>, Py<PyAny>); 2],
+    /// Its `drain` and `write`, which ferroloop's writer stands in for, and
+    /// `FlowControlMixin._drain_helper`, which a fast `drain` stands in for; `None` if any of
+    /// them was not asyncio's when ferroloop first looked.
+    #[allow(clippy::type_complexity)]
+    writer_parts: Option<([(Py<PyString>, Py<PyAny>); 2], (Py<PyString>, Py<PyAny>))>,
     /// ferroloop's subclass of the writer (`ferroloop._streams.StreamWriter`, see [`op`]).
     fast_writer: Py<PyType>,
-    /// `FlowControlMixin._drain_helper`, which a fast `drain` stands in for.
-    drain_helper: (Py<PyString>, Py<PyAny>),
     /// The protocol class's version tag when it last gave that `_drain_helper` (0: not yet).
     drain_helper_tag: AtomicU32,
     /// The classes' version tags when their methods were last found intact (0: not yet), by
@@ -160,11 +162,13 @@ impl Stock {
         }
         let writer = module.getattr("StreamWriter")?.cast_into::<PyType>()?;
         let mixin = module.getattr("FlowControlMixin")?.cast_into::<PyType>()?;
-        let (Some(drain), Some(write), Some(drain_helper)) =
-            (original(&writer, "drain")?, original(&writer, "write")?, original(&mixin, "_drain_helper")?)
-        else {
-            return Ok(None);
-        };
+        // The writer's: none when any was already replaced (then no writer is given ferroloop's
+        // class; the reads still are).
+        let writer_parts =
+            match (original(&writer, "drain")?, original(&writer, "write")?, original(&mixin, "_drain_helper")?) {
+                (Some(drain), Some(write), Some(helper)) => Some(([drain, write], helper)),
+                _ => None,
+            };
         let ours = py.import("ferroloop._streams")?;
         Ok(Some(Stock {
             protocol: protocol.unbind(),
@@ -173,9 +177,8 @@ impl Stock {
             protocol_methods: [a, b],
             reader_methods,
             writer: writer.unbind(),
-            writer_methods: [drain, write],
+            writer_parts,
             fast_writer: ours.getattr("StreamWriter")?.cast_into::<PyType>()?.unbind(),
-            drain_helper,
             drain_helper_tag: AtomicU32::new(0),
             intact_tags: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
         }))
@@ -188,10 +191,11 @@ impl Stock {
         if tag != 0 && known.load(Ordering::Relaxed) == tag {
             return true;
         }
-        let methods: &[_] = match which {
-            Class::Protocol => &self.protocol_methods,
-            Class::Reader => &self.reader_methods,
-            Class::Writer => &self.writer_methods,
+        let methods: &[_] = match (which, &self.writer_parts) {
+            (Class::Protocol, _) => &self.protocol_methods,
+            (Class::Reader, _) => &self.reader_methods,
+            (Class::Writer, Some((methods, _))) => methods,
+            (Class::Writer, None) => return false,
         };
         let dict = class_dict(class);
         let intact =
@@ -209,7 +213,7 @@ impl Stock {
         if tag != 0 && self.drain_helper_tag.load(Ordering::Relaxed) == tag {
             return true;
         }
-        let (name, helper) = &self.drain_helper;
+        let Some((_, (name, helper))) = &self.writer_parts else { return false };
         let intact = class.getattr(name.bind(class.py())).is_ok_and(|f| f.is(helper));
         self.drain_helper_tag.store(if intact { tag } else { 0 }, Ordering::Relaxed);
         intact

@@ -554,7 +554,8 @@ fn drain_ready<'py>(writer: &Bound<'py, PyAny>) -> PyResult<bool> {
     // Read from its dictionary (made here once: no Python code of the protocol's runs per
     // request on this path, so nothing pays for it, and a lookup costs a fifth of `getattr`).
     let Some(attrs) = super::instance_dict(&protocol) else { return Ok(false) };
-    if !stock.drain_helper_intact(&protocol.get_type()) || attrs.contains(stock.drain_helper.0.bind(py))? {
+    let Some((_, (helper_name, _))) = &stock.writer_parts else { return Ok(false) };
+    if !stock.drain_helper_intact(&protocol.get_type()) || attrs.contains(helper_name.bind(py))? {
         return Ok(false);
     }
     let falsy = |name: &Bound<'py, PyString>| -> PyResult<bool> {
